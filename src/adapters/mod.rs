@@ -1,0 +1,1 @@
+//! Ready-made parts for common runtimes and HTTP clients, behind cargo features.

@@ -1,0 +1,1 @@
+//! Dispatching: the `Dispatcher` handle, its sans-IO core and its driver.

@@ -1,0 +1,1 @@
+//! The receiving side: checking the bearer and parsing pushes.
