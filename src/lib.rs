@@ -3,6 +3,7 @@
 //! Batched, authenticated **events webhooks** for chatbot platforms, on both
 //! sides of the wire.
 //!
+//! - **Sending** (a bot engine): [`enqueue`](Dispatcher::enqueue) each event
 //!   (messages, errors, intent and entity changes, NLP misses, new and
 //!   returning users, take over, hand over, fallback, wrong answers); the
 //!   dispatcher batches them per bot and POSTs them to the URL the bot owner
@@ -18,6 +19,7 @@
 //! - [`event`]: the event model ([`Event`], [`EventKind`], [`EventFlags`], [`EventDate`]).
 //! - [`wire`]: encoding and parsing pushes.
 //! - [`config`]: a bot's webhook settings ([`WebhookConfig`]).
+//! - [`dispatch`]: the [`Dispatcher`] handle, its sans-IO [`DispatchCore`](dispatch::DispatchCore) and driver.
 //! - [`Transport`], [`Runtime`], [`AlertSink`], [`Clock`]: the parts a host plugs in.
 //! - [`adapters`]: ready parts for reqwest and tokio (cargo features).
 //! - [`receiver`]: bearer checking and parsing of incoming pushes (and an axum extractor).
@@ -42,6 +44,9 @@ pub use config::{BotSecret, ConfigError, Plan, WebhookConfig, WebhookConfigBuild
 pub use event::{
     CatalogChange, ChatContext, ConversationEvent, DateError, Event, EventDate, EventFactory, EventFlags, EventKind,
     Message, MissedText, Origin, UnknownEvent,
+};
+pub use dispatch::{
+    DeliveryObserver, Dispatcher, EnqueueOutcome, ReturningUserGate, WebhookDispatcher, WebhookDispatcherBuilder,
 };
 pub use runtime::Runtime;
 pub use transport::{Transport, TransportError, TransportErrorKind};

@@ -1,1 +1,257 @@
-//! Dispatching: the `Dispatcher` handle, its sans-IO core and its driver.
+//! Dispatching events to webhooks: the [`Dispatcher`] handle a bot engine
+//! holds, the sans-IO [`DispatchCore`] with every rule, and the driver
+//! ([`WebhookDispatcher`]) that runs the core on a [`Runtime`](crate::Runtime)
+//! and a [`Transport`](crate::Transport).
+//!
+//! The rules, from the platform's page and the wire contract:
+//! - events are pushed per bot about every 30 seconds (the webhook's
+//!   interval), only when some are pending, first pushes spread over the
+//!   interval; a full batch still pending after a success is pushed at once;
+//! - exactly `200 OK` is success; anything else keeps the events, in order,
+//!   for the next interval; the 11th failure in a row disables the webhook,
+//!   drops its pending events (counted, handed to the [`DeliveryObserver`])
+//!   and alerts the account once; configuring the webhook again re-enables it;
+//! - every call is reported for billing ([`CallRecord`]);
+//! - a bot on the free plan has no webhook: nothing is queued or sent.
+
+mod admission;
+mod core;
+mod driver;
+mod noop;
+mod recording;
+mod returning_user;
+mod stats;
+mod store;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use self::core::{CoreLimits, DispatchCore, Enqueuer, Notice, Push, PushId, MAX_FAILURES_IN_ROW};
+pub use driver::{WebhookDispatcher, WebhookDispatcherBuilder};
+pub use noop::NoopDispatcher;
+pub use recording::RecordingDispatcher;
+pub use returning_user::ReturningUserGate;
+pub use stats::{DispatcherStats, DropReason, EventCounts, Refusal, WebhookState, WebhookStats};
+
+use crate::config::WebhookConfig;
+use crate::event::Event;
+use crate::transport::TransportError;
+
+/// What [`Dispatcher::enqueue`] did with an event.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use = "an event refused as QueueFull or Closed is handed back and lost if ignored"]
+pub enum EnqueueOutcome {
+    /// Accepted: it will be delivered, or dropped for a counted reason.
+    Accepted,
+    /// Its kind is not selected for the bot's webhook.
+    NotSelected,
+    /// The bot is on the free plan, which has no webhook.
+    FreePlan,
+    /// The bot has no webhook configured (or the event names no bot).
+    NoWebhook,
+    /// The bot's webhook is disabled after too many failed calls.
+    WebhookDisabled,
+    /// The webhook's queue or the global bound is full; here is the event back.
+    QueueFull(Event),
+    /// The dispatcher is shut down; here is the event back.
+    Closed(Event),
+}
+
+impl EnqueueOutcome {
+    /// Whether the event was accepted.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, EnqueueOutcome::Accepted)
+    }
+
+    /// The refusal, or `None` when accepted.
+    pub fn refusal(&self) -> Option<Refusal> {
+        Some(match self {
+            EnqueueOutcome::Accepted => return None,
+            EnqueueOutcome::NotSelected => Refusal::NotSelected,
+            EnqueueOutcome::FreePlan => Refusal::FreePlan,
+            EnqueueOutcome::NoWebhook => Refusal::NoWebhook,
+            EnqueueOutcome::WebhookDisabled => Refusal::WebhookDisabled,
+            EnqueueOutcome::QueueFull(_) => Refusal::QueueFull,
+            EnqueueOutcome::Closed(_) => Refusal::Closed,
+        })
+    }
+}
+
+/// How one call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// `200 OK` (or any `2xx` where the webhook accepts them): its events are delivered.
+    Delivered(http::StatusCode),
+    /// Any other status, redirects included.
+    FailedStatus(http::StatusCode),
+    /// No status: connection error, timeout, refused address.
+    FailedTransport(TransportError),
+}
+
+impl CallOutcome {
+    /// Whether the call delivered its events.
+    pub fn is_success(&self) -> bool {
+        matches!(self, CallOutcome::Delivered(_))
+    }
+}
+
+impl fmt::Display for CallOutcome {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallOutcome::Delivered(status) => write!(formatter, "delivered ({status})"),
+            CallOutcome::FailedStatus(status) => write!(formatter, "answered {status}"),
+            CallOutcome::FailedTransport(error) => write!(formatter, "{error}"),
+        }
+    }
+}
+
+/// One call made to a webhook: one billable outgoing message, however many
+/// events it carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    /// The bot billed.
+    pub bot_token: String,
+    /// The bot's account.
+    pub account_name: String,
+    /// Where the call went.
+    pub url: String,
+    /// Events in the body.
+    pub events: usize,
+    /// Body size in bytes.
+    pub bytes: usize,
+    /// How long the call took.
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: CallOutcome,
+}
+
+/// Accepted events that will not be delivered, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DroppedEvents {
+    /// The bot they were for.
+    pub bot_token: String,
+    /// Why they were dropped.
+    pub reason: DropReason,
+    /// The events themselves, so the host can keep them.
+    pub events: Vec<Event>,
+}
+
+/// Hears about every call (for billing) and every dropped event.
+///
+/// Called from the dispatcher's task: return quickly. Both methods do
+/// nothing by default.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use eventhook::dispatch::{CallRecord, DeliveryObserver};
+///
+/// #[derive(Debug, Default)]
+/// struct Billing {
+///     outgoing_messages: AtomicU64,
+/// }
+///
+/// impl DeliveryObserver for Billing {
+///     fn call_made(&self, _call: &CallRecord) {
+///         self.outgoing_messages.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+/// ```
+pub trait DeliveryObserver: Send + Sync + fmt::Debug + 'static {
+    /// A call was made (successful or not).
+    fn call_made(&self, call: &CallRecord) {
+        let _ = call;
+    }
+    /// Accepted events were dropped.
+    fn events_dropped(&self, dropped: &DroppedEvents) {
+        let _ = dropped;
+    }
+}
+
+/// A [`DeliveryObserver`] that ignores everything (the counts stay in the stats).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl DeliveryObserver for NoObserver {}
+
+/// Why a flush did not deliver everything.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlushError {
+    /// The deadline passed first.
+    #[error("flush timed out with {pending} events still pending")]
+    TimedOut {
+        /// Events pending or in flight when it gave up.
+        pending: u64,
+    },
+    /// Some calls failed; their events wait for the next interval.
+    #[error("flush ended with {pending} events still pending after failed calls")]
+    Incomplete {
+        /// Events pending or in flight at the end.
+        pending: u64,
+    },
+    /// The dispatcher is shut down.
+    #[error("the dispatcher is shut down")]
+    Closed,
+}
+
+/// The dispatcher is shut down and takes no more settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the dispatcher is shut down")]
+pub struct DispatcherClosed;
+
+/// What [`Dispatcher::shutdown`] hands back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShutdownReport {
+    /// Every event not delivered, for the host to persist (at-least-once:
+    /// events of a call abandoned at the deadline may also have arrived).
+    pub undelivered: Vec<Event>,
+    /// The final counts.
+    pub stats: DispatcherStats,
+}
+
+/// The handle a bot engine holds, usually as `Arc<dyn Dispatcher>`.
+///
+/// Implementations: [`WebhookDispatcher`] (the real one),
+/// [`RecordingDispatcher`] (keeps what was enqueued, for the host's own
+/// tests) and [`NoopDispatcher`] (for hosts with webhooks turned off).
+///
+/// ```
+/// use std::sync::Arc;
+/// use eventhook::dispatch::{Dispatcher, RecordingDispatcher};
+/// use eventhook::{ChatContext, Event, EventFactory};
+///
+/// fn on_user_message(dispatcher: &dyn Dispatcher, bot: &EventFactory, chat: &ChatContext, text: &str) {
+///     // Never blocks; a refusal is counted in the stats.
+///     let _ = dispatcher.enqueue(Event::UserMessage(bot.message(chat, text)));
+/// }
+///
+/// let dispatcher: Arc<dyn Dispatcher> = Arc::new(RecordingDispatcher::new());
+/// let bot = EventFactory::new("bot", "Account");
+/// on_user_message(&*dispatcher, &bot, &ChatContext::new("c-1", "WebChannel"), "hi");
+/// ```
+#[async_trait]
+pub trait Dispatcher: Send + Sync + fmt::Debug {
+    /// Offers an event to its bot's webhook. Never blocks, never panics.
+    fn enqueue(&self, event: Event) -> EnqueueOutcome;
+
+    /// Sets up or replaces a bot's webhook (replacing re-enables a disabled one).
+    fn configure(&self, config: WebhookConfig) -> Result<(), DispatcherClosed>;
+
+    /// Removes a bot's webhook and returns its undelivered events.
+    fn remove(&self, bot_token: &str) -> Vec<Event>;
+
+    /// Counts over all webhooks.
+    fn stats(&self) -> DispatcherStats;
+
+    /// Counts and state of one bot's webhook.
+    fn webhook_stats(&self, bot_token: &str) -> Option<WebhookStats>;
+
+    /// Pushes everything pending now, waiting at most `timeout`.
+    async fn flush(&self, timeout: Duration) -> Result<(), FlushError>;
+
+    /// Stops accepting events, flushes for at most `timeout`, stops, and
+    /// returns every event it could not deliver.
+    async fn shutdown(&self, timeout: Duration) -> ShutdownReport;
+}

@@ -1,0 +1,202 @@
+//! Admission: the part of `enqueue` that runs on the caller's thread.
+//!
+//! It must cost about a channel send, so it only reads a shared map under a
+//! read lock, checks a few atomics and sends the event to the core's intake.
+//! Encoding and queueing happen later, on the dispatcher's task.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
+
+use super::stats::{Counters, Refusal};
+use super::EnqueueOutcome;
+use crate::config::{Plan, WebhookConfig};
+use crate::event::Event;
+
+/// The admission settings and live counters of one bot's webhook.
+///
+/// Lives as long as the webhook is configured; reconfiguring updates it in
+/// place, so counts carry on.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    pub(crate) bot_token: Arc<str>,
+    selected: AtomicU16,
+    free_plan: AtomicBool,
+    pub(crate) disabled: AtomicBool,
+    capacity: AtomicUsize,
+    pub(crate) counters: Counters,
+}
+
+impl Gate {
+    pub(crate) fn new(config: &WebhookConfig) -> Gate {
+        let gate = Gate {
+            bot_token: Arc::from(config.bot_token()),
+            selected: AtomicU16::new(0),
+            free_plan: AtomicBool::new(false),
+            disabled: AtomicBool::new(false),
+            capacity: AtomicUsize::new(0),
+            counters: Counters::default(),
+        };
+        gate.apply(config);
+        gate
+    }
+
+    /// Takes the settings of `config`; a reconfiguration also re-enables.
+    pub(crate) fn apply(&self, config: &WebhookConfig) {
+        let selected = config.events().iter().fold(0u16, |bits, kind| bits | 1 << kind.code());
+        self.selected.store(selected, Ordering::Relaxed);
+        self.free_plan.store(config.plan() == Plan::Free, Ordering::Relaxed);
+        self.capacity.store(config.queue_capacity(), Ordering::Relaxed);
+        self.disabled.store(false, Ordering::Relaxed);
+    }
+
+    fn selects(&self, event: &Event) -> bool {
+        event.kind().is_some_and(|kind| self.selected.load(Ordering::Relaxed) & (1 << kind.code()) != 0)
+    }
+}
+
+/// Wakes the dispatcher's task when there is new work it must look at.
+#[derive(Debug, Default)]
+pub(crate) struct Doorbell {
+    rung: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Doorbell {
+    pub(crate) fn ring(&self) {
+        self.rung.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once the bell has rung since the last time it was answered.
+    pub(crate) fn poll_rung(&self, context: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(context.waker());
+        if self.rung.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// An accepted event on its way to the core.
+pub(crate) struct Admitted {
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) event: Event,
+}
+
+/// The shared admission state: configured bots, global bound, intake.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    gates: RwLock<HashMap<Arc<str>, Arc<Gate>>>,
+    intake: Sender<Admitted>,
+    /// Accepted events not yet delivered or dropped, over all webhooks.
+    pending_total: AtomicUsize,
+    max_pending_total: usize,
+    closed: AtomicBool,
+    pub(crate) doorbell: Doorbell,
+    /// Counts of bots no longer configured, and refusals naming no bot.
+    pub(crate) retired: Counters,
+}
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Admitted").field("bot_token", &self.gate.bot_token).finish_non_exhaustive()
+    }
+}
+
+impl Admission {
+    pub(crate) fn new(intake: Sender<Admitted>, max_pending_total: usize) -> Admission {
+        Admission {
+            gates: RwLock::new(HashMap::new()),
+            intake,
+            pending_total: AtomicUsize::new(0),
+            max_pending_total,
+            closed: AtomicBool::new(false),
+            doorbell: Doorbell::default(),
+            retired: Counters::default(),
+        }
+    }
+
+    pub(crate) fn read_gates(&self) -> RwLockReadGuard<'_, HashMap<Arc<str>, Arc<Gate>>> {
+        self.gates.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Holding this guarantees no `enqueue` is between its checks and its send.
+    pub(crate) fn write_gates(&self) -> RwLockWriteGuard<'_, HashMap<Arc<str>, Arc<Gate>>> {
+        self.gates.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn close(&self) {
+        let _exclusive = self.write_gates();
+        self.closed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Events accepted and not yet delivered or dropped, over all webhooks.
+    pub(crate) fn release(&self, events: usize) {
+        self.pending_total.fetch_sub(events, Ordering::Relaxed);
+    }
+
+    /// The whole of `enqueue`: checks, bounds, counts and the send to the core.
+    pub(crate) fn enqueue(&self, event: Event) -> EnqueueOutcome {
+        let gates = self.read_gates();
+        if self.closed.load(Ordering::Acquire) {
+            self.retired.refuse(Refusal::Closed);
+            return EnqueueOutcome::Closed(event);
+        }
+        let Some(gate) = event.bot_token().and_then(|token| gates.get(token)) else {
+            self.retired.refuse(Refusal::NoWebhook);
+            return EnqueueOutcome::NoWebhook;
+        };
+        let refusal = if gate.free_plan.load(Ordering::Relaxed) {
+            Some((Refusal::FreePlan, EnqueueOutcome::FreePlan))
+        } else if !gate.selects(&event) {
+            Some((Refusal::NotSelected, EnqueueOutcome::NotSelected))
+        } else if gate.disabled.load(Ordering::Relaxed) {
+            Some((Refusal::WebhookDisabled, EnqueueOutcome::WebhookDisabled))
+        } else {
+            None
+        };
+        if let Some((refusal, outcome)) = refusal {
+            gate.counters.refuse(refusal);
+            return outcome;
+        }
+        let capacity = gate.capacity.load(Ordering::Relaxed) as u64;
+        let pending_before = gate.counters.pending.fetch_add(1, Ordering::AcqRel);
+        if pending_before >= capacity {
+            gate.counters.pending.fetch_sub(1, Ordering::AcqRel);
+            gate.counters.refuse(Refusal::QueueFull);
+            return EnqueueOutcome::QueueFull(event);
+        }
+        if self.pending_total.fetch_add(1, Ordering::AcqRel) >= self.max_pending_total {
+            self.pending_total.fetch_sub(1, Ordering::AcqRel);
+            gate.counters.pending.fetch_sub(1, Ordering::AcqRel);
+            gate.counters.refuse(Refusal::QueueFull);
+            return EnqueueOutcome::QueueFull(event);
+        }
+        gate.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let admitted = Admitted { gate: Arc::clone(gate), event };
+        if let Err(returned) = self.intake.send(admitted) {
+            // The core is gone: undo, and hand the event back.
+            let Admitted { gate, event } = returned.0;
+            gate.counters.accepted.fetch_sub(1, Ordering::Relaxed);
+            gate.counters.pending.fetch_sub(1, Ordering::AcqRel);
+            self.pending_total.fetch_sub(1, Ordering::AcqRel);
+            gate.counters.refuse(Refusal::Closed);
+            return EnqueueOutcome::Closed(event);
+        }
+        if pending_before == 0 {
+            // The webhook may have been idle: the core must schedule it.
+            self.doorbell.ring();
+        }
+        EnqueueOutcome::Accepted
+    }
+}

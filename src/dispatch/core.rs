@@ -1,0 +1,681 @@
+//! The sans-IO dispatch core: every rule of the events webhook, no I/O.
+//!
+//! Like quinn-proto, the core does no networking, spawns nothing and never
+//! sleeps. It takes events (through its [`Enqueuer`]), webhook settings and
+//! call outcomes; it hands out ready HTTP requests ([`Push`]), says when it
+//! next needs to be polled, and queues [`Notice`]s (calls to bill, dropped
+//! events, alerts) for the host. Time comes from the [`Clock`] it is given,
+//! so tests drive it deterministically with a [`ManualClock`](crate::ManualClock).
+//!
+//! [`WebhookDispatcher`](super::WebhookDispatcher) drives it on a runtime.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderValue, Method, Request, StatusCode};
+
+use super::admission::{Admission, Admitted, Gate};
+use super::stats::{DispatcherStats, DropReason, EventCounts, WebhookState, WebhookStats};
+use super::store::{array_length, WebhookStore};
+use super::{CallOutcome, CallRecord, DroppedEvents, EnqueueOutcome};
+use crate::alert::WebhookDisabledAlert;
+use crate::clock::Clock;
+use crate::config::{Plan, WebhookConfig};
+use crate::event::Event;
+use crate::transport::TransportError;
+use crate::wire;
+
+/// Failed calls in a row a webhook survives; the next failure disables it
+/// ("more than 10 times", as the platform says).
+pub const MAX_FAILURES_IN_ROW: u32 = 10;
+
+/// Limits that protect the host, over all webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreLimits {
+    /// The most events pending (queued or in flight) over all webhooks.
+    pub max_pending_events: usize,
+    /// The most calls under way at once over all webhooks.
+    pub max_concurrent_pushes: usize,
+}
+
+impl Default for CoreLimits {
+    fn default() -> Self {
+        CoreLimits { max_pending_events: 1_000_000, max_concurrent_pushes: 64 }
+    }
+}
+
+/// Identifies one call handed out by [`DispatchCore::poll_push`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PushId {
+    sequence: u64,
+    bot_token: Arc<str>,
+}
+
+impl PushId {
+    /// The bot whose webhook is called.
+    pub fn bot_token(&self) -> &str {
+        &self.bot_token
+    }
+}
+
+/// One call to make: send `request`, then report with [`DispatchCore::on_push_result`].
+#[derive(Debug)]
+pub struct Push {
+    /// Pass back with the outcome.
+    pub id: PushId,
+    /// The complete request (its `Authorization` header is marked sensitive).
+    pub request: Request<Vec<u8>>,
+    /// How many events the body carries.
+    pub events: usize,
+    /// How long the call may take before it counts as failed.
+    pub timeout: Duration,
+}
+
+/// Something the host should hear about, from [`DispatchCore::poll_notice`].
+#[derive(Debug, Clone)]
+pub enum Notice {
+    /// A call was answered or failed: one billable outgoing message.
+    Call(CallRecord),
+    /// Accepted events that will not be delivered.
+    Dropped(DroppedEvents),
+    /// A webhook was disabled; tell the account.
+    Disabled(WebhookDisabledAlert),
+}
+
+struct CallUnderWay {
+    sequence: u64,
+    bytes: usize,
+    started: Instant,
+}
+
+struct Webhook {
+    config: WebhookConfig,
+    gate: Arc<Gate>,
+    store: WebhookStore,
+    /// The first push time; later ones follow on a grid of `push_interval` from it.
+    anchor: Instant,
+    last_push_started: Option<Instant>,
+    /// The due time and ticket of this webhook's live schedule entry.
+    scheduled: Option<(Instant, u64)>,
+    call: Option<CallUnderWay>,
+    /// Events still to deliver for the flush under way.
+    flush_remaining: usize,
+}
+
+impl Webhook {
+    fn batch_limits(&self) -> (usize, usize) {
+        let events = if self.config.one_event_per_call() { 1 } else { self.config.max_batch_events() };
+        (events, self.config.max_batch_bytes())
+    }
+
+    /// The first grid time at or after `earliest`.
+    fn next_grid_time(&self, earliest: Instant) -> Instant {
+        if earliest <= self.anchor {
+            return self.anchor;
+        }
+        let interval = self.config.push_interval().as_nanos().max(1);
+        let elapsed = (earliest - self.anchor).as_nanos();
+        let steps = elapsed.div_ceil(interval);
+        let offset = u64::try_from(steps * interval).unwrap_or(u64::MAX);
+        self.anchor.checked_add(Duration::from_nanos(offset)).unwrap_or(earliest)
+    }
+
+    /// When the next push may happen: a whole interval after the last one
+    /// started, on this webhook's grid.
+    fn regular_due_time(&self, now: Instant) -> Instant {
+        let earliest = match self.last_push_started {
+            Some(started) => now.max(started + self.config.push_interval()),
+            None => now,
+        };
+        self.next_grid_time(earliest)
+    }
+}
+
+/// Spreads first pushes over the interval, the same way for the same bot.
+fn phase(bot_token: &str, interval: Duration) -> Duration {
+    // FNV-1a: deterministic across processes, unlike std's RandomState.
+    let hash = bot_token.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let interval_nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(hash % interval_nanos)
+}
+
+/// Accepts events for a [`DispatchCore`] from any thread, without blocking.
+///
+/// Cheap to clone; every clone feeds the same core.
+#[derive(Debug, Clone)]
+pub struct Enqueuer {
+    admission: Arc<Admission>,
+}
+
+impl Enqueuer {
+    /// Offers `event` to its bot's webhook; see [`EnqueueOutcome`].
+    ///
+    /// Never blocks and never panics: it reads the bot's settings, checks
+    /// the bounds and sends the event to the core's intake.
+    pub fn enqueue(&self, event: Event) -> EnqueueOutcome {
+        self.admission.enqueue(event)
+    }
+
+    pub(crate) fn doorbell(&self) -> &super::admission::Doorbell {
+        &self.admission.doorbell
+    }
+}
+
+/// The dispatch state machine. See the [module documentation](self).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use eventhook::dispatch::{CoreLimits, DispatchCore, EnqueueOutcome};
+/// use eventhook::{ChatContext, Event, EventFactory, ManualClock, WebhookConfig};
+///
+/// let clock = Arc::new(ManualClock::new());
+/// let (mut core, enqueuer) = DispatchCore::new(clock.clone(), CoreLimits::default());
+/// core.configure(WebhookConfig::builder("bot", "Account", "https://example.com/hook", "secret").build().unwrap());
+///
+/// let bot = EventFactory::new("bot", "Account").with_clock(clock.clone());
+/// let chat = ChatContext::new("conversation", "TelegramChannel");
+/// assert_eq!(enqueuer.enqueue(Event::UserMessage(bot.message(&chat, "hi"))), EnqueueOutcome::Accepted);
+///
+/// assert!(core.poll_push().is_none()); // not due yet
+/// clock.advance(Duration::from_secs(30));
+/// let push = core.poll_push().expect("due within one interval");
+/// assert_eq!(push.events, 1);
+/// core.on_push_result(&push.id, Ok(http::StatusCode::OK));
+/// assert_eq!(core.stats().totals.delivered, 1);
+/// ```
+pub struct DispatchCore {
+    admission: Arc<Admission>,
+    intake: Receiver<Admitted>,
+    webhooks: HashMap<Arc<str>, Webhook>,
+    /// Due times of webhooks with events waiting: a min-heap with lazy deletion.
+    schedule: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
+    next_ticket: u64,
+    next_call: u64,
+    calls_in_flight: usize,
+    limits: CoreLimits,
+    clock: Arc<dyn Clock>,
+    notices: std::collections::VecDeque<Notice>,
+    flushing_webhooks: usize,
+    flush_failures: usize,
+}
+
+impl fmt::Debug for DispatchCore {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("DispatchCore")
+            .field("webhooks", &self.webhooks.len())
+            .field("calls_in_flight", &self.calls_in_flight)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DispatchCore {
+    /// A core with no webhooks, and the [`Enqueuer`] that feeds it.
+    pub fn new(clock: Arc<dyn Clock>, limits: CoreLimits) -> (DispatchCore, Enqueuer) {
+        let (sender, intake) = mpsc::channel();
+        let admission = Arc::new(Admission::new(sender, limits.max_pending_events));
+        let core = DispatchCore {
+            admission: Arc::clone(&admission),
+            intake,
+            webhooks: HashMap::new(),
+            schedule: BinaryHeap::new(),
+            next_ticket: 0,
+            next_call: 0,
+            calls_in_flight: 0,
+            limits: CoreLimits { max_concurrent_pushes: limits.max_concurrent_pushes.max(1), ..limits },
+            clock,
+            notices: std::collections::VecDeque::new(),
+            flushing_webhooks: 0,
+            flush_failures: 0,
+        };
+        (core, Enqueuer { admission })
+    }
+
+    /// Sets up or replaces a bot's webhook. Replacing re-enables a disabled
+    /// webhook with no failures counted, keeps its pending events (sent with
+    /// the new settings) and its counts.
+    pub fn configure(&mut self, config: WebhookConfig) {
+        let now = self.clock.now();
+        let admission = Arc::clone(&self.admission);
+        let mut gates = admission.write_gates();
+        self.drain_intake();
+        let token: Arc<str> = Arc::from(config.bot_token());
+        let anchor = now + phase(&token, config.push_interval());
+        match self.webhooks.get_mut(&token) {
+            Some(webhook) => {
+                webhook.gate.apply(&config);
+                webhook.store.disabled = false;
+                webhook.store.failures_in_row = 0;
+                webhook.store.last_failure = None;
+                webhook.gate.counters.failures_in_row.store(0, std::sync::atomic::Ordering::Relaxed);
+                webhook.anchor = anchor;
+                webhook.config = config;
+            }
+            None => {
+                let gate = Arc::new(Gate::new(&config));
+                gates.insert(Arc::clone(&token), Arc::clone(&gate));
+                let webhook = Webhook {
+                    config,
+                    gate,
+                    store: WebhookStore::default(),
+                    anchor,
+                    last_push_started: None,
+                    scheduled: None,
+                    call: None,
+                    flush_remaining: 0,
+                };
+                self.webhooks.insert(Arc::clone(&token), webhook);
+            }
+        }
+        drop(gates);
+        self.settle(&token, now);
+    }
+
+    /// Removes a bot's webhook and returns its undelivered events (counted
+    /// as dropped with reason [`DropReason::Removed`]). A call under way is
+    /// abandoned: its events are returned too, and may also arrive.
+    pub fn remove(&mut self, bot_token: &str) -> Vec<Event> {
+        let admission = Arc::clone(&self.admission);
+        let mut gates = admission.write_gates();
+        gates.remove(bot_token);
+        // No enqueue is mid-way now, so the intake holds every event this bot will get.
+        self.drain_intake();
+        drop(gates);
+        let Some(mut webhook) = self.webhooks.remove(bot_token) else {
+            return Vec::new();
+        };
+        if webhook.call.take().is_some() {
+            self.calls_in_flight -= 1;
+        }
+        if webhook.flush_remaining > 0 {
+            self.flushing_webhooks -= 1;
+        }
+        let events = self.take_all_events(&mut webhook, DropReason::Removed);
+        self.admission.retired.absorb(&webhook.gate.counters.snapshot());
+        events
+    }
+
+    /// The next call to make now, if any webhook is due and the concurrency
+    /// cap allows. Call repeatedly until `None`.
+    pub fn poll_push(&mut self) -> Option<Push> {
+        self.drain_intake();
+        if self.calls_in_flight >= self.limits.max_concurrent_pushes {
+            return None;
+        }
+        let now = self.clock.now();
+        while let Some(Reverse((due, ticket, _))) = self.schedule.peek() {
+            if *due > now {
+                return None;
+            }
+            let (due, ticket) = (*due, *ticket);
+            let Some(Reverse((_, _, token))) = self.schedule.pop() else { break };
+            let Some(webhook) = self.webhooks.get_mut(&token) else { continue };
+            if webhook.scheduled != Some((due, ticket)) {
+                continue; // superseded by a later scheduling
+            }
+            webhook.scheduled = None;
+            if webhook.call.is_some() || webhook.store.disabled || webhook.store.waiting() == 0 {
+                continue;
+            }
+            let sequence = self.next_call;
+            self.next_call += 1;
+            self.calls_in_flight += 1;
+            return Some(start_push(webhook, &token, sequence, now));
+        }
+        None
+    }
+
+    /// Reports how the call `id` ended: the status received, or why none was.
+    ///
+    /// Exactly `200 OK` is a success (any `2xx` when the webhook accepts
+    /// them); anything else fails the call, and the 11th failure in a row
+    /// disables the webhook. Results of calls abandoned by `remove` or
+    /// `take_undelivered` are ignored.
+    pub fn on_push_result(&mut self, id: &PushId, result: Result<StatusCode, TransportError>) {
+        let now = self.clock.now();
+        let Some(webhook) = self.webhooks.get_mut(&id.bot_token) else { return };
+        let Some(call) = webhook.call.take_if(|call| call.sequence == id.sequence) else { return };
+        self.calls_in_flight -= 1;
+        let accept_any_2xx = webhook.config.accept_any_2xx();
+        let outcome = match result {
+            Ok(status) if status == StatusCode::OK || (accept_any_2xx && status.is_success()) => {
+                CallOutcome::Delivered(status)
+            }
+            Ok(status) => CallOutcome::FailedStatus(status),
+            Err(error) => CallOutcome::FailedTransport(error),
+        };
+        let delivered = outcome.is_success();
+        let events = webhook.store.finish_batch(delivered);
+        let counters = &webhook.gate.counters;
+        counters.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.notices.push_back(Notice::Call(CallRecord {
+            bot_token: webhook.config.bot_token().to_owned(),
+            account_name: webhook.config.account_name().to_owned(),
+            url: webhook.config.url().to_string(),
+            events,
+            bytes: call.bytes,
+            duration: now.saturating_duration_since(call.started),
+            outcome: outcome.clone(),
+        }));
+        if delivered {
+            counters.in_flight_to_delivered(events as u64);
+            self.admission.release(events);
+            webhook.store.failures_in_row = 0;
+            counters.failures_in_row.store(0, std::sync::atomic::Ordering::Relaxed);
+            if webhook.flush_remaining > 0 {
+                webhook.flush_remaining = webhook.flush_remaining.saturating_sub(events);
+                if webhook.flush_remaining == 0 || webhook.store.waiting() == 0 {
+                    webhook.flush_remaining = 0;
+                    self.flushing_webhooks -= 1;
+                }
+            }
+        } else {
+            counters.in_flight_to_pending(events as u64);
+            counters.calls_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            webhook.store.failures_in_row += 1;
+            counters.failures_in_row.store(webhook.store.failures_in_row, std::sync::atomic::Ordering::Relaxed);
+            webhook.store.last_failure = Some(outcome.to_string());
+            if webhook.flush_remaining > 0 {
+                // A flush makes one attempt per webhook; the failure rule paces retries.
+                webhook.flush_remaining = 0;
+                self.flushing_webhooks -= 1;
+                self.flush_failures += 1;
+            }
+            if webhook.store.failures_in_row > MAX_FAILURES_IN_ROW {
+                self.disable(&id.bot_token);
+                return;
+            }
+        }
+        let token = Arc::clone(&id.bot_token);
+        self.settle(&token, now);
+    }
+
+    /// When the core next has a push due, if any; poll again then (or
+    /// sooner, after new events, settings or results). `None` means nothing
+    /// is scheduled, or the concurrency cap is reached and only a call's
+    /// result can free a slot.
+    pub fn next_wakeup(&mut self) -> Option<Instant> {
+        if self.calls_in_flight >= self.limits.max_concurrent_pushes {
+            return None;
+        }
+        while let Some(Reverse((due, ticket, token))) = self.schedule.peek() {
+            let live = self.webhooks.get(token).is_some_and(|webhook| webhook.scheduled == Some((*due, *ticket)));
+            if live {
+                return Some(*due);
+            }
+            self.schedule.pop();
+        }
+        None
+    }
+
+    /// Makes every webhook with pending events due now, and keeps pushing
+    /// each at once after a success until the events pending now are
+    /// delivered or a call fails. See [`is_flush_complete`](Self::is_flush_complete).
+    pub fn begin_flush(&mut self) {
+        self.drain_intake();
+        self.flush_failures = 0;
+        let now = self.clock.now();
+        let tokens: Vec<Arc<str>> = self
+            .webhooks
+            .iter()
+            .filter(|(_, webhook)| !webhook.store.disabled && webhook.store.waiting() + webhook.store.in_flight() > 0)
+            .map(|(token, _)| Arc::clone(token))
+            .collect();
+        for token in tokens {
+            let Some(webhook) = self.webhooks.get_mut(&token) else { continue };
+            if webhook.flush_remaining == 0 {
+                self.flushing_webhooks += 1;
+            }
+            webhook.flush_remaining = webhook.store.waiting() + webhook.store.in_flight();
+            if webhook.call.is_none() {
+                self.schedule_at(&token, now);
+            }
+        }
+    }
+
+    /// Whether the flush begun last has ended for every webhook.
+    pub fn is_flush_complete(&self) -> bool {
+        self.flushing_webhooks == 0
+    }
+
+    /// Webhooks whose call failed during the flush begun last.
+    pub fn flush_failures(&self) -> usize {
+        self.flush_failures
+    }
+
+    /// Takes every undelivered event of every webhook (queued, or in calls,
+    /// which are abandoned), counted as dropped with reason
+    /// [`DropReason::Shutdown`]. Used at shutdown, after the last flush.
+    pub fn take_undelivered(&mut self) -> Vec<Event> {
+        self.drain_intake();
+        let tokens: Vec<Arc<str>> = self.webhooks.keys().cloned().collect();
+        let mut undelivered = Vec::new();
+        for token in tokens {
+            let Some(mut webhook) = self.webhooks.remove(&token) else { continue };
+            if webhook.call.take().is_some() {
+                self.calls_in_flight -= 1;
+            }
+            webhook.scheduled = None;
+            webhook.flush_remaining = 0;
+            undelivered.extend(self.take_all_events(&mut webhook, DropReason::Shutdown));
+            self.webhooks.insert(token, webhook);
+        }
+        self.flushing_webhooks = 0;
+        undelivered
+    }
+
+    /// The next notice for the host (calls to bill, dropped events, alerts), oldest first.
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
+    }
+
+    /// Stops accepting events: every later `enqueue` returns [`EnqueueOutcome::Closed`].
+    pub fn close(&mut self) {
+        self.admission.close();
+    }
+
+    /// Whether the dispatcher has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.admission.is_closed()
+    }
+
+    /// Calls under way.
+    pub fn calls_in_flight(&self) -> usize {
+        self.calls_in_flight
+    }
+
+    /// A snapshot of one bot's webhook.
+    pub fn webhook_stats(&self, bot_token: &str) -> Option<WebhookStats> {
+        self.webhooks.get(bot_token).map(|webhook| WebhookStats {
+            bot_token: bot_token.to_owned(),
+            state: if webhook.store.disabled {
+                WebhookState::Disabled
+            } else if webhook.config.plan() == Plan::Free {
+                WebhookState::FreePlan
+            } else {
+                WebhookState::Active
+            },
+            counts: webhook.gate.counters.snapshot(),
+            failures_in_row: webhook.store.failures_in_row,
+            last_failure: webhook.store.last_failure.clone(),
+        })
+    }
+
+    /// A snapshot of every webhook, in total (including removed ones).
+    pub fn stats(&self) -> DispatcherStats {
+        let mut totals: EventCounts = self.admission.retired.snapshot();
+        let mut disabled_webhooks = 0;
+        for webhook in self.webhooks.values() {
+            totals.add(&webhook.gate.counters.snapshot());
+            disabled_webhooks += usize::from(webhook.store.disabled);
+        }
+        DispatcherStats { webhooks: self.webhooks.len(), disabled_webhooks, totals }
+    }
+
+    /// Moves accepted events from the intake into their webhooks' queues,
+    /// encoding them once here, off the callers' threads.
+    fn drain_intake(&mut self) {
+        let now = self.clock.now();
+        let mut encoded = Vec::new();
+        while let Ok(Admitted { gate, event }) = self.intake.try_recv() {
+            let Some(webhook) = self.webhooks.get_mut(&gate.bot_token) else {
+                // Unreachable by the locking protocol of `remove`; counted, never lost.
+                gate.counters.pending_to_dropped(1, DropReason::Removed);
+                self.admission.retired.absorb_drop(DropReason::Removed);
+                self.admission.release(1);
+                continue;
+            };
+            let drop_reason = if webhook.store.disabled {
+                Some(DropReason::Disabled)
+            } else if webhook.config.plan() == Plan::Free {
+                Some(DropReason::Reconfigured)
+            } else {
+                encoded.clear();
+                wire::encode_event(&event, &mut encoded);
+                (array_length(1, encoded.len()) > webhook.config.max_batch_bytes()).then_some(DropReason::TooLarge)
+            };
+            if let Some(reason) = drop_reason {
+                gate.counters.pending_to_dropped(1, reason);
+                self.admission.release(1);
+                push_dropped(&mut self.notices, &gate.bot_token, reason, vec![event]);
+                continue;
+            }
+            webhook.store.push(encoded.as_slice().into());
+            let idle = webhook.scheduled.is_none() && webhook.call.is_none();
+            if idle {
+                let due = webhook.regular_due_time(now);
+                let token = Arc::clone(&gate.bot_token);
+                self.schedule_at(&token, due);
+            }
+        }
+    }
+
+    fn schedule_at(&mut self, token: &Arc<str>, due: Instant) {
+        let Some(webhook) = self.webhooks.get_mut(token) else { return };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        webhook.scheduled = Some((due, ticket));
+        self.schedule.push(Reverse((due, ticket, Arc::clone(token))));
+    }
+
+    /// Schedules a webhook that has no call under way, after a call or a
+    /// reconfiguration: at once when a whole batch waits (a backlog drains
+    /// at network speed) or a flush is under way, else on its grid.
+    fn settle(&mut self, token: &Arc<str>, now: Instant) {
+        let Some(webhook) = self.webhooks.get_mut(token) else { return };
+        if webhook.call.is_some() || webhook.store.disabled {
+            return;
+        }
+        if webhook.config.plan() == Plan::Free {
+            let events = webhook.store.take_waiting();
+            let count = events.len();
+            if count > 0 {
+                webhook.gate.counters.pending_to_dropped(count as u64, DropReason::Reconfigured);
+                self.admission.release(count);
+                let decoded = decode(&events);
+                push_dropped(&mut self.notices, token, DropReason::Reconfigured, decoded);
+            }
+            return;
+        }
+        if webhook.store.waiting() == 0 {
+            webhook.scheduled = None;
+            return;
+        }
+        let (max_events, max_bytes) = webhook.batch_limits();
+        let due = if webhook.flush_remaining > 0 || webhook.store.has_full_batch(max_events, max_bytes) {
+            now
+        } else {
+            webhook.regular_due_time(now)
+        };
+        self.schedule_at(token, due);
+    }
+
+    fn disable(&mut self, token: &Arc<str>) {
+        let wall_time = self.clock.wall_time();
+        let Some(webhook) = self.webhooks.get_mut(token) else { return };
+        webhook.store.disabled = true;
+        webhook.gate.disabled.store(true, std::sync::atomic::Ordering::Relaxed);
+        webhook.scheduled = None;
+        let alert = WebhookDisabledAlert {
+            bot_token: webhook.config.bot_token().to_owned(),
+            account_name: webhook.config.account_name().to_owned(),
+            url: webhook.config.url().to_string(),
+            failures_in_row: webhook.store.failures_in_row,
+            last_failure: webhook.store.last_failure.clone().unwrap_or_default(),
+            disabled_at: wall_time,
+        };
+        let events = webhook.store.take_all();
+        let count = events.len();
+        webhook.gate.counters.pending_to_dropped(count as u64, DropReason::Disabled);
+        self.admission.release(count);
+        if count > 0 {
+            push_dropped(&mut self.notices, token, DropReason::Disabled, decode(&events));
+        }
+        self.notices.push_back(Notice::Disabled(alert));
+    }
+
+    fn take_all_events(&mut self, webhook: &mut Webhook, reason: DropReason) -> Vec<Event> {
+        let in_flight = webhook.store.in_flight();
+        let events = webhook.store.take_all();
+        let waiting = events.len() - in_flight;
+        webhook.gate.counters.pending_to_dropped(waiting as u64, reason);
+        webhook.gate.counters.in_flight_to_dropped(in_flight as u64, reason);
+        self.admission.release(events.len());
+        decode(&events)
+    }
+}
+
+/// Marks a batch of `webhook` as in flight and builds its request.
+fn start_push(webhook: &mut Webhook, token: &Arc<str>, sequence: u64, now: Instant) -> Push {
+    let (max_events, max_bytes) = webhook.batch_limits();
+    let batch = webhook.store.start_batch(max_events, max_bytes);
+    webhook.gate.counters.pending_to_in_flight(batch.events as u64);
+    webhook.last_push_started = Some(now);
+    webhook.call = Some(CallUnderWay { sequence, bytes: batch.body.len(), started: now });
+    let config = &webhook.config;
+    let mut request = Request::new(batch.body);
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = config.url().as_uri().clone();
+    let headers = request.headers_mut();
+    headers.insert(AUTHORIZATION, config.secret().authorization_header().clone());
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    headers.insert(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT));
+    Push {
+        id: PushId { sequence, bot_token: Arc::clone(token) },
+        request,
+        events: batch.events,
+        timeout: config.request_timeout(),
+    }
+}
+
+/// Decodes stored events to hand them back. The codec round-trips every
+/// event it encodes (property-tested), so nothing is skipped in practice.
+fn decode(encoded: &[Box<[u8]>]) -> Vec<Event> {
+    encoded.iter().filter_map(|bytes| wire::parse_event(bytes).ok()).collect()
+}
+
+/// Adds dropped events to the notices, merging with the last notice when it
+/// is for the same bot and reason.
+fn push_dropped(
+    notices: &mut std::collections::VecDeque<Notice>,
+    bot_token: &str,
+    reason: DropReason,
+    events: Vec<Event>,
+) {
+    if let Some(Notice::Dropped(last)) = notices.back_mut() {
+        if last.bot_token == bot_token && last.reason == reason {
+            last.events.extend(events);
+            return;
+        }
+    }
+    notices.push_back(Notice::Dropped(DroppedEvents { bot_token: bot_token.to_owned(), reason, events }));
+}

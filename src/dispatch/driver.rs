@@ -1,0 +1,402 @@
+//! The driver: runs a [`DispatchCore`] on the host's runtime and transport.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::channel::oneshot;
+use futures::future::{self, BoxFuture, Either};
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+
+use super::core::{CoreLimits, DispatchCore, Enqueuer, Notice, Push, PushId};
+use super::{
+    DeliveryObserver, Dispatcher, DispatcherClosed, DispatcherStats, EnqueueOutcome, FlushError, NoObserver,
+    ShutdownReport, WebhookStats,
+};
+use crate::alert::{AlertSink, NoAlerts};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{ConfigError, WebhookConfig};
+use crate::event::Event;
+use crate::runtime::Runtime;
+use crate::transport::{Transport, TransportError, TransportErrorKind};
+
+/// The real [`Dispatcher`]: a [`DispatchCore`] driven by one background task
+/// on a [`Runtime`], sending through a [`Transport`].
+///
+/// `enqueue` runs on the caller's thread and only checks and counts; the
+/// task encodes, batches, calls webhooks (at most one call per webhook at a
+/// time, a global cap over all), and tells the [`AlertSink`] and
+/// [`DeliveryObserver`]. Call [`shutdown`](Dispatcher::shutdown) before
+/// dropping it: dropping stops the task and loses what was pending.
+///
+/// ```no_run
+/// # #[cfg(all(feature = "reqwest", feature = "tokio"))]
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use eventhook::dispatch::{Dispatcher, WebhookDispatcher};
+/// use eventhook::{ChatContext, Event, EventFactory, WebhookConfig};
+///
+/// // Inside a tokio runtime: reqwest transport and tokio runtime by default.
+/// let dispatcher: Arc<dyn Dispatcher> = Arc::new(WebhookDispatcher::builder().build()?);
+/// dispatcher.configure(
+///     WebhookConfig::builder("bot-token", "Matelab Srl", "https://hooks.example.com/events", "bot-api-secret")
+///         .build()?,
+/// )?;
+///
+/// let bot = EventFactory::new("bot-token", "Matelab Srl");
+/// let chat = ChatContext::new("conversation-1", "TelegramChannel");
+/// let _ = dispatcher.enqueue(Event::UserMessage(bot.message(&chat, "Hello there!")));
+///
+/// let report = dispatcher.shutdown(Duration::from_secs(5)).await;
+/// println!("{} events to keep for later", report.undelivered.len());
+/// # Ok(())
+/// # }
+/// ```
+pub struct WebhookDispatcher {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    core: Mutex<DispatchCore>,
+    enqueuer: Enqueuer,
+    transport: Arc<dyn Transport>,
+    runtime: Arc<dyn Runtime>,
+    alert_sink: Arc<dyn AlertSink>,
+    observer: Arc<dyn DeliveryObserver>,
+    clock: Arc<dyn Clock>,
+    /// Woken (under the core lock) when a flush completes.
+    flush_waiters: Mutex<Vec<oneshot::Sender<()>>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn lock_core(&self) -> MutexGuard<'_, DispatchCore> {
+        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ring(&self) {
+        self.enqueuer.doorbell().ring();
+    }
+
+    fn deliver(&self, notices: Vec<Notice>) {
+        for notice in notices {
+            match notice {
+                Notice::Call(call) => {
+                    #[cfg(feature = "tracing")]
+                    if !call.outcome.is_success() {
+                        tracing::warn!(bot_token = %call.bot_token, url = %call.url, outcome = %call.outcome, "webhook call failed");
+                    }
+                    self.observer.call_made(&call);
+                }
+                Notice::Dropped(dropped) => {
+                    #[cfg(feature = "tracing")]
+                    tracing::warn!(bot_token = %dropped.bot_token, reason = %dropped.reason, events = dropped.events.len(), "events dropped");
+                    self.observer.events_dropped(&dropped);
+                }
+                Notice::Disabled(alert) => {
+                    #[cfg(feature = "tracing")]
+                    tracing::error!(bot_token = %alert.bot_token, url = %alert.url, failures = alert.failures_in_row, "webhook disabled");
+                    self.alert_sink.webhook_disabled(&alert);
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for WebhookDispatcher {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("WebhookDispatcher")
+            .field("transport", &self.shared.transport)
+            .field("runtime", &self.shared.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What woke the driver.
+enum Wake {
+    CallEnded(PushId, Result<http::StatusCode, TransportError>),
+    Work,
+}
+
+async fn drive(shared: Arc<Shared>) {
+    let mut calls: FuturesUnordered<BoxFuture<'static, (PushId, Result<http::StatusCode, TransportError>)>> =
+        FuturesUnordered::new();
+    while !shared.stop.load(Ordering::Acquire) {
+        let mut notices = Vec::new();
+        let wake_at = {
+            let mut core = shared.lock_core();
+            while let Some(push) = core.poll_push() {
+                calls.push(make_call(&shared, push));
+            }
+            while let Some(notice) = core.poll_notice() {
+                notices.push(notice);
+            }
+            if core.is_flush_complete() {
+                let mut waiters = shared.flush_waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                for waiter in waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
+            core.next_wakeup()
+        };
+        shared.deliver(notices);
+        let mut timer = wake_at.map(|at| shared.runtime.sleep(at.saturating_duration_since(shared.clock.now())));
+        let wake = future::poll_fn(|context| {
+            if let Poll::Ready(Some((id, result))) = calls.poll_next_unpin(context) {
+                return Poll::Ready(Wake::CallEnded(id, result));
+            }
+            if shared.enqueuer.doorbell().poll_rung(context).is_ready() {
+                return Poll::Ready(Wake::Work);
+            }
+            match timer.as_mut().map(|timer| timer.poll_unpin(context)) {
+                Some(Poll::Ready(())) => Poll::Ready(Wake::Work),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        if let Wake::CallEnded(id, result) = wake {
+            shared.lock_core().on_push_result(&id, result);
+        }
+    }
+}
+
+fn make_call(shared: &Shared, push: Push) -> BoxFuture<'static, (PushId, Result<http::StatusCode, TransportError>)> {
+    let transport = Arc::clone(&shared.transport);
+    let Push { id, request, timeout, events } = push;
+    // The timeout is applied here so that any transport is bounded.
+    let deadline = shared.runtime.sleep(timeout);
+    let call = async move {
+        let send = transport.send(request);
+        let result = match future::select(send, deadline).await {
+            Either::Left((result, _)) => result,
+            Either::Right(((), _)) => {
+                Err(TransportError::new(TransportErrorKind::Timeout, format!("no answer within {timeout:?}")))
+            }
+        };
+        (id, result)
+    };
+    #[cfg(feature = "tracing")]
+    let call = tracing::Instrument::instrument(call, tracing::info_span!("eventhook.push", events));
+    #[cfg(not(feature = "tracing"))]
+    let _ = events;
+    call.boxed()
+}
+
+impl WebhookDispatcher {
+    /// Starts building a dispatcher; see [`WebhookDispatcherBuilder`].
+    pub fn builder() -> WebhookDispatcherBuilder {
+        WebhookDispatcherBuilder::default()
+    }
+
+    async fn run_flush(&self, timeout: Duration) -> Result<(), FlushError> {
+        let (sender, receiver) = oneshot::channel();
+        {
+            let mut core = self.shared.lock_core();
+            core.begin_flush();
+            if !core.is_flush_complete() {
+                self.shared.flush_waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(sender);
+            } else {
+                let _ = sender.send(());
+            }
+        }
+        self.shared.ring();
+        let completed = match future::select(receiver, self.shared.runtime.sleep(timeout)).await {
+            Either::Left((result, _)) => result.is_ok(),
+            Either::Right(_) => false,
+        };
+        let core = self.shared.lock_core();
+        let totals = core.stats().totals;
+        let pending = totals.pending + totals.in_flight;
+        if !completed {
+            Err(FlushError::TimedOut { pending })
+        } else if core.flush_failures() > 0 {
+            Err(FlushError::Incomplete { pending })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for WebhookDispatcher {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.ring();
+    }
+}
+
+#[async_trait]
+impl Dispatcher for WebhookDispatcher {
+    fn enqueue(&self, event: Event) -> EnqueueOutcome {
+        self.shared.enqueuer.enqueue(event)
+    }
+
+    fn configure(&self, config: WebhookConfig) -> Result<(), DispatcherClosed> {
+        {
+            let mut core = self.shared.lock_core();
+            if core.is_closed() {
+                return Err(DispatcherClosed);
+            }
+            #[cfg(feature = "tracing")]
+            if core.webhook_stats(config.bot_token()).is_some_and(|stats| stats.state == super::WebhookState::Disabled) {
+                tracing::info!(bot_token = %config.bot_token(), "webhook re-enabled by reconfiguration");
+            }
+            core.configure(config);
+        }
+        self.shared.ring();
+        Ok(())
+    }
+
+    fn remove(&self, bot_token: &str) -> Vec<Event> {
+        let events = self.shared.lock_core().remove(bot_token);
+        self.shared.ring();
+        events
+    }
+
+    fn stats(&self) -> DispatcherStats {
+        self.shared.lock_core().stats()
+    }
+
+    fn webhook_stats(&self, bot_token: &str) -> Option<WebhookStats> {
+        self.shared.lock_core().webhook_stats(bot_token)
+    }
+
+    async fn flush(&self, timeout: Duration) -> Result<(), FlushError> {
+        if self.shared.lock_core().is_closed() {
+            return Err(FlushError::Closed);
+        }
+        self.run_flush(timeout).await
+    }
+
+    async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        self.shared.lock_core().close();
+        let _ = self.run_flush(timeout).await;
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.ring();
+        let (undelivered, stats, notices) = {
+            let mut core = self.shared.lock_core();
+            let undelivered = core.take_undelivered();
+            let notices: Vec<Notice> = std::iter::from_fn(|| core.poll_notice()).collect();
+            (undelivered, core.stats(), notices)
+        };
+        self.shared.deliver(notices);
+        ShutdownReport { undelivered, stats }
+    }
+}
+
+/// Builds a [`WebhookDispatcher`].
+///
+/// Every part has a default: the reqwest transport and the current tokio
+/// runtime (with the `reqwest` and `tokio` features), no alerts beyond the
+/// stats, the system clock, at most 1,000,000 pending events and 64
+/// concurrent calls.
+#[must_use]
+pub struct WebhookDispatcherBuilder {
+    transport: Option<Arc<dyn Transport>>,
+    runtime: Option<Arc<dyn Runtime>>,
+    alert_sink: Arc<dyn AlertSink>,
+    observer: Arc<dyn DeliveryObserver>,
+    clock: Arc<dyn Clock>,
+    limits: CoreLimits,
+}
+
+impl Default for WebhookDispatcherBuilder {
+    fn default() -> Self {
+        WebhookDispatcherBuilder {
+            transport: None,
+            runtime: None,
+            alert_sink: Arc::new(NoAlerts),
+            observer: Arc::new(NoObserver),
+            clock: Arc::new(SystemClock),
+            limits: CoreLimits::default(),
+        }
+    }
+}
+
+impl fmt::Debug for WebhookDispatcherBuilder {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("WebhookDispatcherBuilder")
+            .field("transport", &self.transport)
+            .field("runtime", &self.runtime)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookDispatcherBuilder {
+    /// Sends through `transport`.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+    /// Runs the background task and timers on `runtime`.
+    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+    /// Tells `alert_sink` when a webhook is disabled.
+    pub fn alert_sink(mut self, alert_sink: Arc<dyn AlertSink>) -> Self {
+        self.alert_sink = alert_sink;
+        self
+    }
+    /// Tells `observer` of every call and every dropped event.
+    pub fn observer(mut self, observer: Arc<dyn DeliveryObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+    /// Reads time from `clock`.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// The most events pending over all webhooks (default 1,000,000).
+    pub fn max_pending_events(mut self, events: usize) -> Self {
+        self.limits.max_pending_events = events;
+        self
+    }
+    /// The most calls under way at once (default 64).
+    pub fn max_concurrent_pushes(mut self, calls: usize) -> Self {
+        self.limits.max_concurrent_pushes = calls;
+        self
+    }
+
+    /// Starts the dispatcher's task on the runtime and returns its handle.
+    pub fn build(self) -> Result<WebhookDispatcher, ConfigError> {
+        let transport = match self.transport {
+            Some(transport) => transport,
+            None => default_transport()?,
+        };
+        let runtime = match self.runtime {
+            Some(runtime) => runtime,
+            None => default_runtime()?,
+        };
+        let (core, enqueuer) = DispatchCore::new(Arc::clone(&self.clock), self.limits);
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            enqueuer,
+            transport,
+            runtime: Arc::clone(&runtime),
+            alert_sink: self.alert_sink,
+            observer: self.observer,
+            clock: self.clock,
+            flush_waiters: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        runtime.spawn(drive(Arc::clone(&shared)).boxed());
+        Ok(WebhookDispatcher { shared })
+    }
+}
+
+fn default_transport() -> Result<Arc<dyn Transport>, ConfigError> {
+    Err(ConfigError::MissingPart { part: "transport", feature: "reqwest" })
+}
+
+fn default_runtime() -> Result<Arc<dyn Runtime>, ConfigError> {
+    Err(ConfigError::MissingPart { part: "runtime", feature: "tokio" })
+}

@@ -1,0 +1,282 @@
+//! Counting every event: accepted, delivered, pending, in flight, dropped or refused.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Why an accepted event was dropped instead of delivered.
+///
+/// Every dropped event is counted under its reason and, except for
+/// [`Removed`](DropReason::Removed) and [`Shutdown`](DropReason::Shutdown)
+/// (whose events are handed back to the caller), handed to the
+/// [`DeliveryObserver`](crate::dispatch::DeliveryObserver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The webhook was disabled after too many failed calls in a row.
+    Disabled,
+    /// The bot's webhook was removed; its events were returned by `remove`.
+    Removed,
+    /// The event alone is larger than the webhook's batch byte limit.
+    TooLarge,
+    /// The bot was reconfigured onto the free plan, which has no webhook.
+    Reconfigured,
+    /// The dispatcher shut down; the events were returned by `shutdown`.
+    Shutdown,
+}
+
+impl DropReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [DropReason; 5] =
+        [DropReason::Disabled, DropReason::Removed, DropReason::TooLarge, DropReason::Reconfigured, DropReason::Shutdown];
+
+    /// A stable snake-case name, e.g. `"too_large"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Disabled => "disabled",
+            DropReason::Removed => "removed",
+            DropReason::TooLarge => "too_large",
+            DropReason::Reconfigured => "reconfigured",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+/// Why `enqueue` did not accept an event (it was never counted as accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// The event's kind is not selected for the bot's webhook.
+    NotSelected,
+    /// The bot is on the free plan.
+    FreePlan,
+    /// The bot has no webhook configured (or the event names no bot).
+    NoWebhook,
+    /// The webhook is disabled.
+    WebhookDisabled,
+    /// The webhook's queue or the dispatcher's global bound is full.
+    QueueFull,
+    /// The dispatcher is shut down.
+    Closed,
+}
+
+impl Refusal {
+    /// Every refusal, in a fixed order.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::NotSelected,
+        Refusal::FreePlan,
+        Refusal::NoWebhook,
+        Refusal::WebhookDisabled,
+        Refusal::QueueFull,
+        Refusal::Closed,
+    ];
+
+    /// A stable snake-case name, e.g. `"queue_full"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Refusal::NotSelected => "not_selected",
+            Refusal::FreePlan => "free_plan",
+            Refusal::NoWebhook => "no_webhook",
+            Refusal::WebhookDisabled => "webhook_disabled",
+            Refusal::QueueFull => "queue_full",
+            Refusal::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+/// Live counters, shared between `enqueue` callers and the dispatcher core.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) pending: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) dropped: [AtomicU64; DropReason::ALL.len()],
+    pub(crate) refused: [AtomicU64; Refusal::ALL.len()],
+    pub(crate) calls: AtomicU64,
+    pub(crate) calls_failed: AtomicU64,
+    pub(crate) failures_in_row: AtomicU32,
+}
+
+fn add(counter: &AtomicU64, amount: u64) {
+    counter.fetch_add(amount, Ordering::Relaxed);
+}
+
+fn subtract(counter: &AtomicU64, amount: u64) {
+    counter.fetch_sub(amount, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn refuse(&self, refusal: Refusal) {
+        add(&self.refused[refusal as usize], 1);
+    }
+
+    pub(crate) fn pending_to_in_flight(&self, events: u64) {
+        add(&self.in_flight, events);
+        subtract(&self.pending, events);
+    }
+
+    pub(crate) fn in_flight_to_pending(&self, events: u64) {
+        add(&self.pending, events);
+        subtract(&self.in_flight, events);
+    }
+
+    pub(crate) fn in_flight_to_delivered(&self, events: u64) {
+        add(&self.delivered, events);
+        subtract(&self.in_flight, events);
+    }
+
+    pub(crate) fn pending_to_dropped(&self, events: u64, reason: DropReason) {
+        add(&self.dropped[reason as usize], events);
+        subtract(&self.pending, events);
+    }
+
+    pub(crate) fn in_flight_to_dropped(&self, events: u64, reason: DropReason) {
+        add(&self.dropped[reason as usize], events);
+        subtract(&self.in_flight, events);
+    }
+
+    /// Adds the counts of a webhook that is going away.
+    pub(crate) fn absorb(&self, counts: &EventCounts) {
+        add(&self.accepted, counts.accepted);
+        add(&self.delivered, counts.delivered);
+        add(&self.pending, counts.pending);
+        add(&self.in_flight, counts.in_flight);
+        add(&self.calls, counts.calls);
+        add(&self.calls_failed, counts.calls_failed);
+        for (counter, value) in self.dropped.iter().zip(counts.dropped) {
+            add(counter, value);
+        }
+        for (counter, value) in self.refused.iter().zip(counts.refused) {
+            add(counter, value);
+        }
+    }
+
+    /// Counts an event accepted for a webhook already gone, and dropped.
+    pub(crate) fn absorb_drop(&self, reason: DropReason) {
+        add(&self.accepted, 1);
+        add(&self.dropped[reason as usize], 1);
+    }
+
+    pub(crate) fn snapshot(&self) -> EventCounts {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        EventCounts {
+            accepted: load(&self.accepted),
+            delivered: load(&self.delivered),
+            pending: load(&self.pending),
+            in_flight: load(&self.in_flight),
+            dropped: self.dropped.each_ref().map(load),
+            refused: self.refused.each_ref().map(load),
+            calls: load(&self.calls),
+            calls_failed: load(&self.calls_failed),
+        }
+    }
+}
+
+/// A snapshot of event and call counts, for one webhook or in total.
+///
+/// Every accepted event is in exactly one place:
+/// `accepted == delivered + pending + in_flight + dropped_total()`
+/// (a snapshot taken while the dispatcher moves events may be off by the
+/// events being moved at that instant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventCounts {
+    /// Events `enqueue` accepted.
+    pub accepted: u64,
+    /// Events delivered by a successful call.
+    pub delivered: u64,
+    /// Events waiting for a call (including ones not yet taken from the intake).
+    pub pending: u64,
+    /// Events in a call not yet answered.
+    pub in_flight: u64,
+    dropped: [u64; DropReason::ALL.len()],
+    refused: [u64; Refusal::ALL.len()],
+    /// Calls made (each one billable outgoing message).
+    pub calls: u64,
+    /// Calls that failed.
+    pub calls_failed: u64,
+}
+
+impl EventCounts {
+    /// Accepted events dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize]
+    }
+
+    /// Accepted events dropped for any reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    /// Events `enqueue` refused for `refusal`.
+    pub fn refused(&self, refusal: Refusal) -> u64 {
+        self.refused[refusal as usize]
+    }
+
+    /// Whether `accepted == delivered + pending + in_flight + dropped_total()`.
+    pub fn is_balanced(&self) -> bool {
+        self.accepted == self.delivered + self.pending + self.in_flight + self.dropped_total()
+    }
+
+    pub(crate) fn add(&mut self, other: &EventCounts) {
+        self.accepted += other.accepted;
+        self.delivered += other.delivered;
+        self.pending += other.pending;
+        self.in_flight += other.in_flight;
+        self.calls += other.calls;
+        self.calls_failed += other.calls_failed;
+        for (total, value) in self.dropped.iter_mut().zip(other.dropped) {
+            *total += value;
+        }
+        for (total, value) in self.refused.iter_mut().zip(other.refused) {
+            *total += value;
+        }
+    }
+}
+
+/// Whether a webhook is being called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookState {
+    /// Pushes are made.
+    Active,
+    /// Disabled after too many failed calls in a row; configure it again to re-enable.
+    Disabled,
+    /// The bot is on the free plan: nothing is queued or sent.
+    FreePlan,
+}
+
+/// A snapshot of one webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookStats {
+    /// The bot.
+    pub bot_token: String,
+    /// Whether it is called.
+    pub state: WebhookState,
+    /// Its event and call counts.
+    pub counts: EventCounts,
+    /// Failed calls since the last success.
+    pub failures_in_row: u32,
+    /// Why the last failed call failed, if any call failed.
+    pub last_failure: Option<String>,
+}
+
+/// A snapshot of the whole dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DispatcherStats {
+    /// Configured webhooks.
+    pub webhooks: usize,
+    /// Of those, disabled ones.
+    pub disabled_webhooks: usize,
+    /// Counts over every webhook, including removed ones, plus refusals of
+    /// events that named no configured bot.
+    pub totals: EventCounts,
+}

@@ -1,0 +1,97 @@
+//! Shared helpers for the dispatch tests: a core on a manual clock.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventhook::dispatch::{CoreLimits, DispatchCore, Enqueuer, Notice, Push};
+use eventhook::{ChatContext, Event, EventFactory, ManualClock, WebhookConfig, WebhookConfigBuilder};
+
+pub const SECRET: &str = "bot-api-secret-value";
+pub const INTERVAL: Duration = Duration::from_secs(30);
+
+pub struct Harness {
+    pub clock: Arc<ManualClock>,
+    pub core: DispatchCore,
+    pub enqueuer: Enqueuer,
+    pub notices: Vec<Notice>,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        Harness::with_limits(CoreLimits::default())
+    }
+
+    pub fn with_limits(limits: CoreLimits) -> Harness {
+        let clock = Arc::new(ManualClock::new());
+        let (core, enqueuer) = DispatchCore::new(clock.clone(), limits);
+        Harness { clock, core, enqueuer, notices: Vec::new() }
+    }
+
+    pub fn configure(&mut self, config: WebhookConfig) {
+        self.core.configure(config);
+        self.check_balance();
+    }
+
+    /// A paid webhook for `bot` with every kind selected, default settings.
+    pub fn config(bot: &str) -> WebhookConfigBuilder {
+        WebhookConfig::builder(bot, format!("{bot} account"), format!("https://hooks.example.com/{bot}"), SECRET)
+    }
+
+    pub fn factory(&self, bot: &str) -> EventFactory {
+        EventFactory::new(bot, format!("{bot} account")).with_clock(self.clock.clone())
+    }
+
+    /// A user message of `bot` whose text is `text`.
+    pub fn message(&self, bot: &str, text: &str) -> Event {
+        let chat = ChatContext::new("conversation-1", "TelegramChannel");
+        Event::UserMessage(self.factory(bot).message(&chat, text))
+    }
+
+    pub fn enqueue(&mut self, event: Event) -> eventhook::EnqueueOutcome {
+        let outcome = self.enqueuer.enqueue(event);
+        self.check_balance();
+        outcome
+    }
+
+    pub fn advance(&mut self, duration: Duration) {
+        self.clock.advance(duration);
+    }
+
+    pub fn poll_all(&mut self) -> Vec<Push> {
+        let pushes: Vec<Push> = std::iter::from_fn(|| self.core.poll_push()).collect();
+        self.collect_notices();
+        self.check_balance();
+        pushes
+    }
+
+    pub fn answer(&mut self, push: &Push, status: u16) {
+        let status = http::StatusCode::from_u16(status).expect("valid status");
+        self.core.on_push_result(&push.id, Ok(status));
+        self.collect_notices();
+        self.check_balance();
+    }
+
+    pub fn collect_notices(&mut self) {
+        while let Some(notice) = self.core.poll_notice() {
+            self.notices.push(notice);
+        }
+    }
+
+    pub fn check_balance(&self) {
+        let totals = self.core.stats().totals;
+        assert!(totals.is_balanced(), "accepted != delivered + pending + in flight + dropped: {totals:?}");
+    }
+}
+
+/// The `Data` of every message in a push body, in order.
+pub fn texts(push: &Push) -> Vec<String> {
+    eventhook::wire::parse_push(push.request.body())
+        .expect("the core writes valid pushes")
+        .into_iter()
+        .map(|event| match event {
+            Event::UserMessage(message) | Event::BotMessage(message) => message.data,
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect()
+}

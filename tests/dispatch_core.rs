@@ -1,0 +1,473 @@
+//! The dispatch rules, one test each, on the sans-IO core with a manual clock.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{texts, Harness, INTERVAL, SECRET};
+use eventhook::dispatch::{
+    CallOutcome, CoreLimits, DropReason, EnqueueOutcome, Notice, Refusal, WebhookState, MAX_FAILURES_IN_ROW,
+};
+use eventhook::{EventFlags, EventKind, Plan, TransportError, TransportErrorKind};
+
+fn alerts(harness: &Harness) -> Vec<&eventhook::WebhookDisabledAlert> {
+    harness
+        .notices
+        .iter()
+        .filter_map(|notice| match notice {
+            Notice::Disabled(alert) => Some(alert),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn pushes_once_the_interval_has_passed_and_never_when_empty() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").build().unwrap());
+    harness.advance(INTERVAL * 3);
+    assert!(harness.poll_all().is_empty(), "nothing pending, nothing sent");
+    assert_eq!(harness.core.next_wakeup(), None);
+
+    let _ = harness.enqueue(harness.message("bot", "one"));
+    let due = harness.core.next_wakeup().expect("scheduled");
+    assert!(due <= eventhook::Clock::now(&*harness.clock) + INTERVAL);
+    harness.advance(INTERVAL);
+    let pushes = harness.poll_all();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(texts(&pushes[0]), ["one"]);
+}
+
+#[test]
+fn a_push_carries_the_contract_headers_and_the_codec_body() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").build().unwrap());
+    let events = vec![harness.message("bot", "a"), harness.message("bot", "b")];
+    for event in &events {
+        assert_eq!(harness.enqueue(event.clone()), EnqueueOutcome::Accepted);
+    }
+    harness.advance(INTERVAL);
+    let pushes = harness.poll_all();
+    let request = &pushes[0].request;
+    assert_eq!(request.method(), http::Method::POST);
+    assert_eq!(request.uri(), "https://hooks.example.com/bot");
+    assert_eq!(request.headers()["authorization"], format!("Bearer {SECRET}").as_str());
+    assert!(request.headers()["authorization"].is_sensitive());
+    assert_eq!(request.headers()["content-type"], "application/json; charset=utf-8");
+    assert_eq!(request.headers()["user-agent"], eventhook::USER_AGENT);
+    assert_eq!(request.body(), &eventhook::wire::encode_push(&events));
+    assert!(!format!("{:?}", pushes[0]).contains(SECRET), "Debug must not show the secret");
+}
+
+#[test]
+fn first_pushes_are_spread_over_the_interval() {
+    let mut harness = Harness::new();
+    for bot in 0..1000 {
+        let bot = format!("bot-{bot}");
+        harness.configure(Harness::config(&bot).build().unwrap());
+        let _ = harness.enqueue(harness.message(&bot, "x"));
+    }
+    let mut per_tenth = Vec::new();
+    for _ in 0..10 {
+        harness.advance(INTERVAL / 10);
+        let pushes = harness.poll_all();
+        per_tenth.push(pushes.len());
+        for push in &pushes {
+            harness.answer(push, 200);
+        }
+    }
+    assert_eq!(per_tenth.iter().sum::<usize>(), 1000, "all pushed within one interval");
+    assert!(per_tenth.iter().all(|&count| (50..=150).contains(&count)), "spread evenly: {per_tenth:?}");
+}
+
+#[test]
+fn only_exactly_200_succeeds_unless_any_2xx_is_accepted() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("strict").build().unwrap());
+    harness.configure(Harness::config("lenient").accept_any_2xx(true).build().unwrap());
+    for bot in ["strict", "lenient"] {
+        let _ = harness.enqueue(harness.message(bot, "x"));
+    }
+    harness.advance(INTERVAL);
+    for push in harness.poll_all() {
+        harness.answer(&push, 204);
+    }
+    let strict = harness.core.webhook_stats("strict").unwrap();
+    assert_eq!((strict.counts.delivered, strict.counts.pending, strict.failures_in_row), (0, 1, 1));
+    let lenient = harness.core.webhook_stats("lenient").unwrap();
+    assert_eq!((lenient.counts.delivered, lenient.counts.pending, lenient.failures_in_row), (1, 0, 0));
+}
+
+#[test]
+fn a_success_removes_exactly_its_events() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").build().unwrap());
+    let _ = harness.enqueue(harness.message("bot", "first"));
+    harness.advance(INTERVAL);
+    let push = harness.poll_all().remove(0);
+    let _ = harness.enqueue(harness.message("bot", "while in flight"));
+    harness.answer(&push, 200);
+    let stats = harness.core.webhook_stats("bot").unwrap();
+    assert_eq!((stats.counts.delivered, stats.counts.pending, stats.counts.in_flight), (1, 1, 0));
+    assert!(harness.poll_all().is_empty(), "the rest waits for the next interval");
+    harness.advance(INTERVAL);
+    assert_eq!(texts(&harness.poll_all()[0]), ["while in flight"]);
+}
+
+#[test]
+fn a_full_batch_left_after_a_success_is_pushed_at_once() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("busy").max_batch_events(100).build().unwrap());
+    for index in 0..1050 {
+        let _ = harness.enqueue(harness.message("busy", &index.to_string()));
+    }
+    harness.advance(INTERVAL);
+    let mut delivered = Vec::new();
+    let mut calls = 0;
+    // Without moving the clock: the backlog drains at "network speed".
+    while let Some(push) = harness.poll_all().pop() {
+        calls += 1;
+        delivered.extend(texts(&push));
+        harness.answer(&push, 200);
+    }
+    assert_eq!(calls, 11, "ten full batches, then the last 50 in the same run");
+    assert_eq!(delivered.len(), 1050);
+    assert!(delivered.iter().enumerate().all(|(index, text)| *text == index.to_string()), "order kept");
+}
+
+#[test]
+fn the_last_partial_batch_waits_for_the_interval() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").max_batch_events(10).build().unwrap());
+    for index in 0..15 {
+        let _ = harness.enqueue(harness.message("bot", &index.to_string()));
+    }
+    harness.advance(INTERVAL);
+    let first = harness.poll_all().remove(0);
+    assert_eq!(first.events, 10);
+    harness.answer(&first, 200);
+    // Five left: less than a batch, so they wait for the next interval.
+    assert!(harness.poll_all().is_empty());
+    harness.advance(INTERVAL);
+    assert_eq!(harness.poll_all()[0].events, 5);
+}
+
+#[test]
+fn batches_respect_the_byte_limit() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").max_batch_bytes(2048).build().unwrap());
+    let text = "x".repeat(600);
+    for _ in 0..10 {
+        let _ = harness.enqueue(harness.message("bot", &text));
+    }
+    harness.advance(INTERVAL);
+    let mut sizes = Vec::new();
+    while let Some(push) = harness.poll_all().pop() {
+        assert!(push.request.body().len() <= 2048);
+        sizes.push(push.events);
+        harness.answer(&push, 200);
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), 10);
+    assert!(sizes.iter().all(|&size| size == 2 || size == 0 || size <= 2), "{sizes:?}");
+}
+
+#[test]
+fn an_event_too_large_for_any_batch_is_dropped_with_its_reason() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").max_batch_bytes(1024).build().unwrap());
+    assert_eq!(harness.enqueue(harness.message("bot", &"x".repeat(2000))), EnqueueOutcome::Accepted);
+    let _ = harness.poll_all();
+    let stats = harness.core.webhook_stats("bot").unwrap();
+    assert_eq!(stats.counts.dropped(DropReason::TooLarge), 1);
+    assert!(harness.notices.iter().any(|notice| matches!(notice,
+        Notice::Dropped(dropped) if dropped.reason == DropReason::TooLarge && dropped.events.len() == 1)));
+}
+
+#[test]
+fn a_failed_push_keeps_its_events_in_order_for_the_next_interval() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").build().unwrap());
+    for text in ["a", "b", "c"] {
+        let _ = harness.enqueue(harness.message("bot", text));
+    }
+    harness.advance(INTERVAL);
+    let push = harness.poll_all().remove(0);
+    let _ = harness.enqueue(harness.message("bot", "d"));
+    harness.core.on_push_result(
+        &push.id,
+        Err(TransportError::new(TransportErrorKind::Connect, "connection refused")),
+    );
+    assert!(harness.poll_all().is_empty(), "no immediate retry");
+    harness.advance(INTERVAL);
+    let retry = harness.poll_all().remove(0);
+    assert_eq!(texts(&retry), ["a", "b", "c", "d"]);
+    let stats = harness.core.webhook_stats("bot").unwrap();
+    assert_eq!(stats.failures_in_row, 1);
+    assert!(stats.last_failure.unwrap().contains("connection refused"));
+}
+
+#[test]
+fn ten_failures_keep_the_webhook_the_eleventh_disables_it_and_alerts_once() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").build().unwrap());
+    let _ = harness.enqueue(harness.message("bot", "kept"));
+    for failure in 1..=MAX_FAILURES_IN_ROW {
+        harness.advance(INTERVAL);
+        let push = harness.poll_all().remove(0);
+        harness.answer(&push, 500);
+        let stats = harness.core.webhook_stats("bot").unwrap();
+        assert_eq!((stats.state, stats.failures_in_row), (WebhookState::Active, failure));
+    }
+    assert!(alerts(&harness).is_empty());
+    harness.advance(INTERVAL);
+    let eleventh = harness.poll_all().remove(0);
+    harness.answer(&eleventh, 302);
+    let stats = harness.core.webhook_stats("bot").unwrap();
+    assert_eq!(stats.state, WebhookState::Disabled);
+    assert_eq!(stats.counts.dropped(DropReason::Disabled), 1);
+    assert_eq!(stats.counts.calls, 11);
+    assert_eq!(stats.counts.calls_failed, 11);
+
+    let alert_list = alerts(&harness);
+    assert_eq!(alert_list.len(), 1);
+    let alert = alert_list[0];
+    assert_eq!(alert.bot_token, "bot");
+    assert_eq!(alert.account_name, "bot account");
+    assert_eq!(alert.url, "https://hooks.example.com/bot");
+    assert_eq!(alert.failures_in_row, 11);
+    assert!(alert.last_failure.contains("302"), "{}", alert.last_failure);
+    assert_eq!(alert.disabled_at, eventhook::Clock::wall_time(&*harness.clock));
+    assert!(!format!("{alert:?}{alert}").contains(SECRET));
+    // The pending event went to the host, not into the void.
+    assert!(harness.notices.iter().any(|notice| matches!(notice,
+        Notice::Dropped(dropped) if dropped.reason == DropReason::Disabled && dropped.events.len() == 1)));
+
+    // Refused cheaply, never called again.
+    assert_eq!(harness.enqueue(harness.message("bot", "late")), EnqueueOutcome::WebhookDisabled);
+    for _ in 0..5 {
+        harness.advance(INTERVAL);
+        assert!(harness.poll_all().is_empty());
+    }
+    assert_eq!(alerts(&harness).len(), 1, "alerted exactly once");
+}
+
+#[test]
+fn a_success_resets_the_failure_count() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").build().unwrap());
+    for round in 0..3 {
+        for _ in 0..MAX_FAILURES_IN_ROW {
+            let _ = harness.enqueue(harness.message("bot", "x"));
+            harness.advance(INTERVAL);
+            let push = harness.poll_all().remove(0);
+            harness.answer(&push, 503);
+        }
+        harness.advance(INTERVAL);
+        let push = harness.poll_all().remove(0);
+        harness.answer(&push, 200);
+        let stats = harness.core.webhook_stats("bot").unwrap();
+        assert_eq!((stats.state, stats.failures_in_row), (WebhookState::Active, 0), "round {round}");
+    }
+}
+
+#[test]
+fn configuring_again_re_enables_with_a_zero_count() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").build().unwrap());
+    let _ = harness.enqueue(harness.message("bot", "x"));
+    for _ in 0..=MAX_FAILURES_IN_ROW {
+        harness.advance(INTERVAL);
+        let push = harness.poll_all().remove(0);
+        harness.answer(&push, 404);
+    }
+    assert_eq!(harness.core.webhook_stats("bot").unwrap().state, WebhookState::Disabled);
+    harness.configure(Harness::config("bot").build().unwrap());
+    let stats = harness.core.webhook_stats("bot").unwrap();
+    assert_eq!((stats.state, stats.failures_in_row), (WebhookState::Active, 0));
+    assert_eq!(harness.enqueue(harness.message("bot", "again")), EnqueueOutcome::Accepted);
+    harness.advance(INTERVAL);
+    let push = harness.poll_all().remove(0);
+    assert_eq!(texts(&push), ["again"]);
+    harness.answer(&push, 200);
+    // A new run of failures needs 11 again.
+    let _ = harness.enqueue(harness.message("bot", "y"));
+    for _ in 0..MAX_FAILURES_IN_ROW {
+        harness.advance(INTERVAL);
+        let push = harness.poll_all().remove(0);
+        harness.answer(&push, 500);
+    }
+    assert_eq!(harness.core.webhook_stats("bot").unwrap().state, WebhookState::Active);
+}
+
+#[test]
+fn enqueue_says_what_happened() {
+    let mut harness = Harness::with_limits(CoreLimits { max_pending_events: 5, max_concurrent_pushes: 8 });
+    harness.configure(Harness::config("picky").events(EventFlags::from(EventKind::NlpMissed)).build().unwrap());
+    harness.configure(Harness::config("free").plan(Plan::Free).build().unwrap());
+    harness.configure(Harness::config("small").queue_capacity(2).build().unwrap());
+    harness.configure(Harness::config("big").build().unwrap());
+
+    assert_eq!(harness.enqueue(harness.message("picky", "x")), EnqueueOutcome::NotSelected);
+    assert_eq!(harness.enqueue(harness.message("free", "x")), EnqueueOutcome::FreePlan);
+    assert_eq!(harness.enqueue(harness.message("nobody", "x")), EnqueueOutcome::NoWebhook);
+    assert!(harness.enqueue(harness.message("small", "1")).is_accepted());
+    assert!(harness.enqueue(harness.message("small", "2")).is_accepted());
+    let full = harness.message("small", "3");
+    assert_eq!(harness.enqueue(full.clone()), EnqueueOutcome::QueueFull(full), "the event is handed back");
+    for index in 0..3 {
+        assert!(harness.enqueue(harness.message("big", &index.to_string())).is_accepted());
+    }
+    // The global bound of 5 pending events protects the host.
+    assert!(matches!(harness.enqueue(harness.message("big", "6")), EnqueueOutcome::QueueFull(_)));
+
+    let totals = harness.core.stats().totals;
+    assert_eq!(totals.accepted, 5);
+    for (refusal, count) in [
+        (Refusal::NotSelected, 1),
+        (Refusal::FreePlan, 1),
+        (Refusal::NoWebhook, 1),
+        (Refusal::QueueFull, 2),
+    ] {
+        assert_eq!(totals.refused(refusal), count, "{refusal}");
+    }
+    harness.core.close();
+    assert!(matches!(harness.enqueue(harness.message("big", "late")), EnqueueOutcome::Closed(_)));
+}
+
+#[test]
+fn a_free_plan_bot_never_gets_a_call() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("free").plan(Plan::Free).build().unwrap());
+    for _ in 0..10 {
+        assert_eq!(harness.enqueue(harness.message("free", "x")), EnqueueOutcome::FreePlan);
+        harness.advance(INTERVAL);
+        assert!(harness.poll_all().is_empty());
+    }
+    let stats = harness.core.webhook_stats("free").unwrap();
+    assert_eq!((stats.state, stats.counts.accepted, stats.counts.calls), (WebhookState::FreePlan, 0, 0));
+    assert_eq!(stats.counts.refused(Refusal::FreePlan), 10);
+}
+
+#[test]
+fn moving_to_the_free_plan_drops_pending_events_with_a_reason() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").build().unwrap());
+    let _ = harness.enqueue(harness.message("bot", "x"));
+    harness.configure(Harness::config("bot").plan(Plan::Free).build().unwrap());
+    harness.advance(INTERVAL);
+    assert!(harness.poll_all().is_empty());
+    assert_eq!(harness.core.webhook_stats("bot").unwrap().counts.dropped(DropReason::Reconfigured), 1);
+}
+
+#[test]
+fn one_event_per_call_sends_arrays_of_one() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").one_event_per_call(true).build().unwrap());
+    for text in ["a", "b", "c"] {
+        let _ = harness.enqueue(harness.message("bot", text));
+    }
+    harness.advance(INTERVAL);
+    let mut seen = Vec::new();
+    while let Some(push) = harness.poll_all().pop() {
+        assert_eq!(push.events, 1);
+        assert!(push.request.body().starts_with(b"[{") && push.request.body().ends_with(b"}]"));
+        seen.extend(texts(&push));
+        harness.answer(&push, 200);
+    }
+    assert_eq!(seen, ["a", "b", "c"]);
+}
+
+#[test]
+fn every_call_is_reported_for_billing() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").build().unwrap());
+    for _ in 0..30 {
+        let _ = harness.enqueue(harness.message("bot", "x"));
+    }
+    harness.advance(INTERVAL);
+    let push = harness.poll_all().remove(0);
+    let bytes = push.request.body().len();
+    harness.answer(&push, 500);
+    harness.advance(INTERVAL);
+    let push = harness.poll_all().remove(0);
+    harness.answer(&push, 200);
+    let calls: Vec<_> = harness
+        .notices
+        .iter()
+        .filter_map(|notice| match notice {
+            Notice::Call(call) => Some(call),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 2, "one billable message per call, whatever it carries");
+    assert_eq!((calls[0].events, calls[0].bytes), (30, bytes));
+    assert_eq!(calls[0].outcome, CallOutcome::FailedStatus(http::StatusCode::INTERNAL_SERVER_ERROR));
+    assert_eq!(calls[1].outcome, CallOutcome::Delivered(http::StatusCode::OK));
+    assert_eq!(calls[1].bot_token, "bot");
+}
+
+#[test]
+fn one_call_per_webhook_and_a_global_cap() {
+    let mut harness = Harness::with_limits(CoreLimits { max_pending_events: 1000, max_concurrent_pushes: 2 });
+    for bot in ["a", "b", "c"] {
+        harness.configure(Harness::config(bot).max_batch_events(1).build().unwrap());
+        for _ in 0..3 {
+            let _ = harness.enqueue(harness.message(bot, "x"));
+        }
+    }
+    harness.advance(INTERVAL);
+    let first = harness.poll_all();
+    assert_eq!(first.len(), 2, "global cap");
+    assert_ne!(first[0].id.bot_token(), first[1].id.bot_token(), "one call per webhook");
+    assert_eq!(harness.core.next_wakeup(), None, "only a result frees a slot");
+    harness.answer(&first[0], 200);
+    let next = harness.poll_all();
+    assert_eq!(next.len(), 1);
+    assert!(next.iter().all(|push| push.id.bot_token() != first[1].id.bot_token()));
+}
+
+#[test]
+fn remove_hands_back_pending_and_in_flight_events() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").max_batch_events(2).build().unwrap());
+    for text in ["a", "b", "c"] {
+        let _ = harness.enqueue(harness.message("bot", text));
+    }
+    harness.advance(INTERVAL);
+    let push = harness.poll_all().remove(0);
+    let returned = harness.core.remove("bot");
+    assert_eq!(returned.len(), 3);
+    harness.answer(&push, 200); // a late result for a removed webhook is ignored
+    let totals = harness.core.stats().totals;
+    assert_eq!((totals.accepted, totals.delivered, totals.dropped(DropReason::Removed)), (3, 0, 3));
+    assert_eq!(harness.enqueue(harness.message("bot", "x")), EnqueueOutcome::NoWebhook);
+}
+
+#[test]
+fn flush_pushes_everything_now_and_shutdown_returns_the_rest() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("up").max_batch_events(5).build().unwrap());
+    harness.configure(Harness::config("down").build().unwrap());
+    for index in 0..12 {
+        let _ = harness.enqueue(harness.message("up", &index.to_string()));
+        let _ = harness.enqueue(harness.message("down", &index.to_string()));
+    }
+    harness.core.begin_flush();
+    assert!(!harness.core.is_flush_complete());
+    while !harness.core.is_flush_complete() {
+        let pushes = harness.poll_all();
+        assert!(!pushes.is_empty(), "a flush never waits for the interval");
+        for push in pushes {
+            let status = if push.id.bot_token() == "up" { 200 } else { 500 };
+            harness.answer(&push, status);
+        }
+    }
+    assert_eq!(harness.core.webhook_stats("up").unwrap().counts.delivered, 12);
+    assert_eq!(harness.core.flush_failures(), 1);
+    harness.core.close();
+    let undelivered = harness.core.take_undelivered();
+    assert_eq!(undelivered.len(), 12);
+    assert!(undelivered.iter().all(|event| event.bot_token() == Some("down")));
+    let totals = harness.core.stats().totals;
+    assert_eq!((totals.pending, totals.in_flight, totals.dropped(DropReason::Shutdown)), (0, 0, 12));
+}

@@ -1,0 +1,212 @@
+//! The driver on a real runtime (tokio) with a scripted in-memory transport.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eventhook::dispatch::{CallRecord, DeliveryObserver, Dispatcher, DroppedEvents, WebhookDispatcher, WebhookState};
+use eventhook::{
+    AlertSink, ChatContext, Event, EventFactory, Runtime, Transport, TransportError, WebhookConfig,
+    WebhookDisabledAlert,
+};
+use futures::future::BoxFuture;
+
+#[derive(Debug)]
+struct TestRuntime;
+
+impl Runtime for TestRuntime {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        tokio::spawn(task);
+    }
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
+
+/// Answers with scripted statuses (then 200), or hangs; records every request.
+#[derive(Debug, Default)]
+struct ScriptedTransport {
+    script: Mutex<VecDeque<Option<u16>>>,
+    requests: Mutex<Vec<http::Request<Vec<u8>>>>,
+}
+
+#[async_trait]
+impl Transport for ScriptedTransport {
+    async fn send(&self, request: http::Request<Vec<u8>>) -> Result<http::StatusCode, TransportError> {
+        let next = self.script.lock().unwrap().pop_front().unwrap_or(Some(200));
+        self.requests.lock().unwrap().push(request);
+        match next {
+            Some(status) => Ok(http::StatusCode::from_u16(status).unwrap()),
+            None => futures::future::pending().await,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Recorder {
+    alerts: Mutex<Vec<WebhookDisabledAlert>>,
+    calls: Mutex<Vec<CallRecord>>,
+    dropped: Mutex<Vec<DroppedEvents>>,
+}
+
+impl AlertSink for Recorder {
+    fn webhook_disabled(&self, alert: &WebhookDisabledAlert) {
+        self.alerts.lock().unwrap().push(alert.clone());
+    }
+}
+
+impl DeliveryObserver for Recorder {
+    fn call_made(&self, call: &CallRecord) {
+        self.calls.lock().unwrap().push(call.clone());
+    }
+    fn events_dropped(&self, dropped: &DroppedEvents) {
+        self.dropped.lock().unwrap().push(dropped.clone());
+    }
+}
+
+fn setup(script: Vec<Option<u16>>) -> (WebhookDispatcher, Arc<ScriptedTransport>, Arc<Recorder>) {
+    let transport = Arc::new(ScriptedTransport { script: Mutex::new(script.into()), ..Default::default() });
+    let recorder = Arc::new(Recorder::default());
+    let dispatcher = WebhookDispatcher::builder()
+        .transport(transport.clone())
+        .runtime(Arc::new(TestRuntime))
+        .alert_sink(recorder.clone())
+        .observer(recorder.clone())
+        .build()
+        .unwrap();
+    (dispatcher, transport, recorder)
+}
+
+fn config(bot: &str) -> eventhook::WebhookConfigBuilder {
+    WebhookConfig::builder(bot, "Account", format!("https://hooks.example.com/{bot}"), "secret")
+        .push_interval(Duration::from_millis(20))
+        .request_timeout(Duration::from_millis(200))
+}
+
+fn messages(bot: &str, count: usize) -> Vec<Event> {
+    let factory = EventFactory::new(bot, "Account");
+    let chat = ChatContext::new("conversation", "TelegramChannel");
+    (0..count).map(|index| Event::UserMessage(factory.message(&chat, index.to_string()))).collect()
+}
+
+async fn wait_until(mut condition: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("condition reached in time");
+}
+
+#[tokio::test]
+async fn delivers_every_event_of_every_bot() {
+    let (dispatcher, transport, recorder) = setup(Vec::new());
+    for bot in ["a", "b", "c"] {
+        dispatcher.configure(config(bot).max_batch_events(7).build().unwrap()).unwrap();
+    }
+    let mut enqueued = Vec::new();
+    for bot in ["a", "b", "c"] {
+        for event in messages(bot, 50) {
+            assert!(dispatcher.enqueue(event.clone()).is_accepted());
+            enqueued.push(event);
+        }
+    }
+    wait_until(|| dispatcher.stats().totals.delivered == 150).await;
+    let mut received = Vec::new();
+    for request in transport.requests.lock().unwrap().iter() {
+        received.extend(eventhook::wire::parse_push(request.body()).unwrap());
+    }
+    for bot in ["a", "b", "c"] {
+        let sent: Vec<_> = enqueued.iter().filter(|event| event.bot_token() == Some(bot)).collect();
+        let got: Vec<_> = received.iter().filter(|event| event.bot_token() == Some(bot)).collect();
+        assert_eq!(sent, got, "bot {bot}: same events, same order");
+    }
+    assert_eq!(recorder.calls.lock().unwrap().len(), transport.requests.lock().unwrap().len());
+    let report = dispatcher.shutdown(Duration::from_secs(1)).await;
+    assert!(report.undelivered.is_empty());
+    assert!(report.stats.totals.is_balanced());
+}
+
+#[tokio::test]
+async fn the_eleventh_failure_disables_alerts_once_and_hands_events_to_the_host() {
+    let (dispatcher, transport, recorder) = setup(vec![Some(500); 20]);
+    dispatcher.configure(config("bot").build().unwrap()).unwrap();
+    for event in messages("bot", 3) {
+        let _ = dispatcher.enqueue(event);
+    }
+    wait_until(|| !recorder.alerts.lock().unwrap().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(transport.requests.lock().unwrap().len(), 11, "nothing sent after disabling");
+    assert_eq!(recorder.alerts.lock().unwrap().len(), 1);
+    let stats = dispatcher.webhook_stats("bot").unwrap();
+    assert_eq!(stats.state, WebhookState::Disabled);
+    let dropped = recorder.dropped.lock().unwrap();
+    assert_eq!(dropped.iter().map(|dropped| dropped.events.len()).sum::<usize>(), 3);
+    drop(dropped);
+
+    dispatcher.configure(config("bot").build().unwrap()).unwrap();
+    for event in messages("bot", 2) {
+        assert!(dispatcher.enqueue(event).is_accepted());
+    }
+    // The script still has 500s left: 9 more failures keep it active.
+    dispatcher.configure(config("bot").build().unwrap()).unwrap();
+    transport.script.lock().unwrap().clear();
+    wait_until(|| dispatcher.webhook_stats("bot").unwrap().counts.delivered == 2).await;
+    let _ = dispatcher.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_times_out_as_a_failure() {
+    let (dispatcher, _transport, _recorder) = setup(vec![None]);
+    dispatcher.configure(config("bot").build().unwrap()).unwrap();
+    let _ = dispatcher.enqueue(messages("bot", 1).remove(0));
+    wait_until(|| dispatcher.webhook_stats("bot").unwrap().counts.delivered == 1).await;
+    let stats = dispatcher.webhook_stats("bot").unwrap();
+    assert_eq!(stats.counts.calls_failed, 1);
+    assert!(stats.last_failure.unwrap().contains("timed out"));
+    let _ = dispatcher.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn flush_sends_now_and_shutdown_returns_what_could_not_be_delivered() {
+    let (dispatcher, _transport, _recorder) = setup(Vec::new());
+    dispatcher.configure(config("up").push_interval(Duration::from_secs(3600)).build().unwrap()).unwrap();
+    for event in messages("up", 10) {
+        let _ = dispatcher.enqueue(event);
+    }
+    dispatcher.flush(Duration::from_secs(5)).await.expect("flushed without waiting an hour");
+    assert_eq!(dispatcher.stats().totals.delivered, 10);
+
+    let (dispatcher, transport, _recorder) = setup(vec![Some(503); 100]);
+    dispatcher.configure(config("down").push_interval(Duration::from_secs(3600)).build().unwrap()).unwrap();
+    let sent = messages("down", 25);
+    for event in &sent {
+        let _ = dispatcher.enqueue(event.clone());
+    }
+    let report = dispatcher.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(report.undelivered, sent, "every undelivered event comes back, in order");
+    assert_eq!(transport.requests.lock().unwrap().len(), 1, "one flush attempt");
+    assert!(matches!(dispatcher.enqueue(sent[0].clone()), eventhook::EnqueueOutcome::Closed(_)));
+    assert!(dispatcher.configure(config("down").build().unwrap()).is_err());
+}
+
+#[tokio::test]
+async fn enqueue_from_many_threads_at_once() {
+    let (dispatcher, _transport, _recorder) = setup(Vec::new());
+    let dispatcher: Arc<dyn Dispatcher> = Arc::new(dispatcher);
+    dispatcher.configure(config("bot").queue_capacity(100_000).build().unwrap()).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let dispatcher = Arc::clone(&dispatcher);
+            std::thread::spawn(move || {
+                messages("bot", 2_000).into_iter().filter(|event| dispatcher.enqueue(event.clone()).is_accepted()).count()
+            })
+        })
+        .collect();
+    let accepted: usize = threads.into_iter().map(|thread| thread.join().unwrap()).sum();
+    assert_eq!(accepted, 8_000);
+    wait_until(|| dispatcher.stats().totals.delivered == 8_000).await;
+    let _ = dispatcher.shutdown(Duration::from_secs(1)).await;
+}

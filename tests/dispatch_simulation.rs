@@ -1,0 +1,219 @@
+//! A randomized simulation of the dispatch core: many bots, random events,
+//! outcomes, reconfigurations and time steps. After every step every event is
+//! accounted for; at the end none was lost and none delivered twice.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::Harness;
+use eventhook::dispatch::{CoreLimits, Notice, Push};
+use eventhook::{Event, EventFlags, EventKind, TransportError, TransportErrorKind};
+use proptest::prelude::*;
+
+const BOTS: usize = 4;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Enqueue { bot: usize, count: usize },
+    Advance { millis: u64 },
+    Answer { pick: usize, outcome: Outcome },
+    Reconfigure { bot: usize, selective: bool, batch: usize },
+    Remove { bot: usize },
+    Flush,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Ok,
+    ServerError,
+    Redirect,
+    Timeout,
+    Reset,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let outcome = prop_oneof![
+        3 => Just(Outcome::Ok),
+        1 => Just(Outcome::ServerError),
+        1 => Just(Outcome::Redirect),
+        1 => Just(Outcome::Timeout),
+        1 => Just(Outcome::Reset),
+    ];
+    prop_oneof![
+        4 => (0..BOTS, 1..20usize).prop_map(|(bot, count)| Step::Enqueue { bot, count }),
+        3 => (0..40_000u64).prop_map(|millis| Step::Advance { millis }),
+        4 => (any::<usize>(), outcome).prop_map(|(pick, outcome)| Step::Answer { pick, outcome }),
+        1 => (0..BOTS, any::<bool>(), 1..8usize)
+            .prop_map(|(bot, selective, batch)| Step::Reconfigure { bot, selective, batch }),
+        1 => (0..BOTS).prop_map(|bot| Step::Remove { bot }),
+        1 => Just(Step::Flush),
+    ]
+}
+
+fn bot_name(bot: usize) -> String {
+    format!("bot-{bot}")
+}
+
+/// Events carry a unique id in `Data` (messages) or `Text` (NLP misses).
+fn id_of(event: &Event) -> String {
+    match event {
+        Event::UserMessage(message) => message.data.clone(),
+        Event::NlpMissed(missed) => missed.text.clone(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+struct Simulation {
+    harness: Harness,
+    in_flight: Vec<Push>,
+    next_id: u64,
+    accepted: HashSet<String>,
+    delivered: HashSet<String>,
+    dropped: HashSet<String>,
+}
+
+impl Simulation {
+    fn new() -> Simulation {
+        let mut harness = Harness::with_limits(CoreLimits { max_pending_events: 200, max_concurrent_pushes: 3 });
+        for bot in 0..BOTS {
+            harness.configure(
+                Harness::config(&bot_name(bot))
+                    .max_batch_events(5)
+                    .push_interval(Duration::from_secs(10))
+                    .queue_capacity(60)
+                    .build()
+                    .unwrap(),
+            );
+        }
+        Simulation {
+            harness,
+            in_flight: Vec::new(),
+            next_id: 0,
+            accepted: HashSet::new(),
+            delivered: HashSet::new(),
+            dropped: HashSet::new(),
+        }
+    }
+
+    fn hand_back(&mut self, events: Vec<Event>) {
+        for event in events {
+            let id = id_of(&event);
+            assert!(self.accepted.contains(&id), "handed back an event never accepted: {id}");
+            assert!(self.dropped.insert(id.clone()), "handed back twice: {id}");
+            assert!(!self.delivered.contains(&id), "handed back after delivery: {id}");
+        }
+    }
+
+    fn take_notices(&mut self) {
+        self.harness.collect_notices();
+        for notice in std::mem::take(&mut self.harness.notices) {
+            if let Notice::Dropped(dropped) = notice {
+                self.hand_back(dropped.events);
+            }
+        }
+    }
+
+    fn run(&mut self, step: Step) {
+        match step {
+            Step::Enqueue { bot, count } => {
+                for _ in 0..count {
+                    let id = format!("event-{}", self.next_id);
+                    self.next_id += 1;
+                    let factory = self.harness.factory(&bot_name(bot));
+                    let event = if self.next_id % 3 == 0 {
+                        Event::NlpMissed(factory.missed_text(&eventhook::ChatContext::new("c", "Web"), id.clone()))
+                    } else {
+                        Event::UserMessage(factory.message(&eventhook::ChatContext::new("c", "Web"), id.clone()))
+                    };
+                    if self.harness.enqueue(event).is_accepted() {
+                        self.accepted.insert(id);
+                    }
+                }
+            }
+            Step::Advance { millis } => self.harness.advance(Duration::from_millis(millis)),
+            Step::Answer { pick, outcome } => {
+                if !self.in_flight.is_empty() {
+                    let push = self.in_flight.swap_remove(pick % self.in_flight.len());
+                    let result = match outcome {
+                        Outcome::Ok => Ok(http::StatusCode::OK),
+                        Outcome::ServerError => Ok(http::StatusCode::INTERNAL_SERVER_ERROR),
+                        Outcome::Redirect => Ok(http::StatusCode::MOVED_PERMANENTLY),
+                        Outcome::Timeout => Err(TransportError::new(TransportErrorKind::Timeout, "timed out")),
+                        Outcome::Reset => Err(TransportError::new(TransportErrorKind::Io, "connection reset")),
+                    };
+                    let delivered = result.is_ok_and(|status| status == http::StatusCode::OK);
+                    self.harness.core.on_push_result(&push.id, result);
+                    if delivered {
+                        for event in eventhook::wire::parse_push(push.request.body()).unwrap() {
+                            let id = id_of(&event);
+                            assert!(self.accepted.contains(&id), "delivered an event never accepted: {id}");
+                            assert!(self.delivered.insert(id.clone()), "delivered twice: {id}");
+                            assert!(!self.dropped.contains(&id), "delivered after being handed back: {id}");
+                        }
+                    }
+                }
+            }
+            Step::Reconfigure { bot, selective, batch } => {
+                let events = if selective { EventFlags::from(EventKind::UserMessage) } else { EventFlags::all() };
+                self.harness.configure(
+                    Harness::config(&bot_name(bot))
+                        .events(events)
+                        .max_batch_events(batch)
+                        .push_interval(Duration::from_secs(10))
+                        .queue_capacity(60)
+                        .build()
+                        .unwrap(),
+                );
+            }
+            Step::Remove { bot } => {
+                let name = bot_name(bot);
+                let returned = self.harness.core.remove(&name);
+                // Its calls are abandoned: their results will be ignored.
+                self.in_flight.retain(|push| push.id.bot_token() != name);
+                self.hand_back(returned);
+                self.harness.configure(Harness::config(&name).max_batch_events(5).build().unwrap());
+            }
+            Step::Flush => self.harness.core.begin_flush(),
+        }
+        let pushes = self.harness.poll_all();
+        self.in_flight.extend(pushes);
+        self.take_notices();
+        self.harness.check_balance();
+        let totals = self.harness.core.stats().totals;
+        assert_eq!(totals.accepted as usize, self.accepted.len());
+        assert_eq!(totals.delivered as usize, self.delivered.len());
+        assert_eq!(totals.in_flight as usize, self.in_flight.iter().map(|push| push.events).sum::<usize>());
+    }
+
+    fn finish(mut self) {
+        self.harness.core.close();
+        let undelivered = self.harness.core.take_undelivered();
+        self.hand_back(undelivered);
+        self.take_notices();
+        let accounted: HashSet<_> = self.delivered.union(&self.dropped).cloned().collect();
+        assert_eq!(accounted, self.accepted, "every accepted event was delivered or handed back");
+        let totals = self.harness.core.stats().totals;
+        assert!(totals.is_balanced());
+        assert_eq!((totals.pending, totals.in_flight), (0, 0));
+        let mut per_reason: HashMap<&str, u64> = HashMap::new();
+        for reason in eventhook::dispatch::DropReason::ALL {
+            per_reason.insert(reason.name(), totals.dropped(reason));
+        }
+        assert_eq!(totals.dropped_total() as usize, self.dropped.len(), "{per_reason:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_event_is_accounted_for_and_none_is_delivered_twice(steps in prop::collection::vec(step(), 1..120)) {
+        let mut simulation = Simulation::new();
+        for step in steps {
+            simulation.run(step);
+        }
+        simulation.finish();
+    }
+}
