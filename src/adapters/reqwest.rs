@@ -31,6 +31,10 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 ///   of the reply body is read, and discarded, so a short reply leaves the
 ///   connection reusable and a huge one costs nothing.
 ///
+/// The request's method, URI, headers and body are sent as they are; reqwest
+/// adds only `accept: */*` when there is no `Accept` header, and HTTP/1.1
+/// framing (`host`, `content-length`).
+///
 /// `Debug` shows the settings only; error messages never hold request headers
 /// (the `Authorization` header carries the bot secret).
 ///
@@ -357,23 +361,37 @@ impl Resolve for GuardedResolver {
                     .await
                     .map_err(|error| Box::new(error) as BoxError)?
                     .map_err(|error| Box::new(error) as BoxError)?;
-            let mut refusals: Vec<BlockedAddress> = Vec::new();
-            let mut allowed: Vec<SocketAddr> = Vec::with_capacity(addresses.len());
-            for address in addresses {
-                match guard.check(address.ip()) {
-                    Ok(()) => allowed.push(address),
-                    Err(refusal) if !refusals.contains(&refusal) => refusals.push(refusal),
-                    Err(_) => {}
+            match allowed_addresses(guard, host, addresses) {
+                Ok(allowed) => Ok(Box::new(allowed.into_iter()) as Addrs),
+                Err(refusal) => {
+                    refusal.trace();
+                    Err(Box::new(refusal) as BoxError)
                 }
             }
-            if allowed.is_empty() && !refusals.is_empty() {
-                let refusal = GuardRefusal { host, refusals };
-                refusal.trace();
-                return Err(Box::new(refusal) as BoxError);
-            }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
         })
     }
+}
+
+/// The addresses of `host` the guard allows; an error only when it refused them all.
+fn allowed_addresses(
+    guard: AddressGuard,
+    host: String,
+    addresses: Vec<SocketAddr>,
+) -> Result<Vec<SocketAddr>, GuardRefusal> {
+    let mut refusals: Vec<BlockedAddress> = Vec::new();
+    let mut allowed: Vec<SocketAddr> = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        match guard.check(address.ip()) {
+            Ok(()) => allowed.push(address),
+            Err(refusal) if !refusals.contains(&refusal) => refusals.push(refusal),
+            Err(_) => {}
+        }
+    }
+    if allowed.is_empty() && !refusals.is_empty() {
+        return Err(GuardRefusal { host, refusals });
+    }
+    // An empty answer without refusals stays empty: the connector reports it as a DNS failure.
+    Ok(allowed)
 }
 
 /// Every address of `host` was refused by the guard.
@@ -479,6 +497,35 @@ mod tests {
             refusal.to_string(),
             "refused to connect to localhost: 127.0.0.1 is a loopback address; ::1 is a loopback address"
         );
+    }
+
+    fn socket_addresses(addresses: &[&str]) -> Vec<SocketAddr> {
+        addresses
+            .iter()
+            .map(|address| address.parse().unwrap_or_else(|error| panic!("test address {address}: {error}")))
+            .collect()
+    }
+
+    #[test]
+    fn resolved_addresses_are_filtered_by_the_guard() {
+        let mixed = socket_addresses(&["10.0.0.5:0", "93.184.215.14:0", "[::1]:0", "[2606:4700::1111]:0"]);
+        let allowed = allowed_addresses(AddressGuard::new(), "mixed.example".to_owned(), mixed.clone());
+        assert_eq!(allowed.ok(), Some(socket_addresses(&["93.184.215.14:0", "[2606:4700::1111]:0"])));
+
+        let everything = allowed_addresses(AddressGuard::allow_private_networks(), "mixed.example".to_owned(), mixed);
+        assert_eq!(everything.map(|allowed| allowed.len()).ok(), Some(4));
+
+        let private = socket_addresses(&["10.0.0.5:0", "10.0.0.5:0", "[fd00::1]:0"]);
+        let refusal = allowed_addresses(AddressGuard::new(), "internal.example".to_owned(), private)
+            .err()
+            .map(|refusal| refusal.to_string());
+        assert_eq!(
+            refusal.as_deref(),
+            Some("refused to connect to internal.example: 10.0.0.5 is a private address; fd00::1 is a unique local address")
+        );
+
+        let nothing = allowed_addresses(AddressGuard::new(), "empty.example".to_owned(), Vec::new());
+        assert_eq!(nothing.ok(), Some(Vec::new()));
     }
 
     #[tokio::test]
