@@ -106,6 +106,11 @@ async fn handle(state: Arc<ServerState>, request: Request<Incoming>) -> Result<R
     let reply = match path.as_str() {
         "/ok" | "/target" => response(StatusCode::OK, Body::from("ok")),
         "/small" => response(StatusCode::OK, Body::from(vec![b'x'; 1024])),
+        "/small-stream" => {
+            // 4 KiB in chunks, without a Content-Length.
+            let chunks = futures::stream::iter((0..4).map(|_| Ok::<Bytes, Infallible>(Bytes::from(vec![b'y'; 1024]))));
+            response(StatusCode::OK, Body::from_stream(chunks))
+        }
         "/error" => response(StatusCode::INTERNAL_SERVER_ERROR, Body::empty()),
         "/empty" => response(StatusCode::NO_CONTENT, Body::empty()),
         "/moved" | "/found" => {
@@ -309,6 +314,39 @@ async fn a_small_reply_body_leaves_the_connection_reusable() {
 }
 
 #[tokio::test]
+async fn a_small_chunked_reply_body_leaves_the_connection_reusable() {
+    bounded(async {
+        let server = TestServer::start().await;
+        let transport = local_transport();
+        for _ in 0..3 {
+            let status = transport.send(push(&server.url("/small-stream"))).await.expect("status");
+            assert_eq!(status, StatusCode::OK);
+        }
+        assert_eq!(server.state.connections.load(Ordering::SeqCst), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reply_body_past_the_cap_is_abandoned_with_its_connection() {
+    bounded(async {
+        let server = TestServer::start().await;
+        let transport = ReqwestTransport::builder()
+            .allow_private_networks(true)
+            .max_response_body_bytes(1000)
+            .build()
+            .expect("transport");
+        for _ in 0..2 {
+            let status = transport.send(push(&server.url("/small-stream"))).await.expect("status");
+            assert_eq!(status, StatusCode::OK);
+        }
+        // Reading stopped past 1000 bytes, so each push needed a new connection.
+        assert_eq!(server.state.connections.load(Ordering::SeqCst), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_guard_refuses_loopback_by_default() {
     bounded(async {
         let server = TestServer::start().await;
@@ -322,8 +360,11 @@ async fn the_guard_refuses_loopback_by_default() {
             assert!(error.message.contains("loopback"), "{error}");
             assert_no_secret(&error);
         }
-        let ipv6_error = transport.send(push("http://[::1]:9/ok")).await.expect_err("refused");
-        assert_eq!(ipv6_error.kind, TransportErrorKind::BlockedAddress, "{ipv6_error}");
+        let port = server.address.port();
+        for url in [format!("http://[::1]:{port}/ok"), format!("http://[::ffff:127.0.0.1]:{port}/ok")] {
+            let error = transport.send(push(&url)).await.expect_err("refused");
+            assert_eq!(error.kind, TransportErrorKind::BlockedAddress, "{url}: {error}");
+        }
         assert!(server.state.received().is_empty());
         assert_eq!(server.state.connections.load(Ordering::SeqCst), 0);
     })
