@@ -140,7 +140,7 @@ impl ReqwestTransport {
     async fn drain_body(&self, mut response: reqwest::Response) {
         let cap = self.settings.max_response_body_bytes;
         // Past the cap the connection cannot be reused anyway: do not read at all.
-        if cap == 0 || response.content_length().is_some_and(|length| length > cap as u64) {
+        if cap == 0 || response.content_length().is_some_and(|length| length > u64::try_from(cap).unwrap_or(u64::MAX)) {
             return;
         }
         let mut read: usize = 0;
