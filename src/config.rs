@@ -421,6 +421,14 @@ pub enum ConfigError {
         /// The cargo feature that provides a default.
         feature: &'static str,
     },
+    /// A default part could not be set up.
+    #[error("the default {part} could not be set up: {reason}")]
+    DefaultPart {
+        /// The part, e.g. `runtime`.
+        part: &'static str,
+        /// Why not.
+        reason: String,
+    },
 }
 
 #[cfg(test)]

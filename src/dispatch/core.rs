@@ -341,6 +341,8 @@ impl DispatchCore {
     /// disables the webhook. Results of calls abandoned by `remove` or
     /// `take_undelivered` are ignored.
     pub fn on_push_result(&mut self, id: &PushId, result: Result<StatusCode, TransportError>) {
+        // Events waiting in the intake count when deciding whether a full batch is left.
+        self.drain_intake();
         let now = self.clock.now();
         let Some(webhook) = self.webhooks.get_mut(&id.bot_token) else { return };
         let Some(call) = webhook.call.take_if(|call| call.sequence == id.sequence) else { return };

@@ -394,9 +394,31 @@ impl WebhookDispatcherBuilder {
 }
 
 fn default_transport() -> Result<Arc<dyn Transport>, ConfigError> {
-    Err(ConfigError::MissingPart { part: "transport", feature: "reqwest" })
+    #[cfg(feature = "reqwest")]
+    {
+        crate::adapters::ReqwestTransport::new()
+            .map(|transport| Arc::new(transport) as Arc<dyn Transport>)
+            .map_err(|error| ConfigError::DefaultPart { part: "transport", reason: error.to_string() })
+    }
+    #[cfg(not(feature = "reqwest"))]
+    {
+        Err(ConfigError::MissingPart { part: "transport", feature: "reqwest" })
+    }
 }
 
 fn default_runtime() -> Result<Arc<dyn Runtime>, ConfigError> {
-    Err(ConfigError::MissingPart { part: "runtime", feature: "tokio" })
+    #[cfg(feature = "tokio")]
+    {
+        crate::adapters::TokioRuntime::try_current()
+            .map(|runtime| Arc::new(runtime) as Arc<dyn Runtime>)
+            .ok_or_else(|| ConfigError::DefaultPart {
+                part: "runtime",
+                reason: "not called inside a tokio runtime; call build() from within one or pass .runtime(...)"
+                    .to_owned(),
+            })
+    }
+    #[cfg(not(feature = "tokio"))]
+    {
+        Err(ConfigError::MissingPart { part: "runtime", feature: "tokio" })
+    }
 }

@@ -30,7 +30,7 @@ pub(crate) const MAX_DATE_LEN: usize = 33;
 /// assert_eq!(date.to_string(), "2019-07-10T15:47:58.1234567+00:00");
 /// assert!("2019-07-10T15:47:58".parse::<EventDate>().is_err()); // no offset
 /// ```
-#[derive(Clone, Copy, Hash)]
+#[derive(Clone, Copy)]
 pub struct EventDate {
     value: DateTime<FixedOffset>,
 }
@@ -123,6 +123,13 @@ impl PartialEq for EventDate {
 }
 
 impl Eq for EventDate {}
+
+impl std::hash::Hash for EventDate {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.value.hash(state);
+        self.value.offset().local_minus_utc().hash(state);
+    }
+}
 
 impl fmt::Display for EventDate {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
