@@ -578,6 +578,10 @@ impl DispatchCore {
             return;
         }
         if webhook.config.plan() == Plan::Free {
+            if webhook.flush_remaining > 0 {
+                webhook.flush_remaining = 0;
+                self.flushing_webhooks -= 1;
+            }
             let events = webhook.store.take_waiting();
             let count = events.len();
             if count > 0 {
