@@ -23,6 +23,37 @@ pub fn parse_push(body: &[u8]) -> Result<Vec<Event>, ParseError> {
     todo!("wire codec")
 }
 
+/// Limits applied when parsing a push.
+///
+/// Placeholder of the codec's type (branch `codec`), so the receiver builds
+/// before the codec lands; the codec's version replaces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// The most bytes a body may have (default [`DEFAULT_MAX_BODY_BYTES`]).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions { max_body_bytes: DEFAULT_MAX_BODY_BYTES }
+    }
+}
+
+impl ParseOptions {
+    /// Sets the most bytes a body may have.
+    #[must_use]
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+}
+
+/// Parses a push body with `options`.
+pub fn parse_push_with(body: &[u8], options: &ParseOptions) -> Result<Vec<Event>, ParseError> {
+    let _ = (body, options);
+    todo!("wire codec")
+}
+
 /// Parses one event object.
 pub fn parse_event(json: &[u8]) -> Result<Event, ParseError> {
     let _ = json;
