@@ -26,7 +26,8 @@
 //! answer than `200` is a failed push that the platform retries, and more
 //! than 10 in a row disable the webhook.
 //!
-//! With the `axum` feature, [`VerifiedPush`] does all of this as an extractor.
+//! With the `axum` feature, `VerifiedPush` does all of this as an axum
+//! extractor, answering with a `PushRejection` when it refuses a push.
 //!
 //! `Content-Type` is not checked: the platform always sends
 //! `application/json; charset=utf-8`, the body is parsed strictly anyway, and
@@ -407,6 +408,57 @@ mod tests {
         let text = format!("{receiver:?}");
         assert!(!text.contains(SECRET), "{text}");
         assert!(text.contains("<redacted>"), "{text}");
+    }
+
+    fn sample_events() -> Vec<Event> {
+        use crate::event::{ConversationEvent, EventDate, Message, Origin};
+        let date: EventDate = "2019-07-10T15:47:58.580873+00:00".parse().unwrap();
+        let origin = Origin::new("bot-1", "Matelab Srl");
+        vec![
+            Event::UserMessage(Message::new(origin.clone(), "conv-9", "TelegramChannel", "Hello there!", date)),
+            Event::NewUser(ConversationEvent::new(origin, "conv-9").date(date)),
+        ]
+    }
+
+    fn right_headers() -> HeaderMap {
+        headers_with(&[format!("Bearer {SECRET}").as_bytes()])
+    }
+
+    // Needs the wire codec (branch `codec`).
+    #[test]
+    fn a_valid_push_is_parsed() {
+        let receiver = WebhookReceiver::new(secret());
+        let events = sample_events();
+        let received = receiver.receive(&right_headers(), &wire::encode_push(&events)).unwrap();
+        assert_eq!(received, events);
+    }
+
+    // Needs the wire codec (branch `codec`).
+    #[test]
+    fn an_invalid_body_is_400_saying_what_is_wrong() {
+        let receiver = WebhookReceiver::new(secret());
+        let error = receiver.receive(&right_headers(), br#"[{"Type": "one"}]"#).unwrap_err();
+        assert!(matches!(error, ReceiveError::InvalidBody(_)), "{error:?}");
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert!(error.public_message().contains("Type"), "{error}");
+        let error = receiver.receive(&right_headers(), b"[{").unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+    }
+
+    // Needs the wire codec (branch `codec`): the receiver's limit is passed on.
+    #[test]
+    fn a_limit_above_the_codec_default_is_honoured() {
+        let receiver = WebhookReceiver::new(secret()).max_body_bytes(4 * DEFAULT_MAX_BODY_BYTES);
+        let mut events = Vec::new();
+        let mut body = Vec::new();
+        while body.len() <= DEFAULT_MAX_BODY_BYTES {
+            for _ in 0..500 {
+                events.extend(sample_events());
+            }
+            body = wire::encode_push(&events);
+        }
+        let received = receiver.receive(&right_headers(), &body).unwrap();
+        assert_eq!(received.len(), events.len());
     }
 
     #[test]
