@@ -72,7 +72,7 @@ where
                 return Err(ReceiveError::BodyTooLarge { size: Some(size), limit }.into());
             }
         }
-        let body = read_limited(body, limit).await?;
+        let body = read_limited(body, limit, declared_length(&parts.headers)).await?;
         let events = receiver.parse_body(&body)?;
         Ok(VerifiedPush { events })
     }
@@ -84,9 +84,12 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// Reads `body`, stopping as soon as it has more than `limit` bytes.
-async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ReceiveError> {
+/// `declared` (the `Content-Length`, already checked against `limit`) sizes
+/// the buffer.
+async fn read_limited(body: Body, limit: usize, declared: Option<u64>) -> Result<Vec<u8>, ReceiveError> {
     let mut stream = body.into_data_stream();
-    let mut collected: Vec<u8> = Vec::new();
+    let capacity = declared.map_or(0, |declared| usize::try_from(declared).unwrap_or(limit).min(limit));
+    let mut collected: Vec<u8> = Vec::with_capacity(capacity);
     while let Some(chunk) = stream.next().await {
         let chunk: Bytes = chunk.map_err(|error| ReceiveError::BodyRead(error.to_string()))?;
         if chunk.len() > limit.saturating_sub(collected.len()) {
