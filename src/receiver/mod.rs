@@ -261,7 +261,10 @@ impl WebhookReceiver {
             return Err(ReceiveError::BodyTooLarge { size: Some(body.len() as u64), limit: self.max_body_bytes });
         }
         let options = ParseOptions::default().max_body_bytes(self.max_body_bytes);
-        wire::parse_push_with(body, &options).map_err(ReceiveError::InvalidBody)
+        wire::parse_push_with(body, &options).map_err(|error| match error {
+            ParseError::BodyTooLarge { size, limit } => ReceiveError::BodyTooLarge { size: Some(size as u64), limit },
+            other => ReceiveError::InvalidBody(other),
+        })
     }
 }
 
@@ -440,7 +443,10 @@ mod tests {
         let error = receiver.receive(&right_headers(), br#"[{"Type": "one"}]"#).unwrap_err();
         assert!(matches!(error, ReceiveError::InvalidBody(_)), "{error:?}");
         assert_eq!(error.status(), StatusCode::BAD_REQUEST);
-        assert!(error.public_message().contains("Type"), "{error}");
+        assert_eq!(
+            error.public_message(),
+            r#"invalid push body: entry 0: key "Type": expected a non-negative integer, found "one""#
+        );
         let error = receiver.receive(&right_headers(), b"[{").unwrap_err();
         assert_eq!(error.status(), StatusCode::BAD_REQUEST);
     }
