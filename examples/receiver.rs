@@ -5,6 +5,9 @@
 //! EVENTHOOK_SECRET=<bot API secret> cargo run --example receiver --features axum
 //! ```
 //!
+//! Prefer `EVENTHOOK_SECRET`: a command-line argument is visible to other
+//! local users in the process list.
+//!
 //! It prints one line when listening, then one summary line per verified
 //! push, and answers `200 OK` to verified pushes; `401`, `413` or `400`
 //! otherwise, as [`VerifiedPush`] does.
