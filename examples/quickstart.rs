@@ -98,7 +98,12 @@ impl DeliveryObserver for Billing {
     }
 
     fn events_dropped(&self, dropped: &DroppedEvents) {
-        println!("  {} pending events of {} handed to the host: {}", dropped.events.len(), dropped.bot_token, dropped.reason);
+        println!(
+            "  {} pending events of {} handed to the host: {}",
+            dropped.events.len(),
+            dropped.bot_token,
+            dropped.reason
+        );
     }
 }
 
@@ -235,8 +240,7 @@ async fn run_local(options: &Options) -> Result<(), Box<dyn std::error::Error>> 
 
     let alerts = Arc::new(PrintAlerts::default());
     let billing = Arc::new(Billing::default());
-    let dispatcher: Arc<dyn Dispatcher> =
-        Arc::new(build_dispatcher(true, Arc::clone(&alerts), Arc::clone(&billing))?);
+    let dispatcher: Arc<dyn Dispatcher> = Arc::new(build_dispatcher(true, Arc::clone(&alerts), Arc::clone(&billing))?);
     let config = |bot: &str, secret: &str, events: EventFlags| {
         WebhookConfig::builder(bot, "Matelab Srl", format!("http://{address}/hooks/{bot}"), secret)
             .events(events)
@@ -244,11 +248,18 @@ async fn run_local(options: &Options) -> Result<(), Box<dyn std::error::Error>> 
             .request_timeout(Duration::from_secs(2))
             .build()
     };
-    let sales_selection =
-        EventFlags::from_kinds([EventKind::UserMessage, EventKind::NlpMissed, EventKind::Fallback, EventKind::HandOver]);
+    let sales_selection = EventFlags::from_kinds([
+        EventKind::UserMessage,
+        EventKind::NlpMissed,
+        EventKind::Fallback,
+        EventKind::HandOver,
+    ]);
     dispatcher.configure(config(bots[0].0, bots[0].1, EventFlags::all())?)?;
     dispatcher.configure(config(bots[1].0, bots[1].1, sales_selection)?)?;
-    println!("2. Configured {} (every event) and {} ({:?}), push interval {:?}.", bots[0].0, bots[1].0, sales_selection, options.interval);
+    println!(
+        "2. Configured {} (every event) and {} ({:?}), push interval {:?}.",
+        bots[0].0, bots[1].0, sales_selection, options.interval
+    );
 
     let mut expected = 0;
     for (index, (bot, _)) in bots.iter().enumerate() {
@@ -257,8 +268,12 @@ async fn run_local(options: &Options) -> Result<(), Box<dyn std::error::Error>> 
             expected += usize::from(dispatcher.enqueue(event).is_accepted());
         }
     }
-    println!("3. Enqueued {} events per bot; {expected} accepted (the rest not selected by sales-bot).", options.events_per_bot);
-    let delivered = wait_until(Duration::from_secs(10), || received.lock().map_or(0, |events| events.len()) >= expected).await;
+    println!(
+        "3. Enqueued {} events per bot; {expected} accepted (the rest not selected by sales-bot).",
+        options.events_per_bot
+    );
+    let delivered =
+        wait_until(Duration::from_secs(10), || received.lock().map_or(0, |events| events.len()) >= expected).await;
     if !delivered {
         return Err("the receiver did not get every event within 10 s".into());
     }
@@ -275,7 +290,11 @@ async fn run_local(options: &Options) -> Result<(), Box<dyn std::error::Error>> 
     if !disabled || stats.state != WebhookState::Disabled {
         return Err("the webhook was not disabled".into());
     }
-    println!("   disabled after {} failed calls in a row; enqueue now answers {:?}.", stats.counts.calls_failed, dispatcher.enqueue(Event::ConversationError(factory.conversation(&chat))));
+    println!(
+        "   disabled after {} failed calls in a row; enqueue now answers {:?}.",
+        stats.counts.calls_failed,
+        dispatcher.enqueue(Event::ConversationError(factory.conversation(&chat)))
+    );
 
     println!("6. The owner fixes the receiver and saves the bot's settings again: re-enabled.");
     failing.store(false, Ordering::SeqCst);
@@ -286,12 +305,21 @@ async fn run_local(options: &Options) -> Result<(), Box<dyn std::error::Error>> 
         return Err("delivery did not resume".into());
     }
     let report = dispatcher.shutdown(Duration::from_secs(2)).await;
-    println!("7. Shut down: {} undelivered events handed back; {} billable calls made. Final stats:", report.undelivered.len(), billing.calls.load(Ordering::SeqCst));
+    println!(
+        "7. Shut down: {} undelivered events handed back; {} billable calls made. Final stats:",
+        report.undelivered.len(),
+        billing.calls.load(Ordering::SeqCst)
+    );
     print_stats(&*dispatcher, &[bots[0].0, bots[1].0]);
     let totals = report.stats.totals;
     println!(
         "   totals: accepted {} = delivered {} + pending {} + in flight {} + dropped {}. Done in {:.1?}.",
-        totals.accepted, totals.delivered, totals.pending, totals.in_flight, totals.dropped_total(), started.elapsed()
+        totals.accepted,
+        totals.delivered,
+        totals.pending,
+        totals.in_flight,
+        totals.dropped_total(),
+        started.elapsed()
     );
     Ok(())
 }
@@ -318,9 +346,9 @@ async fn run_external(options: &Options, url: &str, secret: &str) -> Result<(), 
     }
     println!("Enqueued {accepted} events for {url}; waiting until delivered or disabled (at most 20 s)...");
     wait_until(Duration::from_secs(20), || {
-        dispatcher.webhook_stats(bot).is_some_and(|stats| {
-            stats.counts.delivered == accepted || stats.state == WebhookState::Disabled
-        })
+        dispatcher
+            .webhook_stats(bot)
+            .is_some_and(|stats| stats.counts.delivered == accepted || stats.state == WebhookState::Disabled)
     })
     .await;
     print_stats(&dispatcher, &[bot]);

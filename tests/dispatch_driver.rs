@@ -201,7 +201,10 @@ async fn enqueue_from_many_threads_at_once() {
         .map(|_| {
             let dispatcher = Arc::clone(&dispatcher);
             std::thread::spawn(move || {
-                messages("bot", 2_000).into_iter().filter(|event| dispatcher.enqueue(event.clone()).is_accepted()).count()
+                messages("bot", 2_000)
+                    .into_iter()
+                    .filter(|event| dispatcher.enqueue(event.clone()).is_accepted())
+                    .count()
             })
         })
         .collect();

@@ -125,23 +125,24 @@ impl Webhook {
         self.anchor.checked_add(Duration::from_nanos(offset)).unwrap_or(earliest)
     }
 
-    /// When the next push may happen: a whole interval after the last one
-    /// started, on this webhook's grid.
-    fn regular_due_time(&self, now: Instant) -> Instant {
-        let earliest = match self.last_push_started {
-            Some(started) => now.max(started + self.config.push_interval()),
-            None => now,
-        };
-        self.next_grid_time(earliest)
+    /// When a webhook that had nothing to send may push again, now that it
+    /// has: at its next grid time, so that webhooks woken together (say, by
+    /// a broadcast) stay spread, and at least an interval after its last push.
+    fn due_time_after_idle(&self, now: Instant) -> Instant {
+        let grid_time = self.next_grid_time(now);
+        match self.last_push_started {
+            Some(started) => grid_time.max(started + self.config.push_interval()),
+            None => grid_time,
+        }
     }
 }
 
 /// Spreads first pushes over the interval, the same way for the same bot.
 fn phase(bot_token: &str, interval: Duration) -> Duration {
     // FNV-1a: deterministic across processes, unlike std's RandomState.
-    let hash = bot_token.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = bot_token
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
     let interval_nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1);
     Duration::from_nanos(hash % interval_nanos)
 }
@@ -277,7 +278,7 @@ impl DispatchCore {
             }
         }
         drop(gates);
-        self.settle(&token, now);
+        self.settle(&token, now, None);
     }
 
     /// Removes a bot's webhook and returns its undelivered events (counted
@@ -398,14 +399,16 @@ impl DispatchCore {
             }
         }
         let token = Arc::clone(&id.bot_token);
-        self.settle(&token, now);
+        self.settle(&token, now, Some(call.started));
     }
 
-    /// When the core next has a push due, if any; poll again then (or
-    /// sooner, after new events, settings or results). `None` means nothing
+    /// Takes in newly enqueued events, then says when the core next has a
+    /// push due, if any; poll again then (or sooner, after new events,
+    /// settings or results). `None` means nothing
     /// is scheduled, or the concurrency cap is reached and only a call's
     /// result can free a slot.
     pub fn next_wakeup(&mut self) -> Option<Instant> {
+        self.drain_intake();
         if self.calls_in_flight >= self.limits.max_concurrent_pushes {
             return None;
         }
@@ -554,7 +557,7 @@ impl DispatchCore {
             webhook.store.push(encoded.as_slice().into());
             let idle = webhook.scheduled.is_none() && webhook.call.is_none();
             if idle {
-                let due = webhook.regular_due_time(now);
+                let due = webhook.due_time_after_idle(now);
                 let token = Arc::clone(&gate.bot_token);
                 self.schedule_at(&token, due);
             }
@@ -572,7 +575,11 @@ impl DispatchCore {
     /// Schedules a webhook that has no call under way, after a call or a
     /// reconfiguration: at once when a whole batch waits (a backlog drains
     /// at network speed) or a flush is under way, else on its grid.
-    fn settle(&mut self, token: &Arc<str>, now: Instant) {
+    ///
+    /// `last_call_started` is when the call that just ended started: the
+    /// next regular push comes one interval after it. Without it (after a
+    /// reconfiguration), the webhook is scheduled as if it had been idle.
+    fn settle(&mut self, token: &Arc<str>, now: Instant, last_call_started: Option<Instant>) {
         let Some(webhook) = self.webhooks.get_mut(token) else { return };
         if webhook.call.is_some() || webhook.store.disabled {
             return;
@@ -600,7 +607,10 @@ impl DispatchCore {
         let due = if webhook.flush_remaining > 0 || webhook.store.has_full_batch(max_events, max_bytes) {
             now
         } else {
-            webhook.regular_due_time(now)
+            match last_call_started {
+                Some(started) => now.max(started + webhook.config.push_interval()),
+                None => webhook.due_time_after_idle(now),
+            }
         };
         self.schedule_at(token, due);
     }
