@@ -169,7 +169,17 @@ impl Enqueuer {
     }
 }
 
-/// The dispatch state machine. See the [module documentation](self).
+/// The dispatch state machine: every rule of the events webhook, no I/O.
+///
+/// Like quinn-proto, the core does no networking, spawns nothing and never
+/// sleeps. It takes events (through its [`Enqueuer`]), webhook settings and
+/// call outcomes; it hands out ready HTTP requests ([`Push`]), says when it
+/// next needs to be polled ([`next_wakeup`](Self::next_wakeup)), and queues
+/// [`Notice`]s (calls to bill, dropped events, alerts) for the host. Time
+/// comes from the [`Clock`] it is given, so tests drive it deterministically
+/// with a [`ManualClock`](crate::ManualClock).
+/// [`WebhookDispatcher`](super::WebhookDispatcher) drives it on a runtime;
+/// a host with its own event loop can drive it directly.
 ///
 /// ```
 /// use std::sync::Arc;
