@@ -120,23 +120,40 @@ enum KeyName<'de> {
     Other(Cow<'de, str>),
 }
 
-fn classify(name: &str) -> Option<KeyName<'static>> {
-    Some(match name {
-        "Type" => KeyName::Type,
-        "ItemType" => KeyName::Known(Field::ItemType),
-        "SubType" => KeyName::Known(Field::SubType),
-        "Data" => KeyName::Known(Field::Data),
-        "Date" => KeyName::Known(Field::Date),
-        "BotToken" => KeyName::Known(Field::BotToken),
-        "AccountName" => KeyName::Known(Field::AccountName),
-        "ConversationId" => KeyName::Known(Field::ConversationId),
-        "UserName" => KeyName::Known(Field::UserName),
-        "Channel" => KeyName::Known(Field::Channel),
-        "Text" => KeyName::Known(Field::Text),
-        "Name" => KeyName::Known(Field::Name),
-        "Key" => KeyName::Known(Field::Key),
+/// One of the contract's keys.
+#[derive(Clone, Copy)]
+enum ContractKey {
+    Type,
+    Known(Field),
+}
+
+impl From<ContractKey> for KeyName<'_> {
+    fn from(key: ContractKey) -> Self {
+        match key {
+            ContractKey::Type => KeyName::Type,
+            ContractKey::Known(field) => KeyName::Known(field),
+        }
+    }
+}
+
+fn classify(name: &str) -> Option<ContractKey> {
+    // Length and first byte leave at most two candidates: one or two
+    // comparisons per key instead of up to thirteen.
+    let candidates: &[(&str, ContractKey)] = match (name.len(), name.as_bytes().first()) {
+        (3, Some(b'K')) => &[("Key", ContractKey::Known(Field::Key))],
+        (4, Some(b'T')) => &[("Type", ContractKey::Type), ("Text", ContractKey::Known(Field::Text))],
+        (4, Some(b'D')) => &[("Data", ContractKey::Known(Field::Data)), ("Date", ContractKey::Known(Field::Date))],
+        (4, Some(b'N')) => &[("Name", ContractKey::Known(Field::Name))],
+        (7, Some(b'S')) => &[("SubType", ContractKey::Known(Field::SubType))],
+        (7, Some(b'C')) => &[("Channel", ContractKey::Known(Field::Channel))],
+        (8, Some(b'I')) => &[("ItemType", ContractKey::Known(Field::ItemType))],
+        (8, Some(b'B')) => &[("BotToken", ContractKey::Known(Field::BotToken))],
+        (8, Some(b'U')) => &[("UserName", ContractKey::Known(Field::UserName))],
+        (11, Some(b'A')) => &[("AccountName", ContractKey::Known(Field::AccountName))],
+        (14, Some(b'C')) => &[("ConversationId", ContractKey::Known(Field::ConversationId))],
         _ => return None,
-    })
+    };
+    candidates.iter().find(|(candidate, _)| *candidate == name).map(|(_, key)| *key)
 }
 
 struct KeySeed;
@@ -159,12 +176,12 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 
     fn visit_borrowed_str<E: de::Error>(self, name: &'de str) -> Result<Self::Value, E> {
-        Ok(classify(name).unwrap_or(KeyName::Other(Cow::Borrowed(name))))
+        Ok(classify(name).map_or(KeyName::Other(Cow::Borrowed(name)), KeyName::from))
     }
 
     fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
         // Only keys with escapes get here; they are rare, so owning them is fine.
-        Ok(classify(name).unwrap_or_else(|| KeyName::Other(Cow::Owned(name.to_owned()))))
+        Ok(classify(name).map_or_else(|| KeyName::Other(Cow::Owned(name.to_owned())), KeyName::from))
     }
 }
 
@@ -255,6 +272,60 @@ impl<'de> Visitor<'de> for FieldVisitor {
     }
 }
 
+/// `Type`: its code, or the value found when it is not a non-negative integer.
+struct TypeSeed;
+
+impl<'de> DeserializeSeed<'de> for TypeSeed {
+    type Value = Result<u64, FieldValue<'de>>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(TypeVisitor)
+    }
+}
+
+struct TypeVisitor;
+
+impl<'de> Visitor<'de> for TypeVisitor {
+    type Value = Result<u64, FieldValue<'de>>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        Ok(Ok(value))
+    }
+
+    // Anything else is kept for the error message.
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        FieldVisitor.visit_i64(value).map(Err)
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        FieldVisitor.visit_f64(value).map(Err)
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        FieldVisitor.visit_bool(value).map(Err)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        FieldVisitor.visit_str(text).map(Err)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        FieldVisitor.visit_unit().map(Err)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        FieldVisitor.visit_seq(seq).map(Err)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        FieldVisitor.visit_map(map).map(Err)
+    }
+}
+
 /// Records `error` in the slot and stops the deserializer; the slot's error
 /// is the one reported.
 fn fail<T, E: de::Error>(slot: &mut Option<ParseError>, error: ParseError) -> Result<T, E> {
@@ -294,6 +365,8 @@ macro_rules! reject_scalars {
 /// The top level of a push: an array of entries, or one entry.
 struct PushVisitor<'slot> {
     failure: &'slot mut Option<ParseError>,
+    /// A guess at the number of events from the body's size, to allocate once.
+    expected_events: usize,
 }
 
 impl<'de> Reject<'de> for PushVisitor<'_> {
@@ -312,7 +385,7 @@ impl<'de> Visitor<'de> for PushVisitor<'_> {
     reject_scalars!();
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut events = Vec::new();
+        let mut events = Vec::with_capacity(self.expected_events);
         let mut entry = 0;
         while let Some(event) = seq.next_element_seed(EntrySeed { entry: Some(entry), failure: &mut *self.failure })? {
             events.push(event);
@@ -353,12 +426,6 @@ impl<'de> Reject<'de> for EntryVisitor<'_> {
     }
 }
 
-/// A key's value and where it came in the object, to keep the read order for unknown types.
-struct Slot<'de> {
-    position: usize,
-    value: FieldValue<'de>,
-}
-
 /// A key outside the contract: its value is kept only for unknown types.
 struct Extra<'de> {
     position: usize,
@@ -382,7 +449,7 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let entry = self.entry;
         let mut code: Option<u64> = None;
-        let mut fields = EntryFields { entry, values: Default::default() };
+        let mut fields = EntryFields { entry, values: Default::default(), positions: [0; FIELD_COUNT] };
         let mut extras: Vec<Extra<'de>> = Vec::new();
         let mut position = 0;
         while let Some(key) = map.next_key_seed(KeySeed)? {
@@ -391,11 +458,9 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
                     if code.is_some() {
                         return fail(self.failure, ParseError::DuplicateKey { entry, key: "Type".to_owned() });
                     }
-                    match map.next_value_seed(FieldSeed)? {
-                        FieldValue::Other(Value::Number(number)) if number.as_u64().is_some() => {
-                            code = number.as_u64();
-                        }
-                        other => {
+                    match map.next_value_seed(TypeSeed)? {
+                        Ok(type_code) => code = Some(type_code),
+                        Err(other) => {
                             let found = describe(other);
                             return fail(self.failure, ParseError::InvalidType { entry, found });
                         }
@@ -407,7 +472,8 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
                         let key = field.name().to_owned();
                         return fail(self.failure, ParseError::DuplicateKey { entry, key });
                     }
-                    *slot = Some(Slot { position, value: map.next_value_seed(FieldSeed)? });
+                    *slot = Some(map.next_value_seed(FieldSeed)?);
+                    fields.positions[field as usize] = position;
                 }
                 KeyName::Other(name) => {
                     if extras.iter().any(|extra| extra.name == name) {
@@ -454,12 +520,14 @@ fn describe(value: FieldValue<'_>) -> String {
 /// The contract's keys of one entry, buffered until `Type` is known.
 struct EntryFields<'de> {
     entry: Option<usize>,
-    values: [Option<Slot<'de>>; FIELD_COUNT],
+    values: [Option<FieldValue<'de>>; FIELD_COUNT],
+    /// Where each key came in the object, to keep the read order for unknown types.
+    positions: [usize; FIELD_COUNT],
 }
 
 impl<'de> EntryFields<'de> {
     fn take(&mut self, field: Field) -> Option<FieldValue<'de>> {
-        self.values[field as usize].take().map(|slot| slot.value)
+        self.values[field as usize].take()
     }
 
     fn wrong_type(&self, field: Field, value: &FieldValue<'_>) -> ParseError {
@@ -559,12 +627,12 @@ impl<'de> EntryFields<'de> {
     }
 
     /// Every key but `Type`, in the order read, values unchecked.
-    fn unknown(self, code: u64, extras: Vec<Extra<'_>>) -> UnknownEvent {
+    fn unknown(&mut self, code: u64, extras: Vec<Extra<'_>>) -> UnknownEvent {
         let mut fields: Vec<(usize, String, Value)> = Field::ALL
             .into_iter()
-            .zip(self.values)
-            .filter_map(|(field, slot)| {
-                slot.map(|slot| (slot.position, field.name().to_owned(), slot.value.into_value()))
+            .filter_map(|field| {
+                let position = self.positions[field as usize];
+                self.take(field).map(|value| (position, field.name().to_owned(), value.into_value()))
             })
             .collect();
         fields.extend(
@@ -576,7 +644,7 @@ impl<'de> EntryFields<'de> {
         UnknownEvent { code, fields: fields.into_iter().map(|(_, name, value)| (name, value)).collect() }
     }
 
-    fn build(mut self, code: u64, extras: Vec<Extra<'_>>) -> Result<Event, ParseError> {
+    fn build(&mut self, code: u64, extras: Vec<Extra<'_>>) -> Result<Event, ParseError> {
         Ok(match code {
             0 => Event::BotMessage(self.message()?),
             1 => Event::UserMessage(self.message()?),
@@ -631,7 +699,10 @@ pub(crate) fn parse_push_with(body: &[u8], options: &ParseOptions) -> Result<Vec
     if body.len() > limit {
         return Err(ParseError::BodyTooLarge { size: body.len(), limit });
     }
-    run(body, |deserializer, failure| deserializer.deserialize_any(PushVisitor { failure }))
+    // A realistic entry takes 200 bytes or more; the cap bounds the memory an
+    // unusual body of small entries can make us reserve up front.
+    let expected_events = (body.len() / 200).min(1024);
+    run(body, |deserializer, failure| deserializer.deserialize_any(PushVisitor { failure, expected_events }))
 }
 
 /// See [`crate::wire::parse_event`].
