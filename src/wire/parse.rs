@@ -62,6 +62,7 @@ impl fmt::Display for JsonType {
 
 /// The 12 string keys of the contract besides `Type`, in wire order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Field {
     ItemType,
     SubType,
@@ -113,75 +114,79 @@ impl Field {
     ];
 }
 
-/// An object key, classified without allocating when it is one of the contract's.
-enum KeyName<'de> {
-    Type,
-    Known(Field),
-    Other(Cow<'de, str>),
-}
-
-/// One of the contract's keys.
+/// An object key, classified without allocating. `Copy` and one byte wide on
+/// purpose: it is produced for every key of every entry.
 #[derive(Clone, Copy)]
-enum ContractKey {
+enum KeyClass {
     Type,
     Known(Field),
+    /// A key outside the contract; its name is in [`KeySeed::other`].
+    Other,
 }
 
-impl From<ContractKey> for KeyName<'_> {
-    fn from(key: ContractKey) -> Self {
-        match key {
-            ContractKey::Type => KeyName::Type,
-            ContractKey::Known(field) => KeyName::Known(field),
-        }
+fn classify(name: &str) -> KeyClass {
+    let bytes = name.as_bytes();
+    // Length, first and last byte leave one candidate: a single comparison
+    // per key instead of up to thirteen.
+    let (candidate, class) = match (bytes.len(), bytes.first(), bytes.last()) {
+        (3, Some(b'K'), _) => ("Key", KeyClass::Known(Field::Key)),
+        (4, Some(b'T'), Some(b'e')) => ("Type", KeyClass::Type),
+        (4, Some(b'T'), Some(b't')) => ("Text", KeyClass::Known(Field::Text)),
+        (4, Some(b'D'), Some(b'a')) => ("Data", KeyClass::Known(Field::Data)),
+        (4, Some(b'D'), Some(b'e')) => ("Date", KeyClass::Known(Field::Date)),
+        (4, Some(b'N'), _) => ("Name", KeyClass::Known(Field::Name)),
+        (7, Some(b'S'), _) => ("SubType", KeyClass::Known(Field::SubType)),
+        (7, Some(b'C'), _) => ("Channel", KeyClass::Known(Field::Channel)),
+        (8, Some(b'I'), _) => ("ItemType", KeyClass::Known(Field::ItemType)),
+        (8, Some(b'B'), _) => ("BotToken", KeyClass::Known(Field::BotToken)),
+        (8, Some(b'U'), _) => ("UserName", KeyClass::Known(Field::UserName)),
+        (11, Some(b'A'), _) => ("AccountName", KeyClass::Known(Field::AccountName)),
+        (14, Some(b'C'), _) => ("ConversationId", KeyClass::Known(Field::ConversationId)),
+        _ => return KeyClass::Other,
+    };
+    if name == candidate {
+        class
+    } else {
+        KeyClass::Other
     }
 }
 
-fn classify(name: &str) -> Option<ContractKey> {
-    // Length and first byte leave at most two candidates: one or two
-    // comparisons per key instead of up to thirteen.
-    let candidates: &[(&str, ContractKey)] = match (name.len(), name.as_bytes().first()) {
-        (3, Some(b'K')) => &[("Key", ContractKey::Known(Field::Key))],
-        (4, Some(b'T')) => &[("Type", ContractKey::Type), ("Text", ContractKey::Known(Field::Text))],
-        (4, Some(b'D')) => &[("Data", ContractKey::Known(Field::Data)), ("Date", ContractKey::Known(Field::Date))],
-        (4, Some(b'N')) => &[("Name", ContractKey::Known(Field::Name))],
-        (7, Some(b'S')) => &[("SubType", ContractKey::Known(Field::SubType))],
-        (7, Some(b'C')) => &[("Channel", ContractKey::Known(Field::Channel))],
-        (8, Some(b'I')) => &[("ItemType", ContractKey::Known(Field::ItemType))],
-        (8, Some(b'B')) => &[("BotToken", ContractKey::Known(Field::BotToken))],
-        (8, Some(b'U')) => &[("UserName", ContractKey::Known(Field::UserName))],
-        (11, Some(b'A')) => &[("AccountName", ContractKey::Known(Field::AccountName))],
-        (14, Some(b'C')) => &[("ConversationId", ContractKey::Known(Field::ConversationId))],
-        _ => return None,
-    };
-    candidates.iter().find(|(candidate, _)| *candidate == name).map(|(_, key)| *key)
+/// Reads a key; the name of a key outside the contract goes to `other`, so
+/// that the common case moves no string around.
+struct KeySeed<'slot, 'de> {
+    other: &'slot mut Option<Cow<'de, str>>,
 }
 
-struct KeySeed;
-
-impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = KeyName<'de>;
+impl<'de> DeserializeSeed<'de> for KeySeed<'_, 'de> {
+    type Value = KeyClass;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_str(KeyVisitor)
+        deserializer.deserialize_str(self)
     }
 }
 
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = KeyName<'de>;
+impl<'de> Visitor<'de> for KeySeed<'_, 'de> {
+    type Value = KeyClass;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("an object key")
     }
 
     fn visit_borrowed_str<E: de::Error>(self, name: &'de str) -> Result<Self::Value, E> {
-        Ok(classify(name).map_or(KeyName::Other(Cow::Borrowed(name)), KeyName::from))
+        let class = classify(name);
+        if let KeyClass::Other = class {
+            *self.other = Some(Cow::Borrowed(name));
+        }
+        Ok(class)
     }
 
     fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
-        // Only keys with escapes get here; they are rare, so owning them is fine.
-        Ok(classify(name).map_or_else(|| KeyName::Other(Cow::Owned(name.to_owned())), KeyName::from))
+        let class = classify(name);
+        if let KeyClass::Other = class {
+            // Only keys with escapes get here; they are rare, so owning them is fine.
+            *self.other = Some(Cow::Owned(name.to_owned()));
+        }
+        Ok(class)
     }
 }
 
@@ -452,9 +457,10 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
         let mut fields = EntryFields { entry, values: Default::default(), positions: [0; FIELD_COUNT] };
         let mut extras: Vec<Extra<'de>> = Vec::new();
         let mut position = 0;
-        while let Some(key) = map.next_key_seed(KeySeed)? {
+        let mut other_name = None;
+        while let Some(key) = map.next_key_seed(KeySeed { other: &mut other_name })? {
             match key {
-                KeyName::Type => {
+                KeyClass::Type => {
                     if code.is_some() {
                         return fail(self.failure, ParseError::DuplicateKey { entry, key: "Type".to_owned() });
                     }
@@ -466,7 +472,7 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
                         }
                     }
                 }
-                KeyName::Known(field) => {
+                KeyClass::Known(field) => {
                     let slot = &mut fields.values[field as usize];
                     if slot.is_some() {
                         let key = field.name().to_owned();
@@ -475,7 +481,8 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
                     *slot = Some(map.next_value_seed(FieldSeed)?);
                     fields.positions[field as usize] = position;
                 }
-                KeyName::Other(name) => {
+                KeyClass::Other => {
+                    let name = other_name.take().unwrap_or_default();
                     if extras.iter().any(|extra| extra.name == name) {
                         let key = name.into_owned();
                         return fail(self.failure, ParseError::DuplicateKey { entry, key });
