@@ -144,7 +144,8 @@ fn classify(name: &str) -> KeyClass {
         (14, Some(b'C'), _) => ("ConversationId", KeyClass::Known(Field::ConversationId)),
         _ => return KeyClass::Other,
     };
-    if name == candidate {
+    // A byte loop rather than `==`: for keys this short, a call to `memcmp` costs more.
+    if bytes.len() == candidate.len() && bytes.iter().zip(candidate.as_bytes()).all(|(left, right)| left == right) {
         class
     } else {
         KeyClass::Other
@@ -533,10 +534,12 @@ struct EntryFields<'de> {
 }
 
 impl<'de> EntryFields<'de> {
+    #[inline]
     fn take(&mut self, field: Field) -> Option<FieldValue<'de>> {
         self.values[field as usize].take()
     }
 
+    #[inline]
     fn wrong_type(&self, field: Field, value: &FieldValue<'_>) -> ParseError {
         ParseError::WrongJsonType {
             entry: self.entry,
@@ -547,6 +550,7 @@ impl<'de> EntryFields<'de> {
     }
 
     /// A required key: absent is an error; `null` is a wrong type, not an absence.
+    #[inline]
     fn required(&mut self, field: Field) -> Result<String, ParseError> {
         match self.take(field) {
             Some(FieldValue::String(text)) => Ok(text.into_owned()),
@@ -556,6 +560,7 @@ impl<'de> EntryFields<'de> {
     }
 
     /// An optional key: absent and `null` both give `None`.
+    #[inline]
     fn optional(&mut self, field: Field) -> Result<Option<String>, ParseError> {
         match self.take(field) {
             Some(FieldValue::String(text)) => Ok(Some(text.into_owned())),
@@ -564,6 +569,7 @@ impl<'de> EntryFields<'de> {
         }
     }
 
+    #[inline]
     fn date(&self, text: &str) -> Result<EventDate, ParseError> {
         EventDate::parse(text).map_err(|_| ParseError::InvalidDate {
             entry: self.entry,
@@ -572,6 +578,7 @@ impl<'de> EntryFields<'de> {
         })
     }
 
+    #[inline]
     fn required_date(&mut self) -> Result<EventDate, ParseError> {
         match self.take(Field::Date) {
             Some(FieldValue::String(text)) => self.date(&text),
@@ -580,6 +587,7 @@ impl<'de> EntryFields<'de> {
         }
     }
 
+    #[inline]
     fn optional_date(&mut self) -> Result<Option<EventDate>, ParseError> {
         match self.take(Field::Date) {
             Some(FieldValue::String(text)) => self.date(&text).map(Some),
@@ -588,6 +596,7 @@ impl<'de> EntryFields<'de> {
         }
     }
 
+    #[inline]
     fn origin(&mut self) -> Result<Origin, ParseError> {
         Ok(Origin { bot_token: self.required(Field::BotToken)?, account_name: self.required(Field::AccountName)? })
     }
