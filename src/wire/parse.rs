@@ -393,36 +393,44 @@ impl<'de> Visitor<'de> for PushVisitor<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut events = Vec::with_capacity(self.expected_events);
         let mut entry = 0;
-        while let Some(event) = seq.next_element_seed(EntrySeed { entry: Some(entry), failure: &mut *self.failure })? {
-            events.push(event);
+        while seq
+            .next_element_seed(EntrySeed { entry: Some(entry), failure: &mut *self.failure, events: &mut events })?
+            .is_some()
+        {
             entry += 1;
         }
         Ok(events)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        EntryVisitor { entry: None, failure: self.failure }.visit_map(map).map(|event| vec![event])
+        let mut events = Vec::with_capacity(1);
+        EntryVisitor { entry: None, failure: self.failure, events: &mut events }.visit_map(map)?;
+        Ok(events)
     }
 }
 
 /// One entry: `entry` is its index in the array, `None` for a lone object.
+/// The event is pushed onto `events` rather than returned, which saves
+/// moving it through serde's layers of `Result` and `Option`.
 struct EntrySeed<'slot> {
     entry: Option<usize>,
     failure: &'slot mut Option<ParseError>,
+    events: &'slot mut Vec<Event>,
 }
 
 impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
-    type Value = Event;
+    type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         // `deserialize_any`, not `deserialize_map`, so that a non-object reaches the visitor.
-        deserializer.deserialize_any(EntryVisitor { entry: self.entry, failure: self.failure })
+        deserializer.deserialize_any(EntryVisitor { entry: self.entry, failure: self.failure, events: self.events })
     }
 }
 
 struct EntryVisitor<'slot> {
     entry: Option<usize>,
     failure: &'slot mut Option<ParseError>,
+    events: &'slot mut Vec<Event>,
 }
 
 impl<'de> Reject<'de> for EntryVisitor<'_> {
@@ -440,7 +448,7 @@ struct Extra<'de> {
 }
 
 impl<'de> Visitor<'de> for EntryVisitor<'_> {
-    type Value = Event;
+    type Value = ();
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("an event object")
@@ -506,7 +514,10 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
             return fail(self.failure, ParseError::MissingType { entry });
         };
         match fields.build(code, extras) {
-            Ok(event) => Ok(event),
+            Ok(event) => {
+                self.events.push(event);
+                Ok(())
+            }
             Err(error) => fail(self.failure, error),
         }
     }
@@ -723,5 +734,8 @@ pub(crate) fn parse_push_with(body: &[u8], options: &ParseOptions) -> Result<Vec
 
 /// See [`crate::wire::parse_event`].
 pub(crate) fn parse_event(json: &[u8]) -> Result<Event, ParseError> {
-    run(json, |deserializer, failure| EntrySeed { entry: None, failure }.deserialize(deserializer))
+    let mut events = Vec::with_capacity(1);
+    run(json, |deserializer, failure| EntrySeed { entry: None, failure, events: &mut events }.deserialize(deserializer))?;
+    // A successful run has pushed exactly one event.
+    events.pop().ok_or(ParseError::EntryNotObject { entry: None })
 }
