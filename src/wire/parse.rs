@@ -124,6 +124,7 @@ enum KeyClass {
     Other,
 }
 
+#[inline]
 fn classify(name: &str) -> KeyClass {
     let bytes = name.as_bytes();
     // Length, first and last byte leave one candidate: a single comparison
@@ -223,6 +224,7 @@ struct FieldSeed;
 impl<'de> DeserializeSeed<'de> for FieldSeed {
     type Value = FieldValue<'de>;
 
+    #[inline]
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_any(FieldVisitor)
     }
@@ -237,6 +239,7 @@ impl<'de> Visitor<'de> for FieldVisitor {
         formatter.write_str("any JSON value")
     }
 
+    #[inline]
     fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
         Ok(FieldValue::String(Cow::Borrowed(text)))
     }
@@ -328,7 +331,15 @@ impl<'de> Visitor<'de> for TypeVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        FieldVisitor.visit_map(map).map(Err)
+        // With serde_json's `arbitrary_precision` feature (which another crate
+        // in a build may turn on) numbers arrive as maps: `Value` decodes them.
+        Ok(match FieldVisitor.visit_map(map)? {
+            FieldValue::Other(Value::Number(number)) => match number.as_u64() {
+                Some(code) => Ok(code),
+                None => Err(FieldValue::Other(Value::Number(number))),
+            },
+            other => Err(other),
+        })
     }
 }
 
@@ -735,7 +746,9 @@ pub(crate) fn parse_push_with(body: &[u8], options: &ParseOptions) -> Result<Vec
 /// See [`crate::wire::parse_event`].
 pub(crate) fn parse_event(json: &[u8]) -> Result<Event, ParseError> {
     let mut events = Vec::with_capacity(1);
-    run(json, |deserializer, failure| EntrySeed { entry: None, failure, events: &mut events }.deserialize(deserializer))?;
+    run(json, |deserializer, failure| {
+        EntrySeed { entry: None, failure, events: &mut events }.deserialize(deserializer)
+    })?;
     // A successful run has pushed exactly one event.
     events.pop().ok_or(ParseError::EntryNotObject { entry: None })
 }
