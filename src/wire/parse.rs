@@ -7,6 +7,7 @@
 //! error; anything else serde_json reports is a JSON syntax error.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -476,6 +477,10 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
         let mut code: Option<u64> = None;
         let mut fields = EntryFields { entry, values: Default::default(), positions: [0; FIELD_COUNT] };
         let mut extras: Vec<Extra<'de>> = Vec::new();
+        // Names of the keys outside the contract, for the duplicate check: a
+        // set, not a scan of `extras`, so that an object with many keys cannot
+        // make parsing quadratic. Created on the first such key only.
+        let mut extra_names: Option<HashSet<Cow<'de, str>>> = None;
         let mut position = 0;
         let mut other_name = None;
         while let Some(key) = map.next_key_seed(KeySeed { other: &mut other_name })? {
@@ -503,7 +508,7 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
                 }
                 KeyClass::Other => {
                     let name = other_name.take().unwrap_or_default();
-                    if extras.iter().any(|extra| extra.name == name) {
+                    if !extra_names.get_or_insert_with(HashSet::new).insert(name.clone()) {
                         let key = name.into_owned();
                         return fail(self.failure, ParseError::DuplicateKey { entry, key });
                     }
