@@ -18,6 +18,13 @@ use crate::event::{CatalogChange, ConversationEvent, Event, EventDate, Message, 
 use super::{ParseError, ParseOptions};
 
 /// The JSON type of a value, as named in [`ParseError`] messages.
+///
+/// ```
+/// use eventhook::wire::JsonType;
+///
+/// assert_eq!(JsonType::of(&serde_json::json!([1])), JsonType::Array);
+/// assert_eq!(JsonType::Number.to_string(), "a number");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JsonType {
     /// `null`.
