@@ -4,7 +4,6 @@
 //! read lock, checks a few atomics and sends the event to the core's intake.
 //! Encoding and queueing happen later, on the dispatcher's task.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -13,6 +12,7 @@ use std::task::{Context, Poll};
 use futures::task::AtomicWaker;
 
 use super::stats::{Counters, Refusal};
+use super::token_hash::TokenMap;
 use super::EnqueueOutcome;
 use crate::config::{Plan, WebhookConfig};
 use crate::event::Event;
@@ -32,9 +32,9 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
-    pub(crate) fn new(config: &WebhookConfig) -> Gate {
+    pub(crate) fn new(bot_token: Arc<str>, config: &WebhookConfig) -> Gate {
         let gate = Gate {
-            bot_token: Arc::from(config.bot_token()),
+            bot_token,
             selected: AtomicU16::new(0),
             free_plan: AtomicBool::new(false),
             disabled: AtomicBool::new(false),
@@ -92,7 +92,7 @@ pub(crate) struct Admitted {
 /// The shared admission state: configured bots, global bound, intake.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    gates: RwLock<HashMap<Arc<str>, Arc<Gate>>>,
+    gates: RwLock<TokenMap<Arc<Gate>>>,
     intake: Sender<Admitted>,
     /// Accepted events not yet delivered or dropped, over all webhooks.
     pending_total: AtomicUsize,
@@ -112,7 +112,7 @@ impl std::fmt::Debug for Admitted {
 impl Admission {
     pub(crate) fn new(intake: Sender<Admitted>, max_pending_total: usize) -> Admission {
         Admission {
-            gates: RwLock::new(HashMap::new()),
+            gates: RwLock::new(TokenMap::default()),
             intake,
             pending_total: AtomicUsize::new(0),
             max_pending_total,
@@ -122,12 +122,12 @@ impl Admission {
         }
     }
 
-    pub(crate) fn read_gates(&self) -> RwLockReadGuard<'_, HashMap<Arc<str>, Arc<Gate>>> {
+    pub(crate) fn read_gates(&self) -> RwLockReadGuard<'_, TokenMap<Arc<Gate>>> {
         self.gates.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Holding this guarantees no `enqueue` is between its checks and its send.
-    pub(crate) fn write_gates(&self) -> RwLockWriteGuard<'_, HashMap<Arc<str>, Arc<Gate>>> {
+    pub(crate) fn write_gates(&self) -> RwLockWriteGuard<'_, TokenMap<Arc<Gate>>> {
         self.gates.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 

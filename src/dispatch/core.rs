@@ -10,7 +10,7 @@
 //! [`WebhookDispatcher`](super::WebhookDispatcher) drives it on a runtime.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use super::admission::{Admission, Admitted, Gate};
 use super::stats::{DispatcherStats, DropReason, EventCounts, WebhookState, WebhookStats};
 use super::store::{array_length, WebhookStore};
+use super::token_hash::TokenMap;
 use super::{CallOutcome, CallRecord, DroppedEvents, EnqueueOutcome};
 use crate::alert::WebhookDisabledAlert;
 use crate::clock::Clock;
@@ -205,7 +206,8 @@ impl Enqueuer {
 pub struct DispatchCore {
     admission: Arc<Admission>,
     intake: Receiver<Admitted>,
-    webhooks: HashMap<Arc<str>, Webhook>,
+    /// Boxed: the map's spare capacity then costs a pointer per slot, not a whole webhook.
+    webhooks: TokenMap<Box<Webhook>>,
     /// Due times of webhooks with events waiting: a min-heap with lazy deletion.
     schedule: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
     next_ticket: u64,
@@ -237,7 +239,7 @@ impl DispatchCore {
         let core = DispatchCore {
             admission: Arc::clone(&admission),
             intake,
-            webhooks: HashMap::new(),
+            webhooks: TokenMap::default(),
             schedule: BinaryHeap::new(),
             next_ticket: 0,
             next_call: 0,
@@ -272,7 +274,7 @@ impl DispatchCore {
                 webhook.config = config;
             }
             None => {
-                let gate = Arc::new(Gate::new(&config));
+                let gate = Arc::new(Gate::new(Arc::clone(&token), &config));
                 gates.insert(Arc::clone(&token), Arc::clone(&gate));
                 let webhook = Webhook {
                     config,
@@ -284,7 +286,7 @@ impl DispatchCore {
                     call: None,
                     flush_remaining: 0,
                 };
-                self.webhooks.insert(Arc::clone(&token), webhook);
+                self.webhooks.insert(Arc::clone(&token), Box::new(webhook));
             }
         }
         drop(gates);

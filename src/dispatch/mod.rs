@@ -22,6 +22,7 @@ mod recording;
 mod returning_user;
 mod stats;
 mod store;
+mod token_hash;
 
 use std::fmt;
 use std::time::Duration;
