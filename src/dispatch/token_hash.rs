@@ -23,6 +23,8 @@ impl TokenHasher {
 
 impl Hasher for TokenHasher {
     fn write(&mut self, bytes: &[u8]) {
+        // The length first, so zero padding of the last word cannot make two lengths collide.
+        self.add(bytes.len() as u64);
         let mut chunks = bytes.chunks_exact(8);
         for chunk in &mut chunks {
             let mut word = [0u8; 8];
