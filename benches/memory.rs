@@ -146,6 +146,20 @@ fn pending_events() -> (f64, f64, f64) {
     )
 }
 
+/// Bytes one `WebhookConfig` of the bench holds on the heap (its strings,
+/// parsed URL and header), to tell apart the settings from the core's own
+/// bookkeeping in the idle-webhook figure.
+fn config_heap_bytes() -> f64 {
+    let mut configs = Vec::with_capacity(IDLE_WEBHOOKS);
+    let before = held();
+    for bot in 0..IDLE_WEBHOOKS {
+        configs.push(support::webhook_config(bot, support::EXAMPLE_BASE_URL).build().expect("valid config"));
+    }
+    let grown = since(before);
+    drop(configs);
+    grown.requested as f64 / IDLE_WEBHOOKS as f64
+}
+
 /// Per configured idle webhook: (bytes as requested, as estimated).
 fn idle_webhooks() -> (f64, f64) {
     let clock = Arc::new(ManualClock::new());
@@ -174,6 +188,8 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else to read.
     let (beyond, beyond_estimated, encoded_mean) = pending_events();
     let (per_webhook, per_webhook_estimated) = idle_webhooks();
+    let config_heap = config_heap_bytes();
+    let config_inline = std::mem::size_of::<eventhook::WebhookConfig>();
     println!();
     println!("memory (bytes currently allocated, counted by a wrapping global allocator)");
     println!("{:<58} {:>12} {:>16} {:>8}  verdict", "figure", "requested", "glibc estimate", "goal");
@@ -194,6 +210,12 @@ fn main() {
         verdict(per_webhook, 1024.0)
     );
     println!("(mean encoded event: {encoded_mean:.1} bytes; verdicts use the requested bytes)");
+    println!(
+        "(per idle webhook: the WebhookConfig's heap (strings, parsed URL, header) {config_heap:.1} bytes; \
+         the rest, {:.1} bytes, is the core's: its map entry holding the config inline ({config_inline} bytes), \
+         hash-map slack, the gate and its counters, token copies, the gate map)",
+        per_webhook - config_heap
+    );
     println!();
     support::report_line("memory/pending_event", beyond, 64.0, "bytes beyond encoded JSON per pending event");
     support::report_line("memory/idle_webhook", per_webhook, 1024.0, "bytes per configured idle webhook");
