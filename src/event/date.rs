@@ -40,7 +40,9 @@ impl EventDate {
     pub fn new<Tz: TimeZone>(value: DateTime<Tz>) -> EventDate {
         let value = value.fixed_offset();
         let nanos = value.nanosecond();
-        // A leap second (nanos >= 1e9) keeps its leap part; only sub-tick digits go.
+        // .NET has no leap seconds and the parser rejects second 60, so a
+        // chrono leap second (nanos >= 1e9) becomes the last tick of second 59.
+        let nanos = nanos.min(999_999_999);
         let truncated = nanos - nanos % NANOS_PER_TICK;
         let value = value.with_nanosecond(truncated).unwrap_or(value);
         EventDate { value }
@@ -124,9 +126,10 @@ impl PartialEq for EventDate {
 
 impl Eq for EventDate {}
 
+// By hand to match `PartialEq`: chrono's own `Hash` leaves the offset out.
 impl std::hash::Hash for EventDate {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.value.hash(state);
+        self.value.naive_utc().hash(state);
         self.value.offset().local_minus_utc().hash(state);
     }
 }
@@ -283,6 +286,23 @@ mod tests {
         ] {
             assert!(EventDate::parse(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn a_leap_second_is_written_as_a_date_that_parses_back() {
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31).unwrap().and_hms_nano_opt(23, 59, 59, 1_500_000_000).unwrap();
+        let date = EventDate::new(leap.and_utc());
+        assert_eq!(date.to_string(), "2016-12-31T23:59:59.9999999+00:00");
+        assert_eq!(EventDate::parse(&date.to_string()), Ok(date));
+    }
+
+    #[test]
+    fn equal_dates_hash_equally_and_offsets_count() {
+        use std::collections::HashSet;
+        let utc = EventDate::parse("2019-07-10T15:47:58+00:00").unwrap();
+        let shifted = EventDate::parse("2019-07-10T17:47:58+02:00").unwrap();
+        let set: HashSet<EventDate> = [utc, utc, shifted].into_iter().collect();
+        assert_eq!(set.len(), 2);
     }
 
     #[test]

@@ -1,0 +1,222 @@
+//! Writing events as the platform's JSON, by hand: this runs for every event
+//! sent, so it writes straight into the output buffer with no intermediate
+//! value, no formatter and no allocation beyond the buffer's growth.
+
+use crate::event::{
+    CatalogChange, ConversationEvent, Event, EventDate, Message, MissedText, UnknownEvent, MAX_DATE_LEN,
+};
+
+/// What each byte becomes inside a JSON string: 0 for itself, otherwise the
+/// letter after the backslash (`u` for a `\u00XX` escape). Same choices as
+/// serde_json, so the output is byte for byte what serde_json would write.
+static ESCAPE: [u8; 256] = escape_table();
+
+const fn escape_table() -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = b'u';
+        byte += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `text` as a JSON string, quotes included.
+pub(crate) fn write_string(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut run_start = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        let escape = ESCAPE[usize::from(byte)];
+        if escape == 0 {
+            continue;
+        }
+        // Copy the unescaped run in one go: most strings have no escape at all.
+        out.extend_from_slice(&bytes[run_start..index]);
+        if escape == b'u' {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX_DIGITS[usize::from(byte >> 4)]);
+            out.push(HEX_DIGITS[usize::from(byte & 0x0f)]);
+        } else {
+            out.extend_from_slice(&[b'\\', escape]);
+        }
+        run_start = index + 1;
+    }
+    out.extend_from_slice(&bytes[run_start..]);
+    out.push(b'"');
+}
+
+/// Writes `value` in decimal.
+fn write_integer(out: &mut Vec<u8>, mut value: u64) {
+    // u64::MAX has 20 digits.
+    let mut buffer = [0u8; 20];
+    let mut position = buffer.len();
+    loop {
+        position -= 1;
+        buffer[position] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buffer[position..]);
+}
+
+/// Writes `,"Key":"value"`; `prefix` is the `,"Key":` part.
+fn string_field(out: &mut Vec<u8>, prefix: &[u8], value: &str) {
+    out.extend_from_slice(prefix);
+    write_string(out, value);
+}
+
+/// Writes the field only when the value is present: absent keys are left out, not `null`.
+fn optional_string_field(out: &mut Vec<u8>, prefix: &[u8], value: Option<&String>) {
+    if let Some(value) = value {
+        string_field(out, prefix, value);
+    }
+}
+
+fn date_field(out: &mut Vec<u8>, date: Option<EventDate>) {
+    if let Some(date) = date {
+        let mut buffer = [0u8; MAX_DATE_LEN];
+        let length = date.write_wire(&mut buffer);
+        out.extend_from_slice(b",\"Date\":\"");
+        // The date writer only writes ASCII digits and punctuation: nothing to escape.
+        out.extend_from_slice(&buffer[..length]);
+        out.push(b'"');
+    }
+}
+
+fn write_message(out: &mut Vec<u8>, message: &Message) {
+    optional_string_field(out, b",\"ItemType\":", message.item_type.as_ref());
+    optional_string_field(out, b",\"SubType\":", message.sub_type.as_ref());
+    string_field(out, b",\"Data\":", &message.data);
+    date_field(out, Some(message.date));
+    string_field(out, b",\"BotToken\":", &message.origin.bot_token);
+    string_field(out, b",\"AccountName\":", &message.origin.account_name);
+    string_field(out, b",\"ConversationId\":", &message.conversation_id);
+    optional_string_field(out, b",\"UserName\":", message.user_name.as_ref());
+    string_field(out, b",\"Channel\":", &message.channel);
+}
+
+fn write_catalog_change(out: &mut Vec<u8>, change: &CatalogChange) {
+    date_field(out, change.date);
+    string_field(out, b",\"BotToken\":", &change.origin.bot_token);
+    string_field(out, b",\"AccountName\":", &change.origin.account_name);
+    string_field(out, b",\"Name\":", &change.name);
+    string_field(out, b",\"Key\":", &change.key);
+}
+
+fn write_missed_text(out: &mut Vec<u8>, missed: &MissedText) {
+    date_field(out, missed.date);
+    string_field(out, b",\"BotToken\":", &missed.origin.bot_token);
+    string_field(out, b",\"AccountName\":", &missed.origin.account_name);
+    optional_string_field(out, b",\"ConversationId\":", missed.conversation_id.as_ref());
+    optional_string_field(out, b",\"UserName\":", missed.user_name.as_ref());
+    optional_string_field(out, b",\"Channel\":", missed.channel.as_ref());
+    string_field(out, b",\"Text\":", &missed.text);
+}
+
+fn write_conversation_event(out: &mut Vec<u8>, conversation: &ConversationEvent) {
+    optional_string_field(out, b",\"Data\":", conversation.data.as_ref());
+    date_field(out, conversation.date);
+    string_field(out, b",\"BotToken\":", &conversation.origin.bot_token);
+    string_field(out, b",\"AccountName\":", &conversation.origin.account_name);
+    string_field(out, b",\"ConversationId\":", &conversation.conversation_id);
+    optional_string_field(out, b",\"UserName\":", conversation.user_name.as_ref());
+    optional_string_field(out, b",\"Channel\":", conversation.channel.as_ref());
+}
+
+fn write_unknown(out: &mut Vec<u8>, unknown: &UnknownEvent) {
+    // `Type` is already written from `code`; a second one would make a duplicate key.
+    for (key, value) in unknown.fields.iter().filter(|(key, _)| key != "Type") {
+        out.push(b',');
+        write_string(out, key);
+        out.push(b':');
+        // Writing a `Value` into a `Vec` cannot fail: the writer never errors
+        // and a `Value`'s map keys are always strings.
+        if serde_json::to_writer(&mut *out, value).is_err() {
+            out.extend_from_slice(b"null");
+        }
+    }
+}
+
+/// See [`crate::wire::encode_event`].
+pub(crate) fn encode_event(event: &Event, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"Type\":");
+    write_integer(out, event.code());
+    match event {
+        Event::BotMessage(message) | Event::UserMessage(message) => write_message(out, message),
+        Event::IntentUpdated(change)
+        | Event::IntentDeleted(change)
+        | Event::EntityUpdated(change)
+        | Event::EntityDeleted(change) => write_catalog_change(out, change),
+        Event::NlpMissed(missed) => write_missed_text(out, missed),
+        Event::ConversationError(conversation)
+        | Event::NewUser(conversation)
+        | Event::ReturningUser(conversation)
+        | Event::TakeOver(conversation)
+        | Event::HandOver(conversation)
+        | Event::Fallback(conversation)
+        | Event::WrongAnswer(conversation) => write_conversation_event(out, conversation),
+        Event::Unknown(unknown) => write_unknown(out, unknown),
+    }
+    out.push(b'}');
+}
+
+/// A typical encoded event's size, to size the push buffer once for most pushes.
+const TYPICAL_EVENT_BYTES: usize = 320;
+
+/// See [`crate::wire::encode_push`].
+pub(crate) fn encode_push(events: &[Event]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(events.len().saturating_mul(TYPICAL_EVENT_BYTES).saturating_add(2));
+    out.push(b'[');
+    for (index, event) in events.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        encode_event(event, &mut out);
+    }
+    out.push(b']');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(text: &str) -> String {
+        let mut out = Vec::new();
+        write_string(&mut out, text);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn strings_are_escaped_like_serde_json() {
+        for text in
+            ["", "plain", "quote \" and \\ slash /", "\n\t\r\u{8}\u{c}\u{0}\u{1f}\u{7f}", "é😀\u{2028}</script>"]
+        {
+            assert_eq!(encoded(text), serde_json::to_string(text).unwrap());
+        }
+        let every_byte: String = (0u8..0x80).map(char::from).collect();
+        assert_eq!(encoded(&every_byte), serde_json::to_string(&every_byte).unwrap());
+    }
+
+    #[test]
+    fn integers_are_decimal() {
+        for value in [0, 7, 10, 13, 14, 1_000, u64::MAX] {
+            let mut out = Vec::new();
+            write_integer(&mut out, value);
+            assert_eq!(out, value.to_string().into_bytes());
+        }
+    }
+}

@@ -1,0 +1,640 @@
+//! Reading pushes straight into typed events with serde's `Deserializer` API:
+//! no intermediate `serde_json::Value` for known types, keys matched without
+//! allocating, string values borrowed from the body until the event is built.
+//!
+//! Errors that are about the content (a missing key, a wrong type) are kept in
+//! a slot beside the deserializer, which is then stopped with a placeholder
+//! error; anything else serde_json reports is a JSON syntax error.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use crate::event::{CatalogChange, ConversationEvent, Event, EventDate, Message, MissedText, Origin, UnknownEvent};
+
+use super::{ParseError, ParseOptions};
+
+/// The JSON type of a value, as named in [`ParseError`] messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JsonType {
+    /// `null`.
+    Null,
+    /// `true` or `false`.
+    Boolean,
+    /// A number.
+    Number,
+    /// A string.
+    String,
+    /// An array.
+    Array,
+    /// An object.
+    Object,
+}
+
+impl JsonType {
+    /// The type of `value`.
+    pub fn of(value: &Value) -> JsonType {
+        match value {
+            Value::Null => JsonType::Null,
+            Value::Bool(_) => JsonType::Boolean,
+            Value::Number(_) => JsonType::Number,
+            Value::String(_) => JsonType::String,
+            Value::Array(_) => JsonType::Array,
+            Value::Object(_) => JsonType::Object,
+        }
+    }
+}
+
+impl fmt::Display for JsonType {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            JsonType::Null => "null",
+            JsonType::Boolean => "a boolean",
+            JsonType::Number => "a number",
+            JsonType::String => "a string",
+            JsonType::Array => "an array",
+            JsonType::Object => "an object",
+        })
+    }
+}
+
+/// The 12 string keys of the contract besides `Type`, in wire order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    ItemType,
+    SubType,
+    Data,
+    Date,
+    BotToken,
+    AccountName,
+    ConversationId,
+    UserName,
+    Channel,
+    Text,
+    Name,
+    Key,
+}
+
+const FIELD_COUNT: usize = 12;
+
+impl Field {
+    const fn name(self) -> &'static str {
+        match self {
+            Field::ItemType => "ItemType",
+            Field::SubType => "SubType",
+            Field::Data => "Data",
+            Field::Date => "Date",
+            Field::BotToken => "BotToken",
+            Field::AccountName => "AccountName",
+            Field::ConversationId => "ConversationId",
+            Field::UserName => "UserName",
+            Field::Channel => "Channel",
+            Field::Text => "Text",
+            Field::Name => "Name",
+            Field::Key => "Key",
+        }
+    }
+
+    const ALL: [Field; FIELD_COUNT] = [
+        Field::ItemType,
+        Field::SubType,
+        Field::Data,
+        Field::Date,
+        Field::BotToken,
+        Field::AccountName,
+        Field::ConversationId,
+        Field::UserName,
+        Field::Channel,
+        Field::Text,
+        Field::Name,
+        Field::Key,
+    ];
+}
+
+/// An object key, classified without allocating when it is one of the contract's.
+enum KeyName<'de> {
+    Type,
+    Known(Field),
+    Other(Cow<'de, str>),
+}
+
+fn classify(name: &str) -> Option<KeyName<'static>> {
+    Some(match name {
+        "Type" => KeyName::Type,
+        "ItemType" => KeyName::Known(Field::ItemType),
+        "SubType" => KeyName::Known(Field::SubType),
+        "Data" => KeyName::Known(Field::Data),
+        "Date" => KeyName::Known(Field::Date),
+        "BotToken" => KeyName::Known(Field::BotToken),
+        "AccountName" => KeyName::Known(Field::AccountName),
+        "ConversationId" => KeyName::Known(Field::ConversationId),
+        "UserName" => KeyName::Known(Field::UserName),
+        "Channel" => KeyName::Known(Field::Channel),
+        "Text" => KeyName::Known(Field::Text),
+        "Name" => KeyName::Known(Field::Name),
+        "Key" => KeyName::Known(Field::Key),
+        _ => return None,
+    })
+}
+
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = KeyName<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = KeyName<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, name: &'de str) -> Result<Self::Value, E> {
+        Ok(classify(name).unwrap_or(KeyName::Other(Cow::Borrowed(name))))
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        // Only keys with escapes get here; they are rare, so owning them is fine.
+        Ok(classify(name).unwrap_or_else(|| KeyName::Other(Cow::Owned(name.to_owned()))))
+    }
+}
+
+/// A value read before the entry's `Type` is known: strings are kept borrowed
+/// when they can be, anything else as a `Value` (needed for unknown types and
+/// for error messages).
+enum FieldValue<'de> {
+    String(Cow<'de, str>),
+    Null,
+    Other(Value),
+}
+
+impl FieldValue<'_> {
+    fn json_type(&self) -> JsonType {
+        match self {
+            FieldValue::String(_) => JsonType::String,
+            FieldValue::Null => JsonType::Null,
+            FieldValue::Other(value) => JsonType::of(value),
+        }
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            FieldValue::String(text) => Value::String(text.into_owned()),
+            FieldValue::Null => Value::Null,
+            FieldValue::Other(value) => value,
+        }
+    }
+}
+
+struct FieldSeed;
+
+impl<'de> DeserializeSeed<'de> for FieldSeed {
+    type Value = FieldValue<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = FieldValue<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
+        Ok(FieldValue::String(Cow::Borrowed(text)))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(FieldValue::String(Cow::Owned(text.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
+        Ok(FieldValue::String(Cow::Owned(text)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(FieldValue::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        Ok(FieldValue::Other(Value::Bool(value)))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        Ok(FieldValue::Other(Value::from(value)))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        Ok(FieldValue::Other(Value::from(value)))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        Ok(FieldValue::Other(Value::from(value)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        serde::Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(FieldValue::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        serde::Deserialize::deserialize(de::value::MapAccessDeserializer::new(map)).map(FieldValue::Other)
+    }
+}
+
+/// Records `error` in the slot and stops the deserializer; the slot's error
+/// is the one reported.
+fn fail<T, E: de::Error>(slot: &mut Option<ParseError>, error: ParseError) -> Result<T, E> {
+    *slot = Some(error);
+    Err(E::custom("content error"))
+}
+
+/// Visitors that accept only some JSON types, reporting the others through the slot.
+trait Reject<'de>: Visitor<'de> + Sized {
+    fn reject<E: de::Error>(self) -> Result<Self::Value, E>;
+}
+
+/// Implements every scalar and the given container visits as `Reject::reject`.
+macro_rules! reject_scalars {
+    () => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            self.reject()
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            self.reject()
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            self.reject()
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            self.reject()
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            self.reject()
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            self.reject()
+        }
+    };
+}
+
+/// The top level of a push: an array of entries, or one entry.
+struct PushVisitor<'slot> {
+    failure: &'slot mut Option<ParseError>,
+}
+
+impl<'de> Reject<'de> for PushVisitor<'_> {
+    fn reject<E: de::Error>(self) -> Result<Self::Value, E> {
+        fail(self.failure, ParseError::NotAnArray)
+    }
+}
+
+impl<'de> Visitor<'de> for PushVisitor<'_> {
+    type Value = Vec<Event>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON array of event objects, or one event object")
+    }
+
+    reject_scalars!();
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut events = Vec::new();
+        let mut entry = 0;
+        while let Some(event) = seq.next_element_seed(EntrySeed { entry: Some(entry), failure: &mut *self.failure })? {
+            events.push(event);
+            entry += 1;
+        }
+        Ok(events)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        EntryVisitor { entry: None, failure: self.failure }.visit_map(map).map(|event| vec![event])
+    }
+}
+
+/// One entry: `entry` is its index in the array, `None` for a lone object.
+struct EntrySeed<'slot> {
+    entry: Option<usize>,
+    failure: &'slot mut Option<ParseError>,
+}
+
+impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
+    type Value = Event;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        // `deserialize_any`, not `deserialize_map`, so that a non-object reaches the visitor.
+        deserializer.deserialize_any(EntryVisitor { entry: self.entry, failure: self.failure })
+    }
+}
+
+struct EntryVisitor<'slot> {
+    entry: Option<usize>,
+    failure: &'slot mut Option<ParseError>,
+}
+
+impl<'de> Reject<'de> for EntryVisitor<'_> {
+    fn reject<E: de::Error>(self) -> Result<Self::Value, E> {
+        let entry = self.entry;
+        fail(self.failure, ParseError::EntryNotObject { entry })
+    }
+}
+
+/// A key's value and where it came in the object, to keep the read order for unknown types.
+struct Slot<'de> {
+    position: usize,
+    value: FieldValue<'de>,
+}
+
+/// A key outside the contract: its value is kept only for unknown types.
+struct Extra<'de> {
+    position: usize,
+    name: Cow<'de, str>,
+    value: Option<Value>,
+}
+
+impl<'de> Visitor<'de> for EntryVisitor<'_> {
+    type Value = Event;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("an event object")
+    }
+
+    reject_scalars!();
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        self.reject()
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let entry = self.entry;
+        let mut code: Option<u64> = None;
+        let mut fields = EntryFields { entry, values: Default::default() };
+        let mut extras: Vec<Extra<'de>> = Vec::new();
+        let mut position = 0;
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match key {
+                KeyName::Type => {
+                    if code.is_some() {
+                        return fail(self.failure, ParseError::DuplicateKey { entry, key: "Type".to_owned() });
+                    }
+                    match map.next_value_seed(FieldSeed)? {
+                        FieldValue::Other(Value::Number(number)) if number.as_u64().is_some() => {
+                            code = number.as_u64();
+                        }
+                        other => {
+                            let found = describe(other);
+                            return fail(self.failure, ParseError::InvalidType { entry, found });
+                        }
+                    }
+                }
+                KeyName::Known(field) => {
+                    let slot = &mut fields.values[field as usize];
+                    if slot.is_some() {
+                        let key = field.name().to_owned();
+                        return fail(self.failure, ParseError::DuplicateKey { entry, key });
+                    }
+                    *slot = Some(Slot { position, value: map.next_value_seed(FieldSeed)? });
+                }
+                KeyName::Other(name) => {
+                    if extras.iter().any(|extra| extra.name == name) {
+                        let key = name.into_owned();
+                        return fail(self.failure, ParseError::DuplicateKey { entry, key });
+                    }
+                    // A known type ignores keys outside the contract, so skip
+                    // their values; before `Type` is seen, keep them in case
+                    // the type turns out to be unknown.
+                    let value = if code.is_some_and(|code| code < KNOWN_CODES) {
+                        map.next_value::<IgnoredAny>()?;
+                        None
+                    } else {
+                        Some(map.next_value::<Value>()?)
+                    };
+                    extras.push(Extra { position, name, value });
+                }
+            }
+            position += 1;
+        }
+        let Some(code) = code else {
+            return fail(self.failure, ParseError::MissingType { entry });
+        };
+        match fields.build(code, extras) {
+            Ok(event) => Ok(event),
+            Err(error) => fail(self.failure, error),
+        }
+    }
+}
+
+/// `Type` codes 0-13 are the known kinds.
+const KNOWN_CODES: u64 = 14;
+
+/// A short JSON rendering of an invalid `Type` value for the error message.
+fn describe(value: FieldValue<'_>) -> String {
+    const MAX_CHARS: usize = 40;
+    let text = value.into_value().to_string();
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}...", text.get(..cut).unwrap_or_default()),
+        None => text,
+    }
+}
+
+/// The contract's keys of one entry, buffered until `Type` is known.
+struct EntryFields<'de> {
+    entry: Option<usize>,
+    values: [Option<Slot<'de>>; FIELD_COUNT],
+}
+
+impl<'de> EntryFields<'de> {
+    fn take(&mut self, field: Field) -> Option<FieldValue<'de>> {
+        self.values[field as usize].take().map(|slot| slot.value)
+    }
+
+    fn wrong_type(&self, field: Field, value: &FieldValue<'_>) -> ParseError {
+        ParseError::WrongJsonType {
+            entry: self.entry,
+            key: field.name(),
+            expected: JsonType::String,
+            found: value.json_type(),
+        }
+    }
+
+    /// A required key: absent is an error; `null` is a wrong type, not an absence.
+    fn required(&mut self, field: Field) -> Result<String, ParseError> {
+        match self.take(field) {
+            Some(FieldValue::String(text)) => Ok(text.into_owned()),
+            Some(other) => Err(self.wrong_type(field, &other)),
+            None => Err(ParseError::MissingKey { entry: self.entry, key: field.name() }),
+        }
+    }
+
+    /// An optional key: absent and `null` both give `None`.
+    fn optional(&mut self, field: Field) -> Result<Option<String>, ParseError> {
+        match self.take(field) {
+            Some(FieldValue::String(text)) => Ok(Some(text.into_owned())),
+            None | Some(FieldValue::Null) => Ok(None),
+            Some(other) => Err(self.wrong_type(field, &other)),
+        }
+    }
+
+    fn date(&self, text: &str) -> Result<EventDate, ParseError> {
+        EventDate::parse(text).map_err(|_| ParseError::InvalidDate {
+            entry: self.entry,
+            key: Field::Date.name(),
+            value: text.to_owned(),
+        })
+    }
+
+    fn required_date(&mut self) -> Result<EventDate, ParseError> {
+        match self.take(Field::Date) {
+            Some(FieldValue::String(text)) => self.date(&text),
+            Some(other) => Err(self.wrong_type(Field::Date, &other)),
+            None => Err(ParseError::MissingKey { entry: self.entry, key: Field::Date.name() }),
+        }
+    }
+
+    fn optional_date(&mut self) -> Result<Option<EventDate>, ParseError> {
+        match self.take(Field::Date) {
+            Some(FieldValue::String(text)) => self.date(&text).map(Some),
+            None | Some(FieldValue::Null) => Ok(None),
+            Some(other) => Err(self.wrong_type(Field::Date, &other)),
+        }
+    }
+
+    fn origin(&mut self) -> Result<Origin, ParseError> {
+        Ok(Origin { bot_token: self.required(Field::BotToken)?, account_name: self.required(Field::AccountName)? })
+    }
+
+    // Keys are checked in wire order so the first error reported is stable.
+    fn message(&mut self) -> Result<Message, ParseError> {
+        let item_type = self.optional(Field::ItemType)?;
+        let sub_type = self.optional(Field::SubType)?;
+        let data = self.required(Field::Data)?;
+        let date = self.required_date()?;
+        let origin = self.origin()?;
+        let conversation_id = self.required(Field::ConversationId)?;
+        let user_name = self.optional(Field::UserName)?;
+        let channel = self.required(Field::Channel)?;
+        Ok(Message { origin, item_type, sub_type, data, date, conversation_id, user_name, channel })
+    }
+
+    fn catalog_change(&mut self) -> Result<CatalogChange, ParseError> {
+        let date = self.optional_date()?;
+        let origin = self.origin()?;
+        let name = self.required(Field::Name)?;
+        let key = self.required(Field::Key)?;
+        Ok(CatalogChange { origin, date, name, key })
+    }
+
+    fn missed_text(&mut self) -> Result<MissedText, ParseError> {
+        let date = self.optional_date()?;
+        let origin = self.origin()?;
+        let conversation_id = self.optional(Field::ConversationId)?;
+        let user_name = self.optional(Field::UserName)?;
+        let channel = self.optional(Field::Channel)?;
+        let text = self.required(Field::Text)?;
+        Ok(MissedText { origin, date, conversation_id, user_name, channel, text })
+    }
+
+    fn conversation_event(&mut self) -> Result<ConversationEvent, ParseError> {
+        let data = self.optional(Field::Data)?;
+        let date = self.optional_date()?;
+        let origin = self.origin()?;
+        let conversation_id = self.required(Field::ConversationId)?;
+        let user_name = self.optional(Field::UserName)?;
+        let channel = self.optional(Field::Channel)?;
+        Ok(ConversationEvent { origin, data, date, conversation_id, user_name, channel })
+    }
+
+    /// Every key but `Type`, in the order read, values unchecked.
+    fn unknown(self, code: u64, extras: Vec<Extra<'_>>) -> UnknownEvent {
+        let mut fields: Vec<(usize, String, Value)> = Field::ALL
+            .into_iter()
+            .zip(self.values)
+            .filter_map(|(field, slot)| {
+                slot.map(|slot| (slot.position, field.name().to_owned(), slot.value.into_value()))
+            })
+            .collect();
+        fields.extend(
+            extras
+                .into_iter()
+                .map(|extra| (extra.position, extra.name.into_owned(), extra.value.unwrap_or(Value::Null))),
+        );
+        fields.sort_unstable_by_key(|(position, _, _)| *position);
+        UnknownEvent { code, fields: fields.into_iter().map(|(_, name, value)| (name, value)).collect() }
+    }
+
+    fn build(mut self, code: u64, extras: Vec<Extra<'_>>) -> Result<Event, ParseError> {
+        Ok(match code {
+            0 => Event::BotMessage(self.message()?),
+            1 => Event::UserMessage(self.message()?),
+            2 => Event::ConversationError(self.conversation_event()?),
+            3 => Event::IntentUpdated(self.catalog_change()?),
+            4 => Event::IntentDeleted(self.catalog_change()?),
+            5 => Event::EntityUpdated(self.catalog_change()?),
+            6 => Event::EntityDeleted(self.catalog_change()?),
+            7 => Event::NlpMissed(self.missed_text()?),
+            8 => Event::NewUser(self.conversation_event()?),
+            9 => Event::ReturningUser(self.conversation_event()?),
+            10 => Event::TakeOver(self.conversation_event()?),
+            11 => Event::HandOver(self.conversation_event()?),
+            12 => Event::Fallback(self.conversation_event()?),
+            13 => Event::WrongAnswer(self.conversation_event()?),
+            _ => Event::Unknown(self.unknown(code, extras)),
+        })
+    }
+}
+
+/// A serde_json error as [`ParseError::InvalidJson`], without the position
+/// serde_json appends to its message (it is in the fields already).
+fn invalid_json(error: &serde_json::Error) -> ParseError {
+    let (line, column) = (error.line(), error.column());
+    let mut message = error.to_string();
+    let position = format!(" at line {line} column {column}");
+    if message.ends_with(&position) {
+        message.truncate(message.len() - position.len());
+    }
+    ParseError::InvalidJson { line, column, message }
+}
+
+/// Runs `visit` on a deserializer over `body` and checks nothing follows.
+fn run<T>(
+    body: &[u8],
+    visit: impl FnOnce(
+        &mut serde_json::Deserializer<serde_json::de::StrRead<'_>>,
+        &mut Option<ParseError>,
+    ) -> Result<T, serde_json::Error>,
+) -> Result<T, ParseError> {
+    // Checking UTF-8 up front gives a clear error and lets values borrow `&str`.
+    let text = std::str::from_utf8(body).map_err(|_| ParseError::InvalidUtf8)?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let mut failure = None;
+    let result = visit(&mut deserializer, &mut failure).and_then(|value| deserializer.end().map(|()| value));
+    result.map_err(|error| failure.unwrap_or_else(|| invalid_json(&error)))
+}
+
+/// See [`crate::wire::parse_push_with`].
+pub(crate) fn parse_push_with(body: &[u8], options: &ParseOptions) -> Result<Vec<Event>, ParseError> {
+    let limit = options.body_limit();
+    if body.len() > limit {
+        return Err(ParseError::BodyTooLarge { size: body.len(), limit });
+    }
+    run(body, |deserializer, failure| deserializer.deserialize_any(PushVisitor { failure }))
+}
+
+/// See [`crate::wire::parse_event`].
+pub(crate) fn parse_event(json: &[u8]) -> Result<Event, ParseError> {
+    run(json, |deserializer, failure| EntrySeed { entry: None, failure }.deserialize(deserializer))
+}

@@ -1,0 +1,253 @@
+//! Properties of the wire codec: what is encoded parses back equal, the
+//! output is valid JSON escaped like serde_json's, and no input makes the
+//! parser panic.
+
+use chrono::{FixedOffset, NaiveDate, TimeZone};
+use eventhook::wire;
+use eventhook::{CatalogChange, ConversationEvent, Event, EventDate, Message, MissedText, Origin, UnknownEvent};
+use proptest::prelude::*;
+use serde_json::Value;
+
+/// Any Unicode, weighted towards what JSON escaping and HTML embedding get wrong.
+fn text() -> impl Strategy<Value = String> {
+    let tricky = prop::sample::select(vec![
+        "\"",
+        "\\",
+        "\n",
+        "\t",
+        "\r",
+        "\u{0}",
+        "\u{8}",
+        "\u{c}",
+        "\u{1f}",
+        "\u{7f}",
+        "/",
+        "</script>",
+        "\u{2028}",
+        "\u{2029}",
+        "😀",
+        "é",
+        "\u{feff}",
+        "\\u0000",
+    ]);
+    let piece = prop_oneof![3 => any::<char>().prop_map(String::from), 1 => tricky.prop_map(String::from)];
+    prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+}
+
+fn optional_text() -> impl Strategy<Value = Option<String>> {
+    prop::option::of(text())
+}
+
+/// Any date of years 1-9999 at 100 ns precision, with any whole-minute offset up to ±23:59.
+fn date() -> impl Strategy<Value = EventDate> {
+    (1i32..=9999, 1u32..=12, 1u32..=31, 0u32..24, 0u32..60, 0u32..60, 0u32..10_000_000, -1439i32..=1439).prop_map(
+        |(year, month, day, hour, minute, second, ticks, offset_minutes)| {
+            // Clamp the day into the month rather than rejecting cases.
+            let date = (1..=day)
+                .rev()
+                .find_map(|day| NaiveDate::from_ymd_opt(year, month, day))
+                .expect("day 1 of a month always exists");
+            let local = date.and_hms_nano_opt(hour, minute, second, ticks * 100).expect("valid time of day");
+            let offset = FixedOffset::east_opt(offset_minutes * 60).expect("offset under a day");
+            EventDate::new(offset.from_local_datetime(&local).single().expect("fixed offsets are unambiguous"))
+        },
+    )
+}
+
+fn origin() -> impl Strategy<Value = Origin> {
+    (text(), text()).prop_map(|(bot_token, account_name)| Origin { bot_token, account_name })
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    (origin(), optional_text(), optional_text(), text(), date(), text(), optional_text(), text()).prop_map(
+        |(origin, item_type, sub_type, data, date, conversation_id, user_name, channel)| Message {
+            origin,
+            item_type,
+            sub_type,
+            data,
+            date,
+            conversation_id,
+            user_name,
+            channel,
+        },
+    )
+}
+
+fn catalog_change() -> impl Strategy<Value = CatalogChange> {
+    (origin(), prop::option::of(date()), text(), text()).prop_map(|(origin, date, name, key)| CatalogChange {
+        origin,
+        date,
+        name,
+        key,
+    })
+}
+
+fn missed_text() -> impl Strategy<Value = MissedText> {
+    (origin(), prop::option::of(date()), optional_text(), optional_text(), optional_text(), text()).prop_map(
+        |(origin, date, conversation_id, user_name, channel, text)| MissedText {
+            origin,
+            date,
+            conversation_id,
+            user_name,
+            channel,
+            text,
+        },
+    )
+}
+
+fn conversation_event() -> impl Strategy<Value = ConversationEvent> {
+    (origin(), optional_text(), prop::option::of(date()), text(), optional_text(), optional_text()).prop_map(
+        |(origin, data, date, conversation_id, user_name, channel)| ConversationEvent {
+            origin,
+            data,
+            date,
+            conversation_id,
+            user_name,
+            channel,
+        },
+    )
+}
+
+/// JSON values; `floats` is off where values must survive a round trip
+/// exactly (serde_json's default float parsing may be off by one ulp).
+fn json(floats: bool) -> impl Strategy<Value = Value> {
+    let number = if floats {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from)
+        ]
+        .boxed()
+    } else {
+        prop_oneof![any::<i64>().prop_map(Value::from), any::<u64>().prop_map(Value::from)].boxed()
+    };
+    let leaf =
+        prop_oneof![Just(Value::Null), any::<bool>().prop_map(Value::Bool), number, text().prop_map(Value::String)];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((text(), inner), 0..6).prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+        ]
+    })
+}
+
+fn unknown_event() -> impl Strategy<Value = UnknownEvent> {
+    let key = prop_oneof![
+        text(),
+        prop::sample::select(vec!["Date", "BotToken", "Name", "Data", "Text"]).prop_map(String::from)
+    ];
+    (14u64.., prop::collection::vec((key, json(false)), 0..8)).prop_map(|(code, pairs)| {
+        // Keys are unique on the wire and `Type` is the code.
+        let mut fields: Vec<(String, Value)> = Vec::new();
+        for (key, value) in pairs {
+            if key != "Type" && !fields.iter().any(|(existing, _)| *existing == key) {
+                fields.push((key, value));
+            }
+        }
+        UnknownEvent { code, fields }
+    })
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        message().prop_map(Event::BotMessage),
+        message().prop_map(Event::UserMessage),
+        conversation_event().prop_map(Event::ConversationError),
+        catalog_change().prop_map(Event::IntentUpdated),
+        catalog_change().prop_map(Event::IntentDeleted),
+        catalog_change().prop_map(Event::EntityUpdated),
+        catalog_change().prop_map(Event::EntityDeleted),
+        missed_text().prop_map(Event::NlpMissed),
+        conversation_event().prop_map(Event::NewUser),
+        conversation_event().prop_map(Event::ReturningUser),
+        conversation_event().prop_map(Event::TakeOver),
+        conversation_event().prop_map(Event::HandOver),
+        conversation_event().prop_map(Event::Fallback),
+        conversation_event().prop_map(Event::WrongAnswer),
+        unknown_event().prop_map(Event::Unknown),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn pushes_round_trip(events in prop::collection::vec(event(), 0..6)) {
+        let body = wire::encode_push(&events);
+        prop_assert_eq!(wire::parse_push(&body).unwrap(), events);
+    }
+
+    #[test]
+    fn single_events_round_trip(event in event()) {
+        let mut out = Vec::new();
+        wire::encode_event(&event, &mut out);
+        prop_assert_eq!(wire::parse_event(&out).unwrap(), event);
+    }
+
+    #[test]
+    fn encoded_output_is_valid_json_escaped_like_serde_json(message in message()) {
+        let event = Event::UserMessage(message.clone());
+        let mut out = Vec::new();
+        wire::encode_event(&event, &mut out);
+        let value: Value = serde_json::from_slice(&out).unwrap();
+        prop_assert_eq!(value["Data"].as_str(), Some(message.data.as_str()));
+        let text = String::from_utf8(out).unwrap();
+        let data = format!("\"Data\":{}", serde_json::to_string(&message.data).unwrap());
+        prop_assert!(text.contains(&data), "{} does not contain {}", text, data);
+        let date = format!("\"Date\":\"{}\"", message.date);
+        prop_assert!(text.contains(&date));
+    }
+
+    #[test]
+    fn dates_write_and_read_back(date in date()) {
+        let text = date.to_string();
+        prop_assert_eq!(EventDate::parse(&text), Ok(date));
+        prop_assert!(!text.contains('Z'));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = wire::parse_push(&body);
+        let _ = wire::parse_event(&body);
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics(value in json(true)) {
+        let body = serde_json::to_vec(&value).unwrap();
+        let _ = wire::parse_push(&body);
+        let _ = wire::parse_event(&body);
+    }
+
+    #[test]
+    fn arbitrary_objects_with_a_type_never_panic(
+        code in prop_oneof![0u64..16, any::<u64>()],
+        pairs in prop::collection::vec((prop::sample::select(vec![
+            "ItemType", "SubType", "Data", "Date", "BotToken", "AccountName", "ConversationId", "UserName",
+            "Channel", "Text", "Name", "Key", "Other",
+        ]), json(true)), 0..14),
+    ) {
+        let mut object = serde_json::Map::new();
+        object.insert("Type".to_owned(), Value::from(code));
+        for (key, value) in pairs {
+            object.insert(key.to_owned(), value);
+        }
+        let body = serde_json::to_vec(&Value::Array(vec![Value::Object(object)])).unwrap();
+        match wire::parse_push(&body) {
+            Ok(events) => prop_assert_eq!(events.len(), 1),
+            Err(error) => prop_assert_eq!(error.entry(), Some(0), "{}", error),
+        }
+    }
+
+    #[test]
+    fn damaged_pushes_never_panic(
+        events in prop::collection::vec(event(), 1..4),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let body = wire::encode_push(&events);
+        let _ = wire::parse_push(&body[..cut.index(body.len())]);
+        let mut damaged = body.clone();
+        let position = flip.index(damaged.len());
+        damaged[position] = byte;
+        let _ = wire::parse_push(&damaged);
+    }
+}
