@@ -163,9 +163,10 @@ fn main() {
     criterion.final_summary();
 
     let (ours, theirs) = support::interleaved(
-        11,
-        || timed(500, || drop(black_box(eventhook::wire::encode_push(black_box(&events))))),
-        || timed(500, || drop(black_box(serde_encode(black_box(&events))))),
+        20,
+        200,
+        || timed(1, || drop(black_box(eventhook::wire::encode_push(black_box(&events))))),
+        || timed(1, || drop(black_box(serde_encode(black_box(&events))))),
     );
     let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
     let criterion_detail = match (

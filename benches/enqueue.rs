@@ -208,13 +208,14 @@ fn main() {
             );
             group.finish();
         }
-        // The same-run ratio: medians of alternating measurements of 200 rounds each.
+        // The same-run ratio: median rounds, from alternating blocks of 100 rounds.
         let (crate_time, channel_time) = support::interleaved(
-            9,
-            || (0..200).map(|_| crate_side.round(&events, &producers)).sum(),
-            || (0..200).map(|_| channel_side.round(&events, &producers)).sum(),
+            20,
+            100,
+            || crate_side.round(&events, &producers),
+            || channel_side.round(&events, &producers),
         );
-        let elements = 200 * ROUND as u64;
+        let elements = ROUND as u64;
         ratios.push((
             threads,
             support::per_element(crate_time, elements),

@@ -40,9 +40,10 @@ fn main() {
     criterion.final_summary();
 
     let (ours, theirs) = support::interleaved(
-        11,
-        || timed(500, || drop(black_box(eventhook::wire::parse_push(black_box(&body))))),
-        || timed(500, || drop(black_box(serde_json::from_slice::<Vec<serde_json::Value>>(black_box(&body))))),
+        20,
+        200,
+        || timed(1, || drop(black_box(eventhook::wire::parse_push(black_box(&body))))),
+        || timed(1, || drop(black_box(serde_json::from_slice::<Vec<serde_json::Value>>(black_box(&body))))),
     );
     let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
     let criterion_detail = match (

@@ -314,20 +314,35 @@ pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-/// Times `crate_side` and `baseline` alternately (`rounds` each, after one
-/// round of warm-up) and returns the median of each. Each closure runs a
-/// fixed amount of work and returns the time it measured.
+/// Times `crate_side` and `baseline` in alternating blocks of `per_block`
+/// samples (`blocks` blocks each) and returns the median sample of each.
+/// Each closure runs one sample of work and returns the time it measured.
+///
+/// Alternating blocks spread the load of other processes on this shared
+/// machine over both sides; the first tenth of each block is dropped (caches
+/// warming up after the other side ran), and medians ignore preempted samples.
 pub fn interleaved(
-    rounds: usize,
+    blocks: usize,
+    per_block: usize,
     mut crate_side: impl FnMut() -> Duration,
     mut baseline: impl FnMut() -> Duration,
 ) -> (Duration, Duration) {
-    let _ = (crate_side(), baseline());
-    let mut crate_times = Vec::with_capacity(rounds);
-    let mut baseline_times = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        crate_times.push(crate_side());
-        baseline_times.push(baseline());
+    let skip = per_block / 10;
+    let mut crate_times = Vec::with_capacity(blocks * per_block);
+    let mut baseline_times = Vec::with_capacity(blocks * per_block);
+    for _ in 0..blocks {
+        for index in 0..per_block {
+            let time = crate_side();
+            if index >= skip {
+                crate_times.push(time);
+            }
+        }
+        for index in 0..per_block {
+            let time = baseline();
+            if index >= skip {
+                baseline_times.push(time);
+            }
+        }
     }
     (median(crate_times), median(baseline_times))
 }
