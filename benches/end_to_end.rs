@@ -44,6 +44,9 @@ struct Tally {
     strangers: AtomicUsize,
     pushes: AtomicUsize,
     completed_at: Mutex<Option<Instant>>,
+    /// When the first event, and the 100,000th, arrived.
+    first_at: Mutex<Option<Instant>>,
+    half_at: Mutex<Option<Instant>>,
     completed: tokio::sync::Notify,
 }
 
@@ -56,6 +59,8 @@ impl Tally {
             strangers: AtomicUsize::new(0),
             pushes: AtomicUsize::new(0),
             completed_at: Mutex::new(None),
+            first_at: Mutex::new(None),
+            half_at: Mutex::new(None),
             completed: tokio::sync::Notify::new(),
         }
     }
@@ -69,6 +74,14 @@ impl Tally {
         self.strangers.store(0, Ordering::SeqCst);
         self.pushes.store(0, Ordering::SeqCst);
         *self.completed_at.lock().unwrap() = None;
+        *self.first_at.lock().unwrap() = None;
+        *self.half_at.lock().unwrap() = None;
+    }
+
+    /// Milliseconds from `start` to the first event and to half of them.
+    fn milestones(&self, start: Instant) -> (f64, f64) {
+        let since = |at: Option<Instant>| at.map_or(f64::NAN, |at| (at - start).as_secs_f64() * 1e3);
+        (since(*self.first_at.lock().unwrap()), since(*self.half_at.lock().unwrap()))
     }
 
     fn record(&self, events: &[Event]) {
@@ -81,9 +94,16 @@ impl Tally {
             };
             if self.seen[index].swap(true, Ordering::Relaxed) {
                 self.duplicates.fetch_add(1, Ordering::Relaxed);
-            } else if self.events.fetch_add(1, Ordering::AcqRel) + 1 == EVENTS {
-                *self.completed_at.lock().unwrap() = Some(Instant::now());
-                self.completed.notify_one();
+                continue;
+            }
+            match self.events.fetch_add(1, Ordering::AcqRel) + 1 {
+                1 => *self.first_at.lock().unwrap() = Some(Instant::now()),
+                count if count == EVENTS / 2 => *self.half_at.lock().unwrap() = Some(Instant::now()),
+                EVENTS => {
+                    *self.completed_at.lock().unwrap() = Some(Instant::now());
+                    self.completed.notify_one();
+                }
+                _ => {}
             }
         }
     }
@@ -184,8 +204,16 @@ impl Bench {
         for event in events {
             assert!(dispatcher.enqueue(event).is_accepted(), "accepted");
         }
+        let enqueued = start.elapsed();
         let end = self.runtime.block_on(self.tally.wait_complete());
         let elapsed = end - start;
+        let (first, half) = self.tally.milestones(start);
+        println!(
+            "  dispatcher: all enqueued after {:.0} ms; first event received after {first:.0} ms, half after {half:.0} ms, \
+             all after {:.0} ms",
+            enqueued.as_secs_f64() * 1e3,
+            elapsed.as_secs_f64() * 1e3
+        );
 
         let report = self.runtime.block_on(dispatcher.shutdown(Duration::from_secs(10)));
         assert!(report.undelivered.is_empty(), "everything delivered");
@@ -232,6 +260,11 @@ impl Bench {
         self.runtime.block_on(self.runtime.spawn(sending)).expect("bare client task");
         let end = self.runtime.block_on(self.tally.wait_complete());
         let elapsed = end - start;
+        let (first, half) = self.tally.milestones(start);
+        println!(
+            "  bare client: first event received after {first:.0} ms, half after {half:.0} ms, all after {:.0} ms",
+            elapsed.as_secs_f64() * 1e3
+        );
         self.tally.assert_exactly_once("bare client");
         elapsed
     }
