@@ -41,12 +41,12 @@ pub mod wire;
 pub use alert::{AlertSink, NoAlerts, WebhookDisabledAlert};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{BotSecret, ConfigError, Plan, WebhookConfig, WebhookConfigBuilder, WebhookUrl};
+pub use dispatch::{
+    DeliveryObserver, Dispatcher, EnqueueOutcome, ReturningUserGate, WebhookDispatcher, WebhookDispatcherBuilder,
+};
 pub use event::{
     CatalogChange, ChatContext, ConversationEvent, DateError, Event, EventDate, EventFactory, EventFlags, EventKind,
     Message, MissedText, Origin, UnknownEvent,
-};
-pub use dispatch::{
-    DeliveryObserver, Dispatcher, EnqueueOutcome, ReturningUserGate, WebhookDispatcher, WebhookDispatcherBuilder,
 };
 pub use runtime::Runtime;
 pub use transport::{Transport, TransportError, TransportErrorKind};

@@ -142,17 +142,16 @@ async fn the_eleventh_failure_disables_alerts_once_and_hands_events_to_the_host(
     assert_eq!(recorder.alerts.lock().unwrap().len(), 1);
     let stats = dispatcher.webhook_stats("bot").unwrap();
     assert_eq!(stats.state, WebhookState::Disabled);
-    let dropped = recorder.dropped.lock().unwrap();
-    assert_eq!(dropped.iter().map(|dropped| dropped.events.len()).sum::<usize>(), 3);
-    drop(dropped);
+    let dropped_events: usize = recorder.dropped.lock().unwrap().iter().map(|dropped| dropped.events.len()).sum();
+    assert_eq!(dropped_events, 3);
 
+    // The owner fixes the endpoint and saves the settings again: re-enabled.
+    transport.script.lock().unwrap().clear();
     dispatcher.configure(config("bot").build().unwrap()).unwrap();
+    assert_eq!(dispatcher.webhook_stats("bot").unwrap().state, WebhookState::Active);
     for event in messages("bot", 2) {
         assert!(dispatcher.enqueue(event).is_accepted());
     }
-    // The script still has 500s left: 9 more failures keep it active.
-    dispatcher.configure(config("bot").build().unwrap()).unwrap();
-    transport.script.lock().unwrap().clear();
     wait_until(|| dispatcher.webhook_stats("bot").unwrap().counts.delivered == 2).await;
     let _ = dispatcher.shutdown(Duration::from_secs(1)).await;
 }
@@ -201,7 +200,10 @@ async fn enqueue_from_many_threads_at_once() {
         .map(|_| {
             let dispatcher = Arc::clone(&dispatcher);
             std::thread::spawn(move || {
-                messages("bot", 2_000).into_iter().filter(|event| dispatcher.enqueue(event.clone()).is_accepted()).count()
+                messages("bot", 2_000)
+                    .into_iter()
+                    .filter(|event| dispatcher.enqueue(event.clone()).is_accepted())
+                    .count()
             })
         })
         .collect();

@@ -143,7 +143,7 @@ impl Simulation {
                         Outcome::Timeout => Err(TransportError::new(TransportErrorKind::Timeout, "timed out")),
                         Outcome::Reset => Err(TransportError::new(TransportErrorKind::Io, "connection reset")),
                     };
-                    let delivered = result.is_ok_and(|status| status == http::StatusCode::OK);
+                    let delivered = result.as_ref().is_ok_and(|status| *status == http::StatusCode::OK);
                     self.harness.core.on_push_result(&push.id, result);
                     if delivered {
                         for event in eventhook::wire::parse_push(push.request.body()).unwrap() {

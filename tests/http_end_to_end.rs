@@ -44,7 +44,11 @@ impl ServerState {
 
     fn requests_for(&self, bot: &str) -> Vec<(HeaderMap, Bytes)> {
         let requests = self.requests.lock().unwrap();
-        requests.iter().filter(|(path, ..)| path == bot).map(|(_, headers, body)| (headers.clone(), body.clone())).collect()
+        requests
+            .iter()
+            .filter(|(path, ..)| path == bot)
+            .map(|(_, headers, body)| (headers.clone(), body.clone()))
+            .collect()
     }
 
     fn events_for(&self, bot: &str) -> Vec<Event> {
@@ -55,7 +59,12 @@ impl ServerState {
     }
 }
 
-async fn hook(Path(bot): Path<String>, State(state): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn hook(
+    Path(bot): Path<String>,
+    State(state): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let behaviour = state.behaviour.lock().unwrap().get(&bot).copied().unwrap_or(Behaviour::Answer(200));
     state.requests.lock().unwrap().push((bot, headers, body));
     match behaviour {
@@ -246,6 +255,8 @@ async fn a_reset_connection_is_a_failed_call() {
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            // A zero linger makes the close a reset (RST); it cannot block on drop.
+            #[allow(deprecated)]
             let _ = stream.set_linger(Some(Duration::ZERO));
             drop(stream);
         }

@@ -125,23 +125,24 @@ impl Webhook {
         self.anchor.checked_add(Duration::from_nanos(offset)).unwrap_or(earliest)
     }
 
-    /// When the next push may happen: a whole interval after the last one
-    /// started, on this webhook's grid.
-    fn regular_due_time(&self, now: Instant) -> Instant {
-        let earliest = match self.last_push_started {
-            Some(started) => now.max(started + self.config.push_interval()),
-            None => now,
-        };
-        self.next_grid_time(earliest)
+    /// When a webhook that had nothing to send may push again, now that it
+    /// has: at its next grid time, so that webhooks woken together (say, by
+    /// a broadcast) stay spread, and at least an interval after its last push.
+    fn due_time_after_idle(&self, now: Instant) -> Instant {
+        let grid_time = self.next_grid_time(now);
+        match self.last_push_started {
+            Some(started) => grid_time.max(started + self.config.push_interval()),
+            None => grid_time,
+        }
     }
 }
 
 /// Spreads first pushes over the interval, the same way for the same bot.
 fn phase(bot_token: &str, interval: Duration) -> Duration {
     // FNV-1a: deterministic across processes, unlike std's RandomState.
-    let hash = bot_token.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = bot_token
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
     let interval_nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1);
     Duration::from_nanos(hash % interval_nanos)
 }
@@ -168,7 +169,17 @@ impl Enqueuer {
     }
 }
 
-/// The dispatch state machine. See the [module documentation](self).
+/// The dispatch state machine: every rule of the events webhook, no I/O.
+///
+/// Like quinn-proto, the core does no networking, spawns nothing and never
+/// sleeps. It takes events (through its [`Enqueuer`]), webhook settings and
+/// call outcomes; it hands out ready HTTP requests ([`Push`]), says when it
+/// next needs to be polled ([`next_wakeup`](Self::next_wakeup)), and queues
+/// [`Notice`]s (calls to bill, dropped events, alerts) for the host. Time
+/// comes from the [`Clock`] it is given, so tests drive it deterministically
+/// with a [`ManualClock`](crate::ManualClock).
+/// [`WebhookDispatcher`](super::WebhookDispatcher) drives it on a runtime;
+/// a host with its own event loop can drive it directly.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -277,7 +288,7 @@ impl DispatchCore {
             }
         }
         drop(gates);
-        self.settle(&token, now);
+        self.settle(&token, now, None);
     }
 
     /// Removes a bot's webhook and returns its undelivered events (counted
@@ -398,14 +409,16 @@ impl DispatchCore {
             }
         }
         let token = Arc::clone(&id.bot_token);
-        self.settle(&token, now);
+        self.settle(&token, now, Some(call.started));
     }
 
-    /// When the core next has a push due, if any; poll again then (or
-    /// sooner, after new events, settings or results). `None` means nothing
+    /// Takes in newly enqueued events, then says when the core next has a
+    /// push due, if any; poll again then (or sooner, after new events,
+    /// settings or results). `None` means nothing
     /// is scheduled, or the concurrency cap is reached and only a call's
     /// result can free a slot.
     pub fn next_wakeup(&mut self) -> Option<Instant> {
+        self.drain_intake();
         if self.calls_in_flight >= self.limits.max_concurrent_pushes {
             return None;
         }
@@ -554,7 +567,7 @@ impl DispatchCore {
             webhook.store.push(encoded.as_slice().into());
             let idle = webhook.scheduled.is_none() && webhook.call.is_none();
             if idle {
-                let due = webhook.regular_due_time(now);
+                let due = webhook.due_time_after_idle(now);
                 let token = Arc::clone(&gate.bot_token);
                 self.schedule_at(&token, due);
             }
@@ -572,12 +585,20 @@ impl DispatchCore {
     /// Schedules a webhook that has no call under way, after a call or a
     /// reconfiguration: at once when a whole batch waits (a backlog drains
     /// at network speed) or a flush is under way, else on its grid.
-    fn settle(&mut self, token: &Arc<str>, now: Instant) {
+    ///
+    /// `last_call_started` is when the call that just ended started: the
+    /// next regular push comes one interval after it. Without it (after a
+    /// reconfiguration), the webhook is scheduled as if it had been idle.
+    fn settle(&mut self, token: &Arc<str>, now: Instant, last_call_started: Option<Instant>) {
         let Some(webhook) = self.webhooks.get_mut(token) else { return };
         if webhook.call.is_some() || webhook.store.disabled {
             return;
         }
         if webhook.config.plan() == Plan::Free {
+            if webhook.flush_remaining > 0 {
+                webhook.flush_remaining = 0;
+                self.flushing_webhooks -= 1;
+            }
             let events = webhook.store.take_waiting();
             let count = events.len();
             if count > 0 {
@@ -596,7 +617,10 @@ impl DispatchCore {
         let due = if webhook.flush_remaining > 0 || webhook.store.has_full_batch(max_events, max_bytes) {
             now
         } else {
-            webhook.regular_due_time(now)
+            match last_call_started {
+                Some(started) => now.max(started + webhook.config.push_interval()),
+                None => webhook.due_time_after_idle(now),
+            }
         };
         self.schedule_at(token, due);
     }

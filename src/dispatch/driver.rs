@@ -243,7 +243,8 @@ impl Dispatcher for WebhookDispatcher {
                 return Err(DispatcherClosed);
             }
             #[cfg(feature = "tracing")]
-            if core.webhook_stats(config.bot_token()).is_some_and(|stats| stats.state == super::WebhookState::Disabled) {
+            if core.webhook_stats(config.bot_token()).is_some_and(|stats| stats.state == super::WebhookState::Disabled)
+            {
                 tracing::info!(bot_token = %config.bot_token(), "webhook re-enabled by reconfiguration");
             }
             core.configure(config);
@@ -409,13 +410,13 @@ fn default_transport() -> Result<Arc<dyn Transport>, ConfigError> {
 fn default_runtime() -> Result<Arc<dyn Runtime>, ConfigError> {
     #[cfg(feature = "tokio")]
     {
-        crate::adapters::TokioRuntime::try_current()
-            .map(|runtime| Arc::new(runtime) as Arc<dyn Runtime>)
-            .ok_or_else(|| ConfigError::DefaultPart {
+        crate::adapters::TokioRuntime::try_current().map(|runtime| Arc::new(runtime) as Arc<dyn Runtime>).ok_or_else(
+            || ConfigError::DefaultPart {
                 part: "runtime",
                 reason: "not called inside a tokio runtime; call build() from within one or pass .runtime(...)"
                     .to_owned(),
-            })
+            },
+        )
     }
     #[cfg(not(feature = "tokio"))]
     {

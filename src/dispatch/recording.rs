@@ -64,7 +64,10 @@ impl Dispatcher for RecordingDispatcher {
     }
 
     fn remove(&self, bot_token: &str) -> Vec<Event> {
-        self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retain(|config| config.bot_token() != bot_token);
+        self.configs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|config| config.bot_token() != bot_token);
         Vec::new()
     }
 

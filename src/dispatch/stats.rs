@@ -25,8 +25,13 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in a fixed order.
-    pub const ALL: [DropReason; 5] =
-        [DropReason::Disabled, DropReason::Removed, DropReason::TooLarge, DropReason::Reconfigured, DropReason::Shutdown];
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Disabled,
+        DropReason::Removed,
+        DropReason::TooLarge,
+        DropReason::Reconfigured,
+        DropReason::Shutdown,
+    ];
 
     /// A stable snake-case name, e.g. `"too_large"`.
     pub const fn name(self) -> &'static str {

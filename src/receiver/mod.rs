@@ -1,1 +1,478 @@
 //! The receiving side: checking the bearer and parsing pushes.
+//!
+//! The platform POSTs each push to the bot owner's URL with
+//! `Authorization: Bearer <bot API secret>` and a JSON array of events as
+//! body. A [`WebhookReceiver`] holds the bot's secret and, for one request,
+//! checks the bearer first (in constant time, before looking at the body),
+//! then the body's size, then parses it into typed [`Event`]s:
+//!
+//! ```
+//! use eventhook::receiver::WebhookReceiver;
+//! use eventhook::BotSecret;
+//! use http::{header, HeaderMap, HeaderValue, StatusCode};
+//!
+//! let receiver = WebhookReceiver::new(BotSecret::new("s3cr3t").unwrap()).max_body_bytes(64 * 1024);
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer wrong"));
+//! let error = receiver.receive(&headers, b"[]").unwrap_err();
+//! assert_eq!(error.status(), StatusCode::UNAUTHORIZED);
+//! assert!(!format!("{error} {error:?}").contains("s3cr3t"));
+//! ```
+//!
+//! How to answer: `200 OK` (exactly; the body is ignored) when
+//! [`receive`](WebhookReceiver::receive) succeeds, otherwise
+//! [`ReceiveError::status`] with [`ReceiveError::public_message`]. Any other
+//! answer than `200` is a failed push that the platform retries, and more
+//! than 10 in a row disable the webhook.
+//!
+//! With the `axum` feature, `VerifiedPush` does all of this as an axum
+//! extractor, answering with a `PushRejection` when it refuses a push.
+//!
+//! `Content-Type` is not checked: the platform always sends
+//! `application/json; charset=utf-8`, the body is parsed strictly anyway, and
+//! refusing a push because a proxy rewrote the header would lose it for no
+//! gain in safety (the bearer is what authenticates the call).
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::{HeaderMap, AUTHORIZATION};
+use http::StatusCode;
+
+use crate::config::BotSecret;
+use crate::event::Event;
+use crate::wire::{self, ParseError, ParseOptions};
+
+#[cfg(feature = "axum")]
+mod axum;
+#[cfg(feature = "axum")]
+pub use self::axum::{PushRejection, VerifiedPush};
+
+/// The default most bytes of a push body: 1 MiB, as [`wire::DEFAULT_MAX_BODY_BYTES`].
+pub const DEFAULT_MAX_BODY_BYTES: usize = wire::DEFAULT_MAX_BODY_BYTES;
+
+/// The body of every `401` answer, the same whatever was wrong with the bearer.
+pub const UNAUTHORIZED_MESSAGE: &str = "missing or invalid bearer token";
+
+/// Why a request's bearer was refused.
+///
+/// The variants tell the causes apart for logs; an HTTP answer must not
+/// (every one is a `401` with [`UNAUTHORIZED_MESSAGE`]). No variant holds the
+/// received token or the expected secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No `Authorization` header.
+    #[error("no Authorization header")]
+    Missing,
+    /// More than one `Authorization` header.
+    #[error("more than one Authorization header")]
+    Multiple,
+    /// The header value is not visible ASCII.
+    #[error("the Authorization header is not visible ASCII")]
+    NotAscii,
+    /// The scheme is not `Bearer`.
+    #[error("the Authorization scheme is not Bearer")]
+    NotBearer,
+    /// `Bearer` without a token.
+    #[error("the Authorization header has no bearer token")]
+    EmptyToken,
+    /// The token is not the bot secret.
+    #[error("the bearer token does not match the bot secret")]
+    WrongToken,
+}
+
+/// Checks that `headers` carry exactly one `Authorization: Bearer <secret>`.
+///
+/// The scheme is matched case-insensitively; spaces or tabs may separate it
+/// from the token, and spaces or tabs after the token are ignored. The token
+/// is compared with the secret in time that does not depend on their content
+/// (only on their lengths).
+///
+/// ```
+/// use eventhook::receiver::{verify_bearer, AuthError};
+/// use eventhook::BotSecret;
+/// use http::{header, HeaderMap, HeaderValue};
+///
+/// let secret = BotSecret::new("s3cr3t").unwrap();
+/// let mut headers = HeaderMap::new();
+/// assert_eq!(verify_bearer(&headers, &secret), Err(AuthError::Missing));
+/// headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer s3cr3t"));
+/// assert_eq!(verify_bearer(&headers, &secret), Ok(()));
+/// ```
+pub fn verify_bearer(headers: &HeaderMap, secret: &BotSecret) -> Result<(), AuthError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthError::Missing)?;
+    if values.next().is_some() {
+        return Err(AuthError::Multiple);
+    }
+    let value = value.to_str().map_err(|_| AuthError::NotAscii)?;
+    let token = bearer_token(value)?;
+    if constant_time_eq(token.as_bytes(), secret.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(AuthError::WrongToken)
+    }
+}
+
+/// The token of a `Bearer <token>` header value.
+fn bearer_token(value: &str) -> Result<&str, AuthError> {
+    let is_blank = |character: char| character == ' ' || character == '\t';
+    let value = value.trim_matches(is_blank);
+    let (scheme, token) = match value.find(is_blank) {
+        Some(position) => (&value[..position], value[position..].trim_start_matches(is_blank)),
+        None => (value, ""),
+    };
+    if !scheme.eq_ignore_ascii_case("Bearer") {
+        return Err(AuthError::NotBearer);
+    }
+    if token.is_empty() {
+        return Err(AuthError::EmptyToken);
+    }
+    Ok(token)
+}
+
+/// Whether `left` and `right` are equal, in time that depends on their
+/// lengths only, never on their content: every byte up to the longer length
+/// is compared (the shorter one padded with zeros) and the length difference
+/// is folded in, with no early exit.
+fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    let length = left.len().max(right.len());
+    let mut difference: u8 = 0;
+    for index in 0..length {
+        let left_byte = left.get(index).copied().unwrap_or(0);
+        let right_byte = right.get(index).copied().unwrap_or(0);
+        difference |= left_byte ^ right_byte;
+    }
+    let length_difference = (left.len() ^ right.len()) as u64;
+    std::hint::black_box(u64::from(difference) | length_difference) == 0
+}
+
+/// Why a push was refused, with the HTTP status to answer.
+///
+/// Never holds the bot secret or the received token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    /// The bearer is missing or wrong: `401`.
+    #[error("{UNAUTHORIZED_MESSAGE} ({0})")]
+    Unauthorized(#[from] AuthError),
+    /// The body is larger than the receiver's limit: `413`.
+    #[error("push body too large: {} (the limit is {limit} bytes)", describe_size(*size))]
+    BodyTooLarge {
+        /// The body's size in bytes, when known (from `Content-Length` or a
+        /// complete body; unknown when reading stopped at the limit).
+        size: Option<u64>,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body is not a valid push: `400`. The message says what is wrong
+    /// and where (entry index and key).
+    #[error("invalid push body: {0}")]
+    InvalidBody(#[source] ParseError),
+    /// The body could not be read (the connection failed): `400`.
+    #[error("the push body could not be read: {0}")]
+    BodyRead(String),
+}
+
+fn describe_size(size: Option<u64>) -> String {
+    match size {
+        Some(size) => format!("{size} bytes"),
+        None => "more bytes than allowed".to_owned(),
+    }
+}
+
+impl ReceiveError {
+    /// The status to answer: `401` for any bearer problem, `413` for a body
+    /// over the limit, `400` for a body that is not a valid push.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ReceiveError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ReceiveError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ReceiveError::InvalidBody(_) | ReceiveError::BodyRead(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The text to answer with: [`UNAUTHORIZED_MESSAGE`] for every bearer
+    /// problem (so a caller cannot tell a missing bearer from a wrong one),
+    /// otherwise the error's message.
+    pub fn public_message(&self) -> String {
+        match self {
+            ReceiveError::Unauthorized(_) => UNAUTHORIZED_MESSAGE.to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Verifies and parses the pushes of one bot.
+///
+/// Cheap to clone (the secret is shared); `Debug` does not show the secret.
+///
+/// ```
+/// use eventhook::receiver::WebhookReceiver;
+/// use eventhook::BotSecret;
+///
+/// let receiver = WebhookReceiver::new(BotSecret::new("s3cr3t").unwrap());
+/// assert_eq!(receiver.body_limit(), 1024 * 1024);
+/// assert!(!format!("{receiver:?}").contains("s3cr3t"));
+/// ```
+#[derive(Clone)]
+pub struct WebhookReceiver {
+    secret: Arc<BotSecret>,
+    max_body_bytes: usize,
+}
+
+impl WebhookReceiver {
+    /// A receiver for the bot whose API secret is `secret`, with a body limit
+    /// of [`DEFAULT_MAX_BODY_BYTES`].
+    pub fn new(secret: BotSecret) -> WebhookReceiver {
+        WebhookReceiver { secret: Arc::new(secret), max_body_bytes: DEFAULT_MAX_BODY_BYTES }
+    }
+
+    /// Sets the most bytes a push body may have (default 1 MiB); a larger
+    /// body is refused with `413`. Keep it at least the sender's batch limit.
+    #[must_use]
+    pub fn max_body_bytes(mut self, bytes: usize) -> WebhookReceiver {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// The most bytes a push body may have.
+    pub fn body_limit(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// Checks the bearer of a request; see [`verify_bearer`].
+    pub fn verify(&self, headers: &HeaderMap) -> Result<(), AuthError> {
+        verify_bearer(headers, &self.secret)
+    }
+
+    /// Checks a push: the bearer first (the body is not looked at when it is
+    /// wrong), then the body's size, then parses the body.
+    pub fn receive(&self, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, ReceiveError> {
+        self.verify(headers)?;
+        self.parse_body(body)
+    }
+
+    /// Checks the size of an already authenticated body and parses it.
+    pub(crate) fn parse_body(&self, body: &[u8]) -> Result<Vec<Event>, ReceiveError> {
+        if body.len() > self.max_body_bytes {
+            return Err(ReceiveError::BodyTooLarge { size: Some(body.len() as u64), limit: self.max_body_bytes });
+        }
+        let options = ParseOptions::default().max_body_bytes(self.max_body_bytes);
+        wire::parse_push_with(body, &options).map_err(|error| match error {
+            ParseError::BodyTooLarge { size, limit } => ReceiveError::BodyTooLarge { size: Some(size as u64), limit },
+            other => ReceiveError::InvalidBody(other),
+        })
+    }
+}
+
+impl fmt::Debug for WebhookReceiver {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("WebhookReceiver")
+            .field("secret", &"<redacted>")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const SECRET: &str = "bot-api-secret-value";
+
+    fn secret() -> BotSecret {
+        BotSecret::new(SECRET).unwrap()
+    }
+
+    fn headers_with(values: &[&[u8]]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(AUTHORIZATION, HeaderValue::from_bytes(value).unwrap());
+        }
+        headers
+    }
+
+    fn check(value: &[u8]) -> Result<(), AuthError> {
+        verify_bearer(&headers_with(&[value]), &secret())
+    }
+
+    #[test]
+    fn constant_time_eq_truth_table() {
+        let cases: &[(&[u8], &[u8], bool)] = &[
+            (b"", b"", true),
+            (b"a", b"a", true),
+            (b"secret", b"secret", true),
+            (b"", b"a", false),
+            (b"a", b"", false),
+            (b"a", b"b", false),
+            (b"secret", b"secreT", false),
+            (b"secret", b"Secret", false),
+            (b"secret", b"secret\0", false),
+            (b"secret\0", b"secret", false),
+            (b"abc", b"abcd", false),
+            (b"\0", b"", false),
+            (b"\xff\x00", b"\x00\xff", false),
+        ];
+        for (left, right, expected) in cases {
+            assert_eq!(constant_time_eq(left, right), *expected, "{left:?} vs {right:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let right = format!("Bearer {SECRET}");
+        assert_eq!(check(right.as_bytes()), Ok(()));
+        assert_eq!(check(format!("bearer {SECRET}").as_bytes()), Ok(()));
+        assert_eq!(check(format!("BEARER {SECRET}").as_bytes()), Ok(()));
+        assert_eq!(check(format!("Bearer   {SECRET}").as_bytes()), Ok(()));
+        assert_eq!(check(format!("Bearer\t{SECRET}").as_bytes()), Ok(()));
+        assert_eq!(check(format!("Bearer {SECRET}  ").as_bytes()), Ok(()));
+        assert_eq!(check(format!("Bearer {SECRET}\t").as_bytes()), Ok(()));
+
+        assert_eq!(verify_bearer(&HeaderMap::new(), &secret()), Err(AuthError::Missing));
+        assert_eq!(check(b"Basic Ym90OnNlY3JldA=="), Err(AuthError::NotBearer));
+        assert_eq!(check(format!("Basic {SECRET}").as_bytes()), Err(AuthError::NotBearer));
+        assert_eq!(check(SECRET.as_bytes()), Err(AuthError::NotBearer));
+        assert_eq!(check(format!("Bearer{SECRET}").as_bytes()), Err(AuthError::NotBearer));
+        assert_eq!(check(b"Bearer"), Err(AuthError::EmptyToken));
+        assert_eq!(check(b"Bearer "), Err(AuthError::EmptyToken));
+        assert_eq!(check(b""), Err(AuthError::NotBearer));
+        assert_eq!(check(b"Bearer wrong"), Err(AuthError::WrongToken));
+        assert_eq!(check(format!("Bearer {SECRET}x").as_bytes()), Err(AuthError::WrongToken));
+        assert_eq!(check(format!("Bearer {}", &SECRET[1..]).as_bytes()), Err(AuthError::WrongToken));
+        assert_eq!(check(format!("Bearer {}", SECRET.to_uppercase()).as_bytes()), Err(AuthError::WrongToken));
+        assert_eq!(check(format!("Bearer {SECRET} extra").as_bytes()), Err(AuthError::WrongToken));
+        assert_eq!(check(format!("Bearer {SECRET}\u{e9}").as_bytes()), Err(AuthError::NotAscii));
+        assert_eq!(check(b"Bearer caf\xe9"), Err(AuthError::NotAscii));
+        let both = format!("Bearer {SECRET}");
+        assert_eq!(
+            verify_bearer(&headers_with(&[both.as_bytes(), both.as_bytes()]), &secret()),
+            Err(AuthError::Multiple)
+        );
+    }
+
+    #[test]
+    fn auth_failures_answer_401_identically() {
+        let receiver = WebhookReceiver::new(secret());
+        let cases: [&[u8]; 4] = [b"Bearer wrong", b"Basic abc", b"Bearer", b"bearer  nope"];
+        let mut answers = vec![receiver.receive(&HeaderMap::new(), b"[]").unwrap_err()];
+        answers.extend(cases.iter().map(|value| receiver.receive(&headers_with(&[value]), b"[]").unwrap_err()));
+        for error in &answers {
+            assert_eq!(error.status(), StatusCode::UNAUTHORIZED, "{error}");
+            assert_eq!(error.public_message(), UNAUTHORIZED_MESSAGE);
+        }
+    }
+
+    #[test]
+    fn auth_is_checked_before_the_body() {
+        let receiver = WebhookReceiver::new(secret()).max_body_bytes(4);
+        let error = receiver.receive(&headers_with(&[b"Bearer wrong"]), b"not json and too long").unwrap_err();
+        assert!(matches!(error, ReceiveError::Unauthorized(AuthError::WrongToken)), "{error:?}");
+    }
+
+    #[test]
+    fn oversized_bodies_are_refused_before_parsing() {
+        let receiver = WebhookReceiver::new(secret()).max_body_bytes(8);
+        let headers = headers_with(&[format!("Bearer {SECRET}").as_bytes()]);
+        let error = receiver.receive(&headers, b"[{\"Type\": 1}, {\"Type\": 2}]").unwrap_err();
+        assert_eq!(error.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(matches!(error, ReceiveError::BodyTooLarge { size: Some(26), limit: 8 }), "{error:?}");
+        assert_eq!(error.to_string(), "push body too large: 26 bytes (the limit is 8 bytes)");
+    }
+
+    #[test]
+    fn errors_never_show_secrets() {
+        let receiver = WebhookReceiver::new(secret());
+        let sent_token = "received-token-value";
+        let wrong = headers_with(&[format!("Bearer {sent_token}").as_bytes()]);
+        let near = headers_with(&[format!("Bearer {SECRET}-").as_bytes()]);
+        for headers in [wrong, near, HeaderMap::new()] {
+            let error = receiver.receive(&headers, b"[]").unwrap_err();
+            for text in [error.to_string(), format!("{error:?}"), error.public_message()] {
+                assert!(!text.contains(SECRET), "{text}");
+                assert!(!text.contains(sent_token), "{text}");
+            }
+        }
+        for error in [
+            AuthError::Missing,
+            AuthError::Multiple,
+            AuthError::NotAscii,
+            AuthError::NotBearer,
+            AuthError::EmptyToken,
+            AuthError::WrongToken,
+        ] {
+            assert!(!format!("{error} {error:?}").contains(SECRET));
+        }
+        let text = format!("{receiver:?}");
+        assert!(!text.contains(SECRET), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
+    }
+
+    fn sample_events() -> Vec<Event> {
+        use crate::event::{ConversationEvent, EventDate, Message, Origin};
+        let date: EventDate = "2019-07-10T15:47:58.580873+00:00".parse().unwrap();
+        let origin = Origin::new("bot-1", "Matelab Srl");
+        vec![
+            Event::UserMessage(Message::new(origin.clone(), "conv-9", "TelegramChannel", "Hello there!", date)),
+            Event::NewUser(ConversationEvent::new(origin, "conv-9").date(date)),
+        ]
+    }
+
+    fn right_headers() -> HeaderMap {
+        headers_with(&[format!("Bearer {SECRET}").as_bytes()])
+    }
+
+    // Needs the wire codec (branch `codec`).
+    #[test]
+    fn a_valid_push_is_parsed() {
+        let receiver = WebhookReceiver::new(secret());
+        let events = sample_events();
+        let received = receiver.receive(&right_headers(), &wire::encode_push(&events)).unwrap();
+        assert_eq!(received, events);
+    }
+
+    // Needs the wire codec (branch `codec`).
+    #[test]
+    fn an_invalid_body_is_400_saying_what_is_wrong() {
+        let receiver = WebhookReceiver::new(secret());
+        let error = receiver.receive(&right_headers(), br#"[{"Type": "one"}]"#).unwrap_err();
+        assert!(matches!(error, ReceiveError::InvalidBody(_)), "{error:?}");
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            error.public_message(),
+            r#"invalid push body: entry 0: key "Type": expected a non-negative integer, found "one""#
+        );
+        let error = receiver.receive(&right_headers(), b"[{").unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+    }
+
+    // Needs the wire codec (branch `codec`): the receiver's limit is passed on.
+    #[test]
+    fn a_limit_above_the_codec_default_is_honoured() {
+        let receiver = WebhookReceiver::new(secret()).max_body_bytes(4 * DEFAULT_MAX_BODY_BYTES);
+        let mut events = Vec::new();
+        let mut body = Vec::new();
+        while body.len() <= DEFAULT_MAX_BODY_BYTES {
+            for _ in 0..500 {
+                events.extend(sample_events());
+            }
+            body = wire::encode_push(&events);
+        }
+        let received = receiver.receive(&right_headers(), &body).unwrap();
+        assert_eq!(received.len(), events.len());
+    }
+
+    #[test]
+    fn status_codes() {
+        let too_large = ReceiveError::BodyTooLarge { size: None, limit: 1024 };
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(too_large.to_string(), "push body too large: more bytes than allowed (the limit is 1024 bytes)");
+        assert_eq!(ReceiveError::from(AuthError::Missing).status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(ReceiveError::BodyRead("reset".into()).status(), StatusCode::BAD_REQUEST);
+    }
+}

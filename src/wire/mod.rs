@@ -34,7 +34,7 @@
 //!   above, and keys of the thirteen that the event's kind does not carry
 //!   (e.g. `Name` on a message), are ignored, whatever their value;
 //! - `null` for an optional key means the key is absent;
-//! - a `Type` of 14 or more gives [`Event::Unknown`](crate::Event::Unknown)
+//! - a `Type` of 14 or more gives [`Event::Unknown`]
 //!   with every other key and value in the order read, unchecked, and never
 //!   fails the batch.
 //!

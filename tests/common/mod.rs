@@ -50,6 +50,8 @@ impl Harness {
 
     pub fn enqueue(&mut self, event: Event) -> eventhook::EnqueueOutcome {
         let outcome = self.enqueuer.enqueue(event);
+        // As the driver does when the doorbell rings: take the event in now.
+        self.core.next_wakeup();
         self.check_balance();
         outcome
     }
@@ -63,6 +65,41 @@ impl Harness {
         self.collect_notices();
         self.check_balance();
         pushes
+    }
+
+    /// Moves the clock to the next due time, as the driver's timer does, and
+    /// returns the pushes due then. Panics if the wait is over one interval.
+    pub fn next_pushes(&mut self) -> Vec<Push> {
+        let now = eventhook::Clock::now(&*self.clock);
+        let due = self.core.next_wakeup().expect("a push is scheduled");
+        let wait = due.saturating_duration_since(now);
+        assert!(wait <= INTERVAL, "waited {wait:?}, more than one interval");
+        self.clock.advance(wait);
+        let pushes = self.poll_all();
+        assert!(!pushes.is_empty(), "a push is due at the wake-up time");
+        pushes
+    }
+
+    /// The one push due next (see [`next_pushes`](Self::next_pushes)).
+    pub fn next_push(&mut self) -> Push {
+        let mut pushes = self.next_pushes();
+        assert_eq!(pushes.len(), 1, "one push due");
+        pushes.remove(0)
+    }
+
+    /// Polls and answers every due push with `status` until none is due.
+    pub fn answer_all(&mut self, status: u16) -> usize {
+        let mut answered = 0;
+        loop {
+            let pushes = self.poll_all();
+            if pushes.is_empty() {
+                return answered;
+            }
+            for push in &pushes {
+                self.answer(push, status);
+                answered += 1;
+            }
+        }
     }
 
     pub fn answer(&mut self, push: &Push, status: u16) {
