@@ -410,3 +410,21 @@ fn unknown_type_is_kept_with_every_field_and_re_encodes_identically() {
     );
     assert_eq!(encode(&event), r#"{"Type":99,"Z":1,"A":"x"}"#);
 }
+
+#[test]
+fn many_extra_keys_do_not_make_parsing_quadratic() {
+    // About 1 MiB of distinct ignored keys: with a quadratic duplicate check
+    // this would take minutes.
+    let mut body = String::from(r#"[{"Type":7,"BotToken":"b","AccountName":"a","Text":"t""#);
+    let mut index = 0;
+    while body.len() < DEFAULT_MAX_BODY_BYTES - 100 {
+        body.push_str(&format!(",\"k{index}\":0"));
+        index += 1;
+    }
+    body.push_str("}]");
+    let started = Instant::now();
+    assert_eq!(wire::parse_push(body.as_bytes()).unwrap().len(), 1);
+    assert!(started.elapsed() < Duration::from_secs(5), "{index} keys took {:?}", started.elapsed());
+    body.insert_str(body.len() - 2, ",\"k0\":1");
+    assert_eq!(wire::parse_push(body.as_bytes()).unwrap_err().key(), Some("k0"));
+}

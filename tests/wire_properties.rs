@@ -168,7 +168,131 @@ fn event() -> impl Strategy<Value = Event> {
     ]
 }
 
+/// The object serde_json itself would write: each present key in contract
+/// order, its value written by `serde_json::to_string`.
+fn reference_encoding(event: &Event) -> String {
+    fn text(value: &str) -> Option<String> {
+        Some(serde_json::to_string(value).unwrap())
+    }
+    fn optional(value: &Option<String>) -> Option<String> {
+        value.as_deref().and_then(text)
+    }
+    fn date(value: Option<EventDate>) -> Option<String> {
+        value.map(|date| format!("\"{date}\""))
+    }
+    let none = || None;
+    // Type, ItemType, SubType, Data, Date, BotToken, AccountName, ConversationId, UserName, Channel, Text, Name, Key
+    let values: [Option<String>; 12] = match event {
+        Event::BotMessage(message) | Event::UserMessage(message) => [
+            optional(&message.item_type),
+            optional(&message.sub_type),
+            text(&message.data),
+            date(Some(message.date)),
+            text(&message.origin.bot_token),
+            text(&message.origin.account_name),
+            text(&message.conversation_id),
+            optional(&message.user_name),
+            text(&message.channel),
+            none(),
+            none(),
+            none(),
+        ],
+        Event::IntentUpdated(change)
+        | Event::IntentDeleted(change)
+        | Event::EntityUpdated(change)
+        | Event::EntityDeleted(change) => [
+            none(),
+            none(),
+            none(),
+            date(change.date),
+            text(&change.origin.bot_token),
+            text(&change.origin.account_name),
+            none(),
+            none(),
+            none(),
+            none(),
+            text(&change.name),
+            text(&change.key),
+        ],
+        Event::NlpMissed(missed) => [
+            none(),
+            none(),
+            none(),
+            date(missed.date),
+            text(&missed.origin.bot_token),
+            text(&missed.origin.account_name),
+            optional(&missed.conversation_id),
+            optional(&missed.user_name),
+            optional(&missed.channel),
+            text(&missed.text),
+            none(),
+            none(),
+        ],
+        Event::ConversationError(conversation)
+        | Event::NewUser(conversation)
+        | Event::ReturningUser(conversation)
+        | Event::TakeOver(conversation)
+        | Event::HandOver(conversation)
+        | Event::Fallback(conversation)
+        | Event::WrongAnswer(conversation) => [
+            none(),
+            none(),
+            optional(&conversation.data),
+            date(conversation.date),
+            text(&conversation.origin.bot_token),
+            text(&conversation.origin.account_name),
+            text(&conversation.conversation_id),
+            optional(&conversation.user_name),
+            optional(&conversation.channel),
+            none(),
+            none(),
+            none(),
+        ],
+        Event::Unknown(unknown) => {
+            let mut out = format!("{{\"Type\":{}", unknown.code);
+            for (key, value) in &unknown.fields {
+                out.push_str(&format!(
+                    ",{}:{}",
+                    serde_json::to_string(key).unwrap(),
+                    serde_json::to_string(value).unwrap()
+                ));
+            }
+            return out + "}";
+        }
+    };
+    let keys = [
+        "ItemType",
+        "SubType",
+        "Data",
+        "Date",
+        "BotToken",
+        "AccountName",
+        "ConversationId",
+        "UserName",
+        "Channel",
+        "Text",
+        "Name",
+        "Key",
+    ];
+    let mut out = format!("{{\"Type\":{}", event.code());
+    for (key, value) in keys.iter().zip(values) {
+        if let Some(value) = value {
+            out.push_str(&format!(",\"{key}\":{value}"));
+        }
+    }
+    out + "}"
+}
+
 proptest! {
+    #[test]
+    fn encoding_equals_serde_json_field_by_field(event in event()) {
+        let mut out = Vec::new();
+        wire::encode_event(&event, &mut out);
+        let encoded = String::from_utf8(out).unwrap();
+        prop_assert_eq!(&encoded, &reference_encoding(&event));
+        prop_assert!(serde_json::from_str::<Value>(&encoded).is_ok());
+    }
+
     #[test]
     fn pushes_round_trip(events in prop::collection::vec(event(), 0..6)) {
         let body = wire::encode_push(&events);

@@ -248,8 +248,10 @@ fn parse_rfc3339(text: &[u8]) -> Option<EventDate> {
         return None;
     }
     let offset = FixedOffset::east_opt(offset_seconds)?;
-    let value = offset.from_local_datetime(&NaiveDateTime::new(date, time)).single()?;
-    Some(EventDate { value })
+    // Straight from local time to UTC: a fixed offset is never ambiguous, so
+    // chrono's general `from_local_datetime` path is not needed (hot when parsing).
+    let utc = NaiveDateTime::new(date, time).checked_sub_offset(offset)?;
+    Some(EventDate { value: DateTime::from_naive_utc_and_offset(utc, offset) })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! error; anything else serde_json reports is a JSON syntax error.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -62,6 +63,7 @@ impl fmt::Display for JsonType {
 
 /// The 12 string keys of the contract besides `Type`, in wire order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Field {
     ItemType,
     SubType,
@@ -113,58 +115,81 @@ impl Field {
     ];
 }
 
-/// An object key, classified without allocating when it is one of the contract's.
-enum KeyName<'de> {
+/// An object key, classified without allocating. `Copy` and one byte wide on
+/// purpose: it is produced for every key of every entry.
+#[derive(Clone, Copy)]
+enum KeyClass {
     Type,
     Known(Field),
-    Other(Cow<'de, str>),
+    /// A key outside the contract; its name is in [`KeySeed::other`].
+    Other,
 }
 
-fn classify(name: &str) -> Option<KeyName<'static>> {
-    Some(match name {
-        "Type" => KeyName::Type,
-        "ItemType" => KeyName::Known(Field::ItemType),
-        "SubType" => KeyName::Known(Field::SubType),
-        "Data" => KeyName::Known(Field::Data),
-        "Date" => KeyName::Known(Field::Date),
-        "BotToken" => KeyName::Known(Field::BotToken),
-        "AccountName" => KeyName::Known(Field::AccountName),
-        "ConversationId" => KeyName::Known(Field::ConversationId),
-        "UserName" => KeyName::Known(Field::UserName),
-        "Channel" => KeyName::Known(Field::Channel),
-        "Text" => KeyName::Known(Field::Text),
-        "Name" => KeyName::Known(Field::Name),
-        "Key" => KeyName::Known(Field::Key),
-        _ => return None,
-    })
-}
-
-struct KeySeed;
-
-impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = KeyName<'de>;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_str(KeyVisitor)
+#[inline]
+fn classify(name: &str) -> KeyClass {
+    let bytes = name.as_bytes();
+    // Length, first and last byte leave one candidate: a single comparison
+    // per key instead of up to thirteen.
+    let (candidate, class) = match (bytes.len(), bytes.first(), bytes.last()) {
+        (3, Some(b'K'), _) => ("Key", KeyClass::Known(Field::Key)),
+        (4, Some(b'T'), Some(b'e')) => ("Type", KeyClass::Type),
+        (4, Some(b'T'), Some(b't')) => ("Text", KeyClass::Known(Field::Text)),
+        (4, Some(b'D'), Some(b'a')) => ("Data", KeyClass::Known(Field::Data)),
+        (4, Some(b'D'), Some(b'e')) => ("Date", KeyClass::Known(Field::Date)),
+        (4, Some(b'N'), _) => ("Name", KeyClass::Known(Field::Name)),
+        (7, Some(b'S'), _) => ("SubType", KeyClass::Known(Field::SubType)),
+        (7, Some(b'C'), _) => ("Channel", KeyClass::Known(Field::Channel)),
+        (8, Some(b'I'), _) => ("ItemType", KeyClass::Known(Field::ItemType)),
+        (8, Some(b'B'), _) => ("BotToken", KeyClass::Known(Field::BotToken)),
+        (8, Some(b'U'), _) => ("UserName", KeyClass::Known(Field::UserName)),
+        (11, Some(b'A'), _) => ("AccountName", KeyClass::Known(Field::AccountName)),
+        (14, Some(b'C'), _) => ("ConversationId", KeyClass::Known(Field::ConversationId)),
+        _ => return KeyClass::Other,
+    };
+    // A byte loop rather than `==`: for keys this short, a call to `memcmp` costs more.
+    if bytes.len() == candidate.len() && bytes.iter().zip(candidate.as_bytes()).all(|(left, right)| left == right) {
+        class
+    } else {
+        KeyClass::Other
     }
 }
 
-struct KeyVisitor;
+/// Reads a key; the name of a key outside the contract goes to `other`, so
+/// that the common case moves no string around.
+struct KeySeed<'slot, 'de> {
+    other: &'slot mut Option<Cow<'de, str>>,
+}
 
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = KeyName<'de>;
+impl<'de> DeserializeSeed<'de> for KeySeed<'_, 'de> {
+    type Value = KeyClass;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_, 'de> {
+    type Value = KeyClass;
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("an object key")
     }
 
     fn visit_borrowed_str<E: de::Error>(self, name: &'de str) -> Result<Self::Value, E> {
-        Ok(classify(name).unwrap_or(KeyName::Other(Cow::Borrowed(name))))
+        let class = classify(name);
+        if let KeyClass::Other = class {
+            *self.other = Some(Cow::Borrowed(name));
+        }
+        Ok(class)
     }
 
     fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
-        // Only keys with escapes get here; they are rare, so owning them is fine.
-        Ok(classify(name).unwrap_or_else(|| KeyName::Other(Cow::Owned(name.to_owned()))))
+        let class = classify(name);
+        if let KeyClass::Other = class {
+            // Only keys with escapes get here; they are rare, so owning them is fine.
+            *self.other = Some(Cow::Owned(name.to_owned()));
+        }
+        Ok(class)
     }
 }
 
@@ -200,6 +225,7 @@ struct FieldSeed;
 impl<'de> DeserializeSeed<'de> for FieldSeed {
     type Value = FieldValue<'de>;
 
+    #[inline]
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_any(FieldVisitor)
     }
@@ -214,6 +240,7 @@ impl<'de> Visitor<'de> for FieldVisitor {
         formatter.write_str("any JSON value")
     }
 
+    #[inline]
     fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
         Ok(FieldValue::String(Cow::Borrowed(text)))
     }
@@ -252,6 +279,68 @@ impl<'de> Visitor<'de> for FieldVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         serde::Deserialize::deserialize(de::value::MapAccessDeserializer::new(map)).map(FieldValue::Other)
+    }
+}
+
+/// `Type`: its code, or the value found when it is not a non-negative integer.
+struct TypeSeed;
+
+impl<'de> DeserializeSeed<'de> for TypeSeed {
+    type Value = Result<u64, FieldValue<'de>>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(TypeVisitor)
+    }
+}
+
+struct TypeVisitor;
+
+impl<'de> Visitor<'de> for TypeVisitor {
+    type Value = Result<u64, FieldValue<'de>>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        Ok(Ok(value))
+    }
+
+    // Anything else is kept for the error message.
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        FieldVisitor.visit_i64(value).map(Err)
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        FieldVisitor.visit_f64(value).map(Err)
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        FieldVisitor.visit_bool(value).map(Err)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        FieldVisitor.visit_str(text).map(Err)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        FieldVisitor.visit_unit().map(Err)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        FieldVisitor.visit_seq(seq).map(Err)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        // With serde_json's `arbitrary_precision` feature (which another crate
+        // in a build may turn on) numbers arrive as maps: `Value` decodes them.
+        Ok(match FieldVisitor.visit_map(map)? {
+            FieldValue::Other(Value::Number(number)) => match number.as_u64() {
+                Some(code) => Ok(code),
+                None => Err(FieldValue::Other(Value::Number(number))),
+            },
+            other => Err(other),
+        })
     }
 }
 
@@ -294,6 +383,8 @@ macro_rules! reject_scalars {
 /// The top level of a push: an array of entries, or one entry.
 struct PushVisitor<'slot> {
     failure: &'slot mut Option<ParseError>,
+    /// A guess at the number of events from the body's size, to allocate once.
+    expected_events: usize,
 }
 
 impl<'de> Reject<'de> for PushVisitor<'_> {
@@ -312,38 +403,46 @@ impl<'de> Visitor<'de> for PushVisitor<'_> {
     reject_scalars!();
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut events = Vec::new();
+        let mut events = Vec::with_capacity(self.expected_events);
         let mut entry = 0;
-        while let Some(event) = seq.next_element_seed(EntrySeed { entry: Some(entry), failure: &mut *self.failure })? {
-            events.push(event);
+        while seq
+            .next_element_seed(EntrySeed { entry: Some(entry), failure: &mut *self.failure, events: &mut events })?
+            .is_some()
+        {
             entry += 1;
         }
         Ok(events)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        EntryVisitor { entry: None, failure: self.failure }.visit_map(map).map(|event| vec![event])
+        let mut events = Vec::with_capacity(1);
+        EntryVisitor { entry: None, failure: self.failure, events: &mut events }.visit_map(map)?;
+        Ok(events)
     }
 }
 
 /// One entry: `entry` is its index in the array, `None` for a lone object.
+/// The event is pushed onto `events` rather than returned, which saves
+/// moving it through serde's layers of `Result` and `Option`.
 struct EntrySeed<'slot> {
     entry: Option<usize>,
     failure: &'slot mut Option<ParseError>,
+    events: &'slot mut Vec<Event>,
 }
 
 impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
-    type Value = Event;
+    type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         // `deserialize_any`, not `deserialize_map`, so that a non-object reaches the visitor.
-        deserializer.deserialize_any(EntryVisitor { entry: self.entry, failure: self.failure })
+        deserializer.deserialize_any(EntryVisitor { entry: self.entry, failure: self.failure, events: self.events })
     }
 }
 
 struct EntryVisitor<'slot> {
     entry: Option<usize>,
     failure: &'slot mut Option<ParseError>,
+    events: &'slot mut Vec<Event>,
 }
 
 impl<'de> Reject<'de> for EntryVisitor<'_> {
@@ -351,12 +450,6 @@ impl<'de> Reject<'de> for EntryVisitor<'_> {
         let entry = self.entry;
         fail(self.failure, ParseError::EntryNotObject { entry })
     }
-}
-
-/// A key's value and where it came in the object, to keep the read order for unknown types.
-struct Slot<'de> {
-    position: usize,
-    value: FieldValue<'de>,
 }
 
 /// A key outside the contract: its value is kept only for unknown types.
@@ -367,7 +460,7 @@ struct Extra<'de> {
 }
 
 impl<'de> Visitor<'de> for EntryVisitor<'_> {
-    type Value = Event;
+    type Value = ();
 
     fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str("an event object")
@@ -382,35 +475,40 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let entry = self.entry;
         let mut code: Option<u64> = None;
-        let mut fields = EntryFields { entry, values: Default::default() };
+        let mut fields = EntryFields { entry, values: Default::default(), positions: [0; FIELD_COUNT] };
         let mut extras: Vec<Extra<'de>> = Vec::new();
+        // Names of the keys outside the contract, for the duplicate check: a
+        // set, not a scan of `extras`, so that an object with many keys cannot
+        // make parsing quadratic. Created on the first such key only.
+        let mut extra_names: Option<HashSet<Cow<'de, str>>> = None;
         let mut position = 0;
-        while let Some(key) = map.next_key_seed(KeySeed)? {
+        let mut other_name = None;
+        while let Some(key) = map.next_key_seed(KeySeed { other: &mut other_name })? {
             match key {
-                KeyName::Type => {
+                KeyClass::Type => {
                     if code.is_some() {
                         return fail(self.failure, ParseError::DuplicateKey { entry, key: "Type".to_owned() });
                     }
-                    match map.next_value_seed(FieldSeed)? {
-                        FieldValue::Other(Value::Number(number)) if number.as_u64().is_some() => {
-                            code = number.as_u64();
-                        }
-                        other => {
+                    match map.next_value_seed(TypeSeed)? {
+                        Ok(type_code) => code = Some(type_code),
+                        Err(other) => {
                             let found = describe(other);
                             return fail(self.failure, ParseError::InvalidType { entry, found });
                         }
                     }
                 }
-                KeyName::Known(field) => {
+                KeyClass::Known(field) => {
                     let slot = &mut fields.values[field as usize];
                     if slot.is_some() {
                         let key = field.name().to_owned();
                         return fail(self.failure, ParseError::DuplicateKey { entry, key });
                     }
-                    *slot = Some(Slot { position, value: map.next_value_seed(FieldSeed)? });
+                    *slot = Some(map.next_value_seed(FieldSeed)?);
+                    fields.positions[field as usize] = position;
                 }
-                KeyName::Other(name) => {
-                    if extras.iter().any(|extra| extra.name == name) {
+                KeyClass::Other => {
+                    let name = other_name.take().unwrap_or_default();
+                    if !extra_names.get_or_insert_with(HashSet::new).insert(name.clone()) {
                         let key = name.into_owned();
                         return fail(self.failure, ParseError::DuplicateKey { entry, key });
                     }
@@ -432,7 +530,10 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
             return fail(self.failure, ParseError::MissingType { entry });
         };
         match fields.build(code, extras) {
-            Ok(event) => Ok(event),
+            Ok(event) => {
+                self.events.push(event);
+                Ok(())
+            }
             Err(error) => fail(self.failure, error),
         }
     }
@@ -454,14 +555,18 @@ fn describe(value: FieldValue<'_>) -> String {
 /// The contract's keys of one entry, buffered until `Type` is known.
 struct EntryFields<'de> {
     entry: Option<usize>,
-    values: [Option<Slot<'de>>; FIELD_COUNT],
+    values: [Option<FieldValue<'de>>; FIELD_COUNT],
+    /// Where each key came in the object, to keep the read order for unknown types.
+    positions: [usize; FIELD_COUNT],
 }
 
 impl<'de> EntryFields<'de> {
+    #[inline]
     fn take(&mut self, field: Field) -> Option<FieldValue<'de>> {
-        self.values[field as usize].take().map(|slot| slot.value)
+        self.values[field as usize].take()
     }
 
+    #[inline]
     fn wrong_type(&self, field: Field, value: &FieldValue<'_>) -> ParseError {
         ParseError::WrongJsonType {
             entry: self.entry,
@@ -472,6 +577,7 @@ impl<'de> EntryFields<'de> {
     }
 
     /// A required key: absent is an error; `null` is a wrong type, not an absence.
+    #[inline]
     fn required(&mut self, field: Field) -> Result<String, ParseError> {
         match self.take(field) {
             Some(FieldValue::String(text)) => Ok(text.into_owned()),
@@ -481,6 +587,7 @@ impl<'de> EntryFields<'de> {
     }
 
     /// An optional key: absent and `null` both give `None`.
+    #[inline]
     fn optional(&mut self, field: Field) -> Result<Option<String>, ParseError> {
         match self.take(field) {
             Some(FieldValue::String(text)) => Ok(Some(text.into_owned())),
@@ -489,6 +596,7 @@ impl<'de> EntryFields<'de> {
         }
     }
 
+    #[inline]
     fn date(&self, text: &str) -> Result<EventDate, ParseError> {
         EventDate::parse(text).map_err(|_| ParseError::InvalidDate {
             entry: self.entry,
@@ -497,6 +605,7 @@ impl<'de> EntryFields<'de> {
         })
     }
 
+    #[inline]
     fn required_date(&mut self) -> Result<EventDate, ParseError> {
         match self.take(Field::Date) {
             Some(FieldValue::String(text)) => self.date(&text),
@@ -505,6 +614,7 @@ impl<'de> EntryFields<'de> {
         }
     }
 
+    #[inline]
     fn optional_date(&mut self) -> Result<Option<EventDate>, ParseError> {
         match self.take(Field::Date) {
             Some(FieldValue::String(text)) => self.date(&text).map(Some),
@@ -513,6 +623,7 @@ impl<'de> EntryFields<'de> {
         }
     }
 
+    #[inline]
     fn origin(&mut self) -> Result<Origin, ParseError> {
         Ok(Origin { bot_token: self.required(Field::BotToken)?, account_name: self.required(Field::AccountName)? })
     }
@@ -559,12 +670,12 @@ impl<'de> EntryFields<'de> {
     }
 
     /// Every key but `Type`, in the order read, values unchecked.
-    fn unknown(self, code: u64, extras: Vec<Extra<'_>>) -> UnknownEvent {
+    fn unknown(&mut self, code: u64, extras: Vec<Extra<'_>>) -> UnknownEvent {
         let mut fields: Vec<(usize, String, Value)> = Field::ALL
             .into_iter()
-            .zip(self.values)
-            .filter_map(|(field, slot)| {
-                slot.map(|slot| (slot.position, field.name().to_owned(), slot.value.into_value()))
+            .filter_map(|field| {
+                let position = self.positions[field as usize];
+                self.take(field).map(|value| (position, field.name().to_owned(), value.into_value()))
             })
             .collect();
         fields.extend(
@@ -576,7 +687,7 @@ impl<'de> EntryFields<'de> {
         UnknownEvent { code, fields: fields.into_iter().map(|(_, name, value)| (name, value)).collect() }
     }
 
-    fn build(mut self, code: u64, extras: Vec<Extra<'_>>) -> Result<Event, ParseError> {
+    fn build(&mut self, code: u64, extras: Vec<Extra<'_>>) -> Result<Event, ParseError> {
         Ok(match code {
             0 => Event::BotMessage(self.message()?),
             1 => Event::UserMessage(self.message()?),
@@ -631,10 +742,18 @@ pub(crate) fn parse_push_with(body: &[u8], options: &ParseOptions) -> Result<Vec
     if body.len() > limit {
         return Err(ParseError::BodyTooLarge { size: body.len(), limit });
     }
-    run(body, |deserializer, failure| deserializer.deserialize_any(PushVisitor { failure }))
+    // A realistic entry takes 200 bytes or more; the cap bounds the memory an
+    // unusual body of small entries can make us reserve up front.
+    let expected_events = (body.len() / 200).min(1024);
+    run(body, |deserializer, failure| deserializer.deserialize_any(PushVisitor { failure, expected_events }))
 }
 
 /// See [`crate::wire::parse_event`].
 pub(crate) fn parse_event(json: &[u8]) -> Result<Event, ParseError> {
-    run(json, |deserializer, failure| EntrySeed { entry: None, failure }.deserialize(deserializer))
+    let mut events = Vec::with_capacity(1);
+    run(json, |deserializer, failure| {
+        EntrySeed { entry: None, failure, events: &mut events }.deserialize(deserializer)
+    })?;
+    // A successful run has pushed exactly one event.
+    events.pop().ok_or(ParseError::EntryNotObject { entry: None })
 }
