@@ -271,6 +271,10 @@ impl Bench {
 }
 
 fn main() {
+    if !support::is_bench_run() {
+        println!("{}: run with `cargo bench --bench end_to_end`", file!());
+        return;
+    }
     let bench = Bench::new();
     let body_bytes: usize = bench.bodies.iter().map(|(_, _, body)| body.len()).sum();
     println!(

@@ -208,22 +208,27 @@ fn main() {
             );
             group.finish();
         }
-        // The same-run ratio: median rounds, from alternating blocks of 100 rounds.
-        let (crate_time, channel_time) = support::interleaved(
-            20,
-            100,
-            || crate_side.round(&events, &producers),
-            || channel_side.round(&events, &producers),
-        );
-        let elements = ROUND as u64;
-        ratios.push((
-            threads,
-            support::per_element(crate_time, elements),
-            support::per_element(channel_time, elements),
-        ));
+        if support::is_bench_run() {
+            // The same-run ratio: median rounds, from alternating blocks of 100 rounds.
+            let (crate_time, channel_time) = support::interleaved(
+                20,
+                100,
+                || crate_side.round(&events, &producers),
+                || channel_side.round(&events, &producers),
+            );
+            let elements = ROUND as u64;
+            ratios.push((
+                threads,
+                support::per_element(crate_time, elements),
+                support::per_element(channel_time, elements),
+            ));
+        }
         producers.stop();
     }
     criterion.final_summary();
+    if !support::is_bench_run() {
+        return; // `cargo test --benches`: criterion ran each routine once.
+    }
 
     println!();
     for (threads, crate_ns, channel_ns) in ratios {

@@ -185,7 +185,10 @@ fn verdict(value: f64, limit: f64) -> &'static str {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else to read.
+    if !support::is_bench_run() {
+        println!("{}: run with `cargo bench --bench memory`", file!());
+        return;
+    }
     let (beyond, beyond_estimated, encoded_mean) = pending_events();
     let (per_webhook, per_webhook_estimated) = idle_webhooks();
     let config_heap = config_heap_bytes();

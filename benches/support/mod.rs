@@ -400,3 +400,9 @@ pub fn report_line(name: &str, value: f64, limit: f64, what: &str) {
     let verdict = if value <= limit { "PASS" } else { "FAIL" };
     println!("RESULT {name:<28} {what:<46} {value:>8.1}  goal <= {limit} {verdict}");
 }
+
+/// Whether this is a real benchmark run (`cargo bench` passes `--bench`),
+/// not `cargo test --benches`, which runs bench targets once as smoke tests.
+pub fn is_bench_run() -> bool {
+    std::env::args().any(|argument| argument == "--bench")
+}
