@@ -53,3 +53,8 @@ pub use transport::{Transport, TransportError, TransportErrorKind};
 
 /// The `User-Agent` sent with every push: `eventhook/<crate version>`.
 pub const USER_AGENT: &str = concat!("eventhook/", env!("CARGO_PKG_VERSION"));
+
+/// Compiles the README's examples as doc tests, so they cannot rot.
+#[cfg(all(doctest, feature = "reqwest", feature = "tokio", feature = "axum"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

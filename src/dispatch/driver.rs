@@ -169,6 +169,8 @@ async fn drive(shared: Arc<Shared>) {
 fn make_call(shared: &Shared, push: Push) -> BoxFuture<'static, (PushId, Result<http::StatusCode, TransportError>)> {
     let transport = Arc::clone(&shared.transport);
     let Push { id, request, timeout, events } = push;
+    #[cfg(feature = "tracing")]
+    let bot_token = id.bot_token().to_owned();
     // The timeout is applied here so that any transport is bounded.
     let deadline = shared.runtime.sleep(timeout);
     let call = async move {
@@ -182,7 +184,8 @@ fn make_call(shared: &Shared, push: Push) -> BoxFuture<'static, (PushId, Result<
         (id, result)
     };
     #[cfg(feature = "tracing")]
-    let call = tracing::Instrument::instrument(call, tracing::info_span!("eventhook.push", events));
+    let call =
+        tracing::Instrument::instrument(call, tracing::info_span!("eventhook.push", bot_token = %bot_token, events));
     #[cfg(not(feature = "tracing"))]
     let _ = events;
     call.boxed()

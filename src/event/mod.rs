@@ -321,23 +321,35 @@ impl Event {
         }
     }
 
-    /// `BotToken` and `AccountName`, for every known kind.
-    pub fn origin(&self) -> Option<&Origin> {
+    /// The event's payload, whatever its kind: one place that knows which
+    /// variants share a payload type.
+    pub(crate) fn payload(&self) -> Payload<'_> {
         match self {
-            Event::BotMessage(message) | Event::UserMessage(message) => Some(&message.origin),
+            Event::BotMessage(message) | Event::UserMessage(message) => Payload::Message(message),
             Event::IntentUpdated(change)
             | Event::IntentDeleted(change)
             | Event::EntityUpdated(change)
-            | Event::EntityDeleted(change) => Some(&change.origin),
-            Event::NlpMissed(missed) => Some(&missed.origin),
+            | Event::EntityDeleted(change) => Payload::CatalogChange(change),
+            Event::NlpMissed(missed) => Payload::MissedText(missed),
             Event::ConversationError(conversation)
             | Event::NewUser(conversation)
             | Event::ReturningUser(conversation)
             | Event::TakeOver(conversation)
             | Event::HandOver(conversation)
             | Event::Fallback(conversation)
-            | Event::WrongAnswer(conversation) => Some(&conversation.origin),
-            Event::Unknown(_) => None,
+            | Event::WrongAnswer(conversation) => Payload::Conversation(conversation),
+            Event::Unknown(unknown) => Payload::Unknown(unknown),
+        }
+    }
+
+    /// `BotToken` and `AccountName`, for every known kind.
+    pub fn origin(&self) -> Option<&Origin> {
+        match self.payload() {
+            Payload::Message(message) => Some(&message.origin),
+            Payload::CatalogChange(change) => Some(&change.origin),
+            Payload::MissedText(missed) => Some(&missed.origin),
+            Payload::Conversation(conversation) => Some(&conversation.origin),
+            Payload::Unknown(_) => None,
         }
     }
 
@@ -352,23 +364,23 @@ impl Event {
 
     /// `Date`, when the event has one.
     pub fn date(&self) -> Option<EventDate> {
-        match self {
-            Event::BotMessage(message) | Event::UserMessage(message) => Some(message.date),
-            Event::IntentUpdated(change)
-            | Event::IntentDeleted(change)
-            | Event::EntityUpdated(change)
-            | Event::EntityDeleted(change) => change.date,
-            Event::NlpMissed(missed) => missed.date,
-            Event::ConversationError(conversation)
-            | Event::NewUser(conversation)
-            | Event::ReturningUser(conversation)
-            | Event::TakeOver(conversation)
-            | Event::HandOver(conversation)
-            | Event::Fallback(conversation)
-            | Event::WrongAnswer(conversation) => conversation.date,
-            Event::Unknown(unknown) => {
+        match self.payload() {
+            Payload::Message(message) => Some(message.date),
+            Payload::CatalogChange(change) => change.date,
+            Payload::MissedText(missed) => missed.date,
+            Payload::Conversation(conversation) => conversation.date,
+            Payload::Unknown(unknown) => {
                 unknown.field("Date").and_then(serde_json::Value::as_str).and_then(|text| EventDate::parse(text).ok())
             }
         }
     }
+}
+
+/// A borrowed view of an [`Event`]'s payload, one case per payload type.
+pub(crate) enum Payload<'a> {
+    Message(&'a Message),
+    CatalogChange(&'a CatalogChange),
+    MissedText(&'a MissedText),
+    Conversation(&'a ConversationEvent),
+    Unknown(&'a UnknownEvent),
 }

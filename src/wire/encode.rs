@@ -3,7 +3,7 @@
 //! value, no formatter and no allocation beyond the buffer's growth.
 
 use crate::event::{
-    CatalogChange, ConversationEvent, Event, EventDate, Message, MissedText, UnknownEvent, MAX_DATE_LEN,
+    CatalogChange, ConversationEvent, Event, EventDate, Message, MissedText, Payload, UnknownEvent, MAX_DATE_LEN,
 };
 
 /// What each byte becomes inside a JSON string: 0 for itself, otherwise the
@@ -154,21 +154,12 @@ fn write_unknown(out: &mut Vec<u8>, unknown: &UnknownEvent) {
 pub(crate) fn encode_event(event: &Event, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"Type\":");
     write_integer(out, event.code());
-    match event {
-        Event::BotMessage(message) | Event::UserMessage(message) => write_message(out, message),
-        Event::IntentUpdated(change)
-        | Event::IntentDeleted(change)
-        | Event::EntityUpdated(change)
-        | Event::EntityDeleted(change) => write_catalog_change(out, change),
-        Event::NlpMissed(missed) => write_missed_text(out, missed),
-        Event::ConversationError(conversation)
-        | Event::NewUser(conversation)
-        | Event::ReturningUser(conversation)
-        | Event::TakeOver(conversation)
-        | Event::HandOver(conversation)
-        | Event::Fallback(conversation)
-        | Event::WrongAnswer(conversation) => write_conversation_event(out, conversation),
-        Event::Unknown(unknown) => write_unknown(out, unknown),
+    match event.payload() {
+        Payload::Message(message) => write_message(out, message),
+        Payload::CatalogChange(change) => write_catalog_change(out, change),
+        Payload::MissedText(missed) => write_missed_text(out, missed),
+        Payload::Conversation(conversation) => write_conversation_event(out, conversation),
+        Payload::Unknown(unknown) => write_unknown(out, unknown),
     }
     out.push(b'}');
 }

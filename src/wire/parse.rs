@@ -18,6 +18,13 @@ use crate::event::{CatalogChange, ConversationEvent, Event, EventDate, Message, 
 use super::{ParseError, ParseOptions};
 
 /// The JSON type of a value, as named in [`ParseError`] messages.
+///
+/// ```
+/// use eventhook::wire::JsonType;
+///
+/// assert_eq!(JsonType::of(&serde_json::json!([1])), JsonType::Array);
+/// assert_eq!(JsonType::Number.to_string(), "a number");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JsonType {
     /// `null`.
@@ -452,11 +459,11 @@ impl<'de> Reject<'de> for EntryVisitor<'_> {
     }
 }
 
-/// A key outside the contract: its value is kept only for unknown types.
+/// A key outside the contract, kept in case the entry's type is unknown.
 struct Extra<'de> {
     position: usize,
     name: Cow<'de, str>,
-    value: Option<Value>,
+    value: Value,
 }
 
 impl<'de> Visitor<'de> for EntryVisitor<'_> {
@@ -515,13 +522,11 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
                     // A known type ignores keys outside the contract, so skip
                     // their values; before `Type` is seen, keep them in case
                     // the type turns out to be unknown.
-                    let value = if code.is_some_and(|code| code < KNOWN_CODES) {
+                    if code.is_some_and(|code| code < KNOWN_CODES) {
                         map.next_value::<IgnoredAny>()?;
-                        None
                     } else {
-                        Some(map.next_value::<Value>()?)
-                    };
-                    extras.push(Extra { position, name, value });
+                        extras.push(Extra { position, name, value: map.next_value::<Value>()? });
+                    }
                 }
             }
             position += 1;
@@ -678,11 +683,7 @@ impl<'de> EntryFields<'de> {
                 self.take(field).map(|value| (position, field.name().to_owned(), value.into_value()))
             })
             .collect();
-        fields.extend(
-            extras
-                .into_iter()
-                .map(|extra| (extra.position, extra.name.into_owned(), extra.value.unwrap_or(Value::Null))),
-        );
+        fields.extend(extras.into_iter().map(|extra| (extra.position, extra.name.into_owned(), extra.value)));
         fields.sort_unstable_by_key(|(position, _, _)| *position);
         UnknownEvent { code, fields: fields.into_iter().map(|(_, name, value)| (name, value)).collect() }
     }
