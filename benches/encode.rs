@@ -1,0 +1,194 @@
+//! `encode`: the body of a push of 100 realistic events, by the crate's
+//! codec and by the obvious alternative, `#[derive(Serialize)]` structs with
+//! `skip_serializing_if` and dates written by chrono's `to_rfc3339_opts`.
+//! Goal: the codec at least 1.5x faster.
+
+mod support;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use chrono::SecondsFormat;
+use criterion::Throughput;
+use eventhook::{Event, EventDate};
+use serde::ser::{SerializeSeq, Serializer};
+use serde::Serialize;
+use support::Goal;
+
+/// One event as the obvious serde model has it: every wire field, optional
+/// ones skipped when absent, in the wire's order.
+#[derive(Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct WireEvent<'a> {
+    r#type: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    item_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    date: Option<String>,
+    bot_token: &'a str,
+    account_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversation_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+}
+
+fn rfc3339(date: EventDate) -> String {
+    date.to_datetime().to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+fn to_wire(event: &Event) -> WireEvent<'_> {
+    let origin = event.origin().expect("known kinds only");
+    let mut wire = WireEvent {
+        r#type: event.code(),
+        bot_token: &origin.bot_token,
+        account_name: &origin.account_name,
+        ..WireEvent::default()
+    };
+    match event {
+        Event::BotMessage(message) | Event::UserMessage(message) => {
+            wire.item_type = message.item_type.as_deref();
+            wire.sub_type = message.sub_type.as_deref();
+            wire.data = Some(&message.data);
+            wire.date = Some(rfc3339(message.date));
+            wire.conversation_id = Some(&message.conversation_id);
+            wire.user_name = message.user_name.as_deref();
+            wire.channel = Some(&message.channel);
+        }
+        Event::IntentUpdated(change)
+        | Event::IntentDeleted(change)
+        | Event::EntityUpdated(change)
+        | Event::EntityDeleted(change) => {
+            wire.date = change.date.map(rfc3339);
+            wire.name = Some(&change.name);
+            wire.key = Some(&change.key);
+        }
+        Event::NlpMissed(missed) => {
+            wire.date = missed.date.map(rfc3339);
+            wire.conversation_id = missed.conversation_id.as_deref();
+            wire.user_name = missed.user_name.as_deref();
+            wire.channel = missed.channel.as_deref();
+            wire.text = Some(&missed.text);
+        }
+        Event::ConversationError(conversation)
+        | Event::NewUser(conversation)
+        | Event::ReturningUser(conversation)
+        | Event::TakeOver(conversation)
+        | Event::HandOver(conversation)
+        | Event::Fallback(conversation)
+        | Event::WrongAnswer(conversation) => {
+            wire.data = conversation.data.as_deref();
+            wire.date = conversation.date.map(rfc3339);
+            wire.conversation_id = Some(&conversation.conversation_id);
+            wire.user_name = conversation.user_name.as_deref();
+            wire.channel = conversation.channel.as_deref();
+        }
+        Event::Unknown(_) => unreachable!("the bench builds known kinds only"),
+    }
+    wire
+}
+
+/// The events as a JSON array, without collecting the structs first.
+struct AsWire<'a>(&'a [Event]);
+
+impl Serialize for AsWire<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for event in self.0 {
+            seq.serialize_element(&to_wire(event))?;
+        }
+        seq.end()
+    }
+}
+
+fn serde_encode(events: &[Event]) -> Vec<u8> {
+    serde_json::to_vec(&AsWire(events)).expect("serializable")
+}
+
+/// Both bodies hold the same objects with the same keys (dates differ in digits only).
+fn check_equivalent(events: &[Event]) {
+    let ours: Vec<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice(&eventhook::wire::encode_push(events)).expect("the codec writes JSON");
+    let theirs: Vec<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice(&serde_encode(events)).expect("serde writes JSON");
+    assert_eq!(ours.len(), theirs.len());
+    for (ours, theirs) in ours.iter().zip(&theirs) {
+        let our_keys: Vec<&String> = ours.keys().collect();
+        let their_keys: Vec<&String> = theirs.keys().collect();
+        assert_eq!(our_keys, their_keys, "same fields");
+        for key in our_keys {
+            if key != "Date" {
+                assert_eq!(ours[key], theirs[key], "same {key}");
+            }
+        }
+    }
+}
+
+fn timed(iterations: u32, mut work: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iterations {
+        work();
+    }
+    start.elapsed() / iterations
+}
+
+fn main() {
+    let events = support::push_events();
+    check_equivalent(&events);
+    let body_length = eventhook::wire::encode_push(&events).len();
+    println!("push: {} events, {body_length} bytes", events.len());
+
+    let mut criterion = support::criterion();
+    {
+        let mut group = criterion.benchmark_group("encode");
+        group.throughput(Throughput::Elements(events.len() as u64));
+        group.bench_function("eventhook_encode_push", |bencher| {
+            bencher.iter(|| eventhook::wire::encode_push(black_box(&events)))
+        });
+        group.bench_function("serde_derive_chrono", |bencher| bencher.iter(|| serde_encode(black_box(&events))));
+        group.finish();
+    }
+    criterion.final_summary();
+    if !support::is_bench_run() {
+        return; // `cargo test --benches`: criterion ran each routine once.
+    }
+
+    let (ours, theirs) = support::interleaved(
+        20,
+        200,
+        || timed(1, || drop(black_box(eventhook::wire::encode_push(black_box(&events))))),
+        || timed(1, || drop(black_box(serde_encode(black_box(&events))))),
+    );
+    let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
+    let criterion_detail = match (
+        support::criterion_mean_ns("encode", "eventhook_encode_push"),
+        support::criterion_mean_ns("encode", "serde_derive_chrono"),
+    ) {
+        (Some(ours), Some(theirs)) => format!("; criterion means give {:.2}x", theirs / ours),
+        _ => String::new(),
+    };
+    println!();
+    support::report(
+        "encode/100_events",
+        "serde time / eventhook time",
+        ratio,
+        Goal::AtLeast(1.5),
+        &format!(
+            "{:.1} µs vs {:.1} µs per push{criterion_detail}",
+            ours.as_secs_f64() * 1e6,
+            theirs.as_secs_f64() * 1e6
+        ),
+    );
+}

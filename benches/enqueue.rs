@@ -1,0 +1,254 @@
+//! `enqueue`: the admission path of a dispatcher with 10,000 webhooks, from
+//! 1 and 2 producer threads, against a bounded crossbeam channel's `send` of
+//! the same events. Goal: at most 2x the channel's time per event.
+//!
+//! One round sends the same 1,000 pre-built events of bots picked among the
+//! 10,000 (cloned before the timed part, split evenly between the producers;
+//! 1,000 clones stay in the L2 cache, as an event just built by an engine
+//! would be). Producers are long-lived
+//! threads that start together on a barrier; a round's time runs from the
+//! first producer's start to the last one's end. Between rounds, untimed,
+//! the core drains its intake (`poll_push` with the clock not advanced: the
+//! events are encoded into the webhooks' queues) and every 100 rounds it
+//! delivers everything (clock advanced, every push answered 200), so no
+//! queue ever fills; the channel's receiver drains it the same way.
+
+mod support;
+
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Throughput};
+use eventhook::dispatch::{CoreLimits, DispatchCore, Enqueuer};
+use eventhook::{Event, ManualClock};
+use support::{EventGen, Goal};
+
+const WEBHOOKS: usize = 10_000;
+/// Events per round (one criterion iteration).
+const ROUND: usize = 1_000;
+/// Rounds between two full deliveries of the core.
+const DELIVER_EVERY: usize = 100;
+
+/// A job for a producer: sends its events, returns how many were accepted.
+type Job = Box<dyn FnOnce() -> usize + Send>;
+
+/// Long-lived producer threads that run one job each per round, together.
+struct Producers {
+    jobs: Vec<mpsc::Sender<Job>>,
+    done: mpsc::Receiver<(Instant, Instant, usize)>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Producers {
+    fn new(count: usize) -> Producers {
+        let barrier = Arc::new(Barrier::new(count));
+        let (done_sender, done) = mpsc::channel();
+        let mut jobs = Vec::new();
+        let mut threads = Vec::new();
+        for _ in 0..count {
+            let (job_sender, job_receiver) = mpsc::channel::<Job>();
+            let barrier = Arc::clone(&barrier);
+            let done_sender = done_sender.clone();
+            threads.push(std::thread::spawn(move || {
+                while let Ok(job) = job_receiver.recv() {
+                    barrier.wait();
+                    let start = Instant::now();
+                    let accepted = job();
+                    let end = Instant::now();
+                    if done_sender.send((start, end, accepted)).is_err() {
+                        break;
+                    }
+                }
+            }));
+            jobs.push(job_sender);
+        }
+        Producers { jobs, done, threads }
+    }
+
+    fn count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Runs one job per producer, together; returns the wall time and the events accepted.
+    fn run(&self, jobs: Vec<Job>) -> (Duration, usize) {
+        assert_eq!(jobs.len(), self.jobs.len());
+        for (sender, job) in self.jobs.iter().zip(jobs) {
+            sender.send(job).expect("producer alive");
+        }
+        let mut first_start: Option<Instant> = None;
+        let mut last_end: Option<Instant> = None;
+        let mut accepted = 0;
+        for _ in 0..self.jobs.len() {
+            let (start, end, count) = self.done.recv().expect("producer alive");
+            first_start = Some(first_start.map_or(start, |first| first.min(start)));
+            last_end = Some(last_end.map_or(end, |last| last.max(end)));
+            accepted += count;
+        }
+        (last_end.unwrap() - first_start.unwrap(), accepted)
+    }
+
+    fn stop(self) {
+        drop(self.jobs);
+        for thread in self.threads {
+            thread.join().expect("producer finished");
+        }
+    }
+}
+
+/// The events of one round, cloned and split between `producers`.
+fn split_clones(events: &[Event], producers: usize) -> Vec<Vec<Event>> {
+    let share = events.len().div_ceil(producers);
+    events.chunks(share).map(<[Event]>::to_vec).collect()
+}
+
+/// The crate: a sans-IO core with 10,000 webhooks and its `Enqueuer`.
+struct CrateSide {
+    clock: Arc<ManualClock>,
+    core: DispatchCore,
+    enqueuer: Enqueuer,
+    rounds: usize,
+}
+
+impl CrateSide {
+    fn new() -> CrateSide {
+        let clock = Arc::new(ManualClock::new());
+        let limits = CoreLimits { max_pending_events: 10_000_000, max_concurrent_pushes: 1_000_000 };
+        let (mut core, enqueuer) = DispatchCore::new(clock.clone(), limits);
+        for bot in 0..WEBHOOKS {
+            core.configure(support::webhook_config(bot, support::EXAMPLE_BASE_URL).build().expect("valid config"));
+        }
+        CrateSide { clock, core, enqueuer, rounds: 0 }
+    }
+
+    fn round(&mut self, events: &[Event], producers: &Producers) -> Duration {
+        let jobs: Vec<Job> = split_clones(events, producers.count())
+            .into_iter()
+            .map(|share| {
+                let enqueuer = self.enqueuer.clone();
+                Box::new(move || {
+                    share
+                        .into_iter()
+                        .map(|event| enqueuer.enqueue(event).is_accepted())
+                        .filter(|&accepted| accepted)
+                        .count()
+                }) as Job
+            })
+            .collect();
+        let (time, accepted) = producers.run(jobs);
+        assert_eq!(accepted, events.len(), "every event accepted");
+        self.rounds += 1;
+        self.settle(self.rounds % DELIVER_EVERY == 0);
+        time
+    }
+
+    /// Drains the intake into the queues; when `deliver`, also delivers everything.
+    fn settle(&mut self, deliver: bool) {
+        if deliver {
+            self.clock.advance(Duration::from_secs(61));
+        }
+        let pushes: Vec<_> = std::iter::from_fn(|| self.core.poll_push()).collect();
+        for push in &pushes {
+            self.core.on_push_result(&push.id, Ok(http::StatusCode::OK));
+        }
+        while self.core.poll_notice().is_some() {}
+    }
+}
+
+/// The baseline: a bounded crossbeam channel that never fills.
+struct ChannelSide {
+    sender: crossbeam_channel::Sender<Event>,
+    receiver: crossbeam_channel::Receiver<Event>,
+}
+
+impl ChannelSide {
+    fn new() -> ChannelSide {
+        let (sender, receiver) = crossbeam_channel::bounded(2 * ROUND);
+        ChannelSide { sender, receiver }
+    }
+
+    fn round(&mut self, events: &[Event], producers: &Producers) -> Duration {
+        let jobs: Vec<Job> = split_clones(events, producers.count())
+            .into_iter()
+            .map(|share| {
+                let sender = self.sender.clone();
+                Box::new(move || share.into_iter().map(|event| sender.send(event).is_ok()).filter(|&sent| sent).count())
+                    as Job
+            })
+            .collect();
+        let (time, accepted) = producers.run(jobs);
+        assert_eq!(accepted, events.len(), "every event sent");
+        while self.receiver.try_recv().is_ok() {}
+        time
+    }
+}
+
+fn main() {
+    let mut criterion = support::criterion();
+    let events = EventGen::new(0xe9).events(ROUND, WEBHOOKS, 0);
+    let mut crate_side = CrateSide::new();
+    let mut channel_side = ChannelSide::new();
+    let mut ratios = Vec::new();
+
+    for threads in [1, 2] {
+        let producers = Producers::new(threads);
+        {
+            let mut group = criterion.benchmark_group("enqueue");
+            group.throughput(Throughput::Elements(ROUND as u64));
+            group.bench_function(
+                BenchmarkId::new("eventhook_10k_webhooks", format!("{threads}_producers")),
+                |bencher| bencher.iter_custom(|iters| (0..iters).map(|_| crate_side.round(&events, &producers)).sum()),
+            );
+            group.bench_function(
+                BenchmarkId::new("crossbeam_bounded_send", format!("{threads}_producers")),
+                |bencher| {
+                    bencher.iter_custom(|iters| (0..iters).map(|_| channel_side.round(&events, &producers)).sum())
+                },
+            );
+            group.finish();
+        }
+        if support::is_bench_run() {
+            // The same-run ratio: median rounds, from alternating blocks of 100 rounds.
+            let (crate_time, channel_time) = support::interleaved(
+                20,
+                100,
+                || crate_side.round(&events, &producers),
+                || channel_side.round(&events, &producers),
+            );
+            let elements = ROUND as u64;
+            ratios.push((
+                threads,
+                support::per_element(crate_time, elements),
+                support::per_element(channel_time, elements),
+            ));
+        }
+        producers.stop();
+    }
+    criterion.final_summary();
+    if !support::is_bench_run() {
+        return; // `cargo test --benches`: criterion ran each routine once.
+    }
+
+    println!();
+    for (threads, crate_ns, channel_ns) in ratios {
+        let ratio = crate_ns / channel_ns;
+        let detail = format!("{crate_ns:.1} ns/event vs {channel_ns:.1} ns/event");
+        let criterion_detail = match (
+            support::criterion_mean_ns("enqueue", &format!("eventhook_10k_webhooks/{threads}_producers")),
+            support::criterion_mean_ns("enqueue", &format!("crossbeam_bounded_send/{threads}_producers")),
+        ) {
+            (Some(crate_mean), Some(channel_mean)) => {
+                format!("; criterion means give {:.2}x", crate_mean / channel_mean)
+            }
+            _ => String::new(),
+        };
+        support::report(
+            &format!("enqueue/{threads}_producers"),
+            "eventhook time / crossbeam time",
+            ratio,
+            Goal::AtMost(2.0),
+            &format!("{detail}{criterion_detail}"),
+        );
+    }
+}

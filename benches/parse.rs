@@ -1,0 +1,71 @@
+//! `parse`: a push of 100 realistic events parsed into typed events by the
+//! crate, against `serde_json::from_slice::<Vec<serde_json::Value>>`.
+//! Goal: the codec at least 2x faster.
+
+mod support;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::Throughput;
+use support::Goal;
+
+fn timed(iterations: u32, mut work: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iterations {
+        work();
+    }
+    start.elapsed() / iterations
+}
+
+fn main() {
+    let events = support::push_events();
+    let body = eventhook::wire::encode_push(&events);
+    assert_eq!(eventhook::wire::parse_push(&body).expect("the codec reads its own pushes"), events, "round trip");
+    assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&body).expect("valid JSON").len(), events.len());
+    println!("push: {} events, {} bytes", events.len(), body.len());
+
+    let mut criterion = support::criterion();
+    {
+        let mut group = criterion.benchmark_group("parse");
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function("eventhook_parse_push", |bencher| {
+            bencher.iter(|| eventhook::wire::parse_push(black_box(&body)).expect("valid"))
+        });
+        group.bench_function("serde_json_value", |bencher| {
+            bencher.iter(|| serde_json::from_slice::<Vec<serde_json::Value>>(black_box(&body)).expect("valid"))
+        });
+        group.finish();
+    }
+    criterion.final_summary();
+    if !support::is_bench_run() {
+        return; // `cargo test --benches`: criterion ran each routine once.
+    }
+
+    let (ours, theirs) = support::interleaved(
+        20,
+        200,
+        || timed(1, || drop(black_box(eventhook::wire::parse_push(black_box(&body))))),
+        || timed(1, || drop(black_box(serde_json::from_slice::<Vec<serde_json::Value>>(black_box(&body))))),
+    );
+    let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
+    let criterion_detail = match (
+        support::criterion_mean_ns("parse", "eventhook_parse_push"),
+        support::criterion_mean_ns("parse", "serde_json_value"),
+    ) {
+        (Some(ours), Some(theirs)) => format!("; criterion means give {:.2}x", theirs / ours),
+        _ => String::new(),
+    };
+    println!();
+    support::report(
+        "parse/100_events",
+        "serde_json Value time / eventhook time",
+        ratio,
+        Goal::AtLeast(2.0),
+        &format!(
+            "{:.1} µs vs {:.1} µs per push{criterion_detail}",
+            ours.as_secs_f64() * 1e6,
+            theirs.as_secs_f64() * 1e6
+        ),
+    );
+}
