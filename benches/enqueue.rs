@@ -8,7 +8,7 @@
 //! would be). Producers are long-lived
 //! threads that start together on a barrier; a round's time runs from the
 //! first producer's start to the last one's end. Between rounds, untimed,
-//! the core drains its intake (`poll_push` with the clock not advanced: the
+//! the core drains its intake (`take_in_all`, then `poll_push` with the clock not advanced: the
 //! events are encoded into the webhooks' queues) and every 100 rounds it
 //! delivers everything (clock advanced, every push answered 200), so no
 //! queue ever fills; the channel's receiver drains it the same way.
@@ -148,6 +148,7 @@ impl CrateSide {
         if deliver {
             self.clock.advance(Duration::from_secs(61));
         }
+        self.core.take_in_all();
         let pushes: Vec<_> = std::iter::from_fn(|| self.core.poll_push()).collect();
         for push in &pushes {
             self.core.on_push_result(&push.id, Ok(http::StatusCode::OK));

@@ -69,6 +69,7 @@ impl Scene {
             self.seq += 1;
             assert!(self.enqueuer.enqueue(event).is_accepted());
         }
+        self.core.take_in_all();
         let early: Vec<Push> = std::iter::from_fn(|| self.core.poll_push()).collect();
         for push in &early {
             self.core.on_push_result(&push.id, Ok(http::StatusCode::OK));

@@ -1,12 +1,15 @@
 //! A bot's webhook settings, checked when they are configured.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::Uri;
 
 use crate::event::EventFlags;
+
+const BEARER_PREFIX: &str = "Bearer ";
 
 /// The bot's API secret, sent as `Authorization: Bearer <secret>`.
 ///
@@ -23,7 +26,7 @@ use crate::event::EventFlags;
 /// ```
 #[derive(Clone)]
 pub struct BotSecret {
-    secret: Box<str>,
+    /// `Bearer <secret>`: the secret is kept only here, to keep configured webhooks small.
     authorization: HeaderValue,
 }
 
@@ -44,15 +47,16 @@ impl BotSecret {
                 },
             });
         }
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {secret}"))
+        let mut authorization = HeaderValue::from_str(&format!("{BEARER_PREFIX}{secret}"))
             .map_err(|_| ConfigError::InvalidSecret { reason: "it is not a valid header value" })?;
         authorization.set_sensitive(true);
-        Ok(BotSecret { secret: secret.into_boxed_str(), authorization })
+        Ok(BotSecret { authorization })
     }
 
     /// The secret itself, for comparing with a received bearer.
     pub fn expose(&self) -> &str {
-        &self.secret
+        // Built from "Bearer " and visible ASCII, so both steps always succeed.
+        self.authorization.to_str().ok().and_then(|value| value.strip_prefix(BEARER_PREFIX)).unwrap_or_default()
     }
 
     /// `Bearer <secret>`, marked sensitive so HTTP libraries do not log it.
@@ -162,7 +166,7 @@ pub enum Plan {
 /// ```
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    pub(crate) bot_token: String,
+    pub(crate) bot_token: Arc<str>,
     pub(crate) account_name: String,
     pub(crate) url: WebhookUrl,
     pub(crate) secret: BotSecret,
@@ -218,6 +222,11 @@ impl WebhookConfig {
     /// The bot whose events this webhook receives.
     pub fn bot_token(&self) -> &str {
         &self.bot_token
+    }
+
+    /// The bot token, shared rather than copied by the dispatcher.
+    pub(crate) fn shared_bot_token(&self) -> Arc<str> {
+        Arc::clone(&self.bot_token)
     }
     /// The account that owns the bot (named in alerts).
     pub fn account_name(&self) -> &str {
@@ -367,7 +376,7 @@ impl WebhookConfigBuilder {
         at_least("max_batch_bytes", self.max_batch_bytes >= 1024, "1024")?;
         at_least("queue_capacity", self.queue_capacity >= 1, "1")?;
         Ok(WebhookConfig {
-            bot_token: self.bot_token,
+            bot_token: Arc::from(self.bot_token),
             account_name: self.account_name,
             url,
             secret,

@@ -35,6 +35,9 @@ use crate::wire;
 /// ("more than 10 times", as the platform says).
 pub const MAX_FAILURES_IN_ROW: u32 = 10;
 
+/// Events taken in from the intake per poll during a burst.
+const INTAKE_SHARE: usize = 1024;
+
 /// Limits that protect the host, over all webhooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CoreLimits {
@@ -218,6 +221,8 @@ pub struct DispatchCore {
     notices: std::collections::VecDeque<Notice>,
     flushing_webhooks: usize,
     flush_failures: usize,
+    /// Whether the last take-in stopped at its limit with events left behind.
+    intake_backlog: bool,
 }
 
 impl fmt::Debug for DispatchCore {
@@ -249,6 +254,7 @@ impl DispatchCore {
             notices: std::collections::VecDeque::new(),
             flushing_webhooks: 0,
             flush_failures: 0,
+            intake_backlog: false,
         };
         (core, Enqueuer { admission })
     }
@@ -261,7 +267,7 @@ impl DispatchCore {
         let admission = Arc::clone(&self.admission);
         let mut gates = admission.write_gates();
         self.drain_intake();
-        let token: Arc<str> = Arc::from(config.bot_token());
+        let token = config.shared_bot_token();
         let anchor = now + phase(&token, config.push_interval());
         match self.webhooks.get_mut(&token) {
             Some(webhook) => {
@@ -317,10 +323,19 @@ impl DispatchCore {
         events
     }
 
+    /// Takes in every event waiting in the intake now, encoding each into
+    /// its webhook's queue. [`poll_push`](Self::poll_push) and
+    /// [`next_wakeup`](Self::next_wakeup) take a bounded share per call, so
+    /// that during a burst pushes leave while the rest is encoded;
+    /// `next_wakeup` returns the current time while a share is left.
+    pub fn take_in_all(&mut self) {
+        self.drain_intake();
+    }
+
     /// The next call to make now, if any webhook is due and the concurrency
     /// cap allows. Call repeatedly until `None`.
     pub fn poll_push(&mut self) -> Option<Push> {
-        self.drain_intake();
+        self.take_in_some();
         if self.calls_in_flight >= self.limits.max_concurrent_pushes {
             return None;
         }
@@ -355,7 +370,7 @@ impl DispatchCore {
     /// `take_undelivered` are ignored.
     pub fn on_push_result(&mut self, id: &PushId, result: Result<StatusCode, TransportError>) {
         // Events waiting in the intake count when deciding whether a full batch is left.
-        self.drain_intake();
+        self.take_in_some();
         let now = self.clock.now();
         let Some(webhook) = self.webhooks.get_mut(&id.bot_token) else { return };
         let Some(call) = webhook.call.take_if(|call| call.sequence == id.sequence) else { return };
@@ -420,7 +435,11 @@ impl DispatchCore {
     /// is scheduled, or the concurrency cap is reached and only a call's
     /// result can free a slot.
     pub fn next_wakeup(&mut self) -> Option<Instant> {
-        self.drain_intake();
+        self.take_in_some();
+        if self.intake_backlog {
+            // More events wait in the intake: come back at once.
+            return Some(self.clock.now());
+        }
         if self.calls_in_flight >= self.limits.max_concurrent_pushes {
             return None;
         }
@@ -538,12 +557,26 @@ impl DispatchCore {
         DispatcherStats { webhooks: self.webhooks.len(), disabled_webhooks, totals }
     }
 
-    /// Moves accepted events from the intake into their webhooks' queues,
-    /// encoding them once here, off the callers' threads.
+    /// Takes in every event waiting in the intake.
     fn drain_intake(&mut self) {
+        self.take_in(usize::MAX);
+    }
+
+    /// Takes in a bounded share of the intake, so that during a burst pushes
+    /// leave while the rest is still being encoded.
+    fn take_in_some(&mut self) {
+        self.take_in(INTAKE_SHARE);
+    }
+
+    /// Moves up to `limit` accepted events from the intake into their
+    /// webhooks' queues, encoding them once here, off the callers' threads.
+    fn take_in(&mut self, limit: usize) {
         let now = self.clock.now();
         let mut encoded = Vec::new();
-        while let Ok(Admitted { gate, event }) = self.intake.try_recv() {
+        let mut taken = 0;
+        while taken < limit {
+            let Ok(Admitted { gate, event }) = self.intake.try_recv() else { break };
+            taken += 1;
             let Some(webhook) = self.webhooks.get_mut(&gate.bot_token) else {
                 // Unreachable by the locking protocol of `remove`; counted, never lost.
                 gate.counters.pending_to_dropped(1, DropReason::Removed);
@@ -574,6 +607,8 @@ impl DispatchCore {
                 self.schedule_at(&token, due);
             }
         }
+        // Stopping at the limit may leave events behind.
+        self.intake_backlog = taken == limit;
     }
 
     fn schedule_at(&mut self, token: &Arc<str>, due: Instant) {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::channel::oneshot;
@@ -37,7 +37,7 @@ use crate::transport::{Transport, TransportError, TransportErrorKind};
 /// # #[cfg(all(feature = "reqwest", feature = "tokio"))]
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use std::time::Duration;
+/// use std::time::{Duration, Instant};
 /// use eventhook::dispatch::{Dispatcher, WebhookDispatcher};
 /// use eventhook::{ChatContext, Event, EventFactory, WebhookConfig};
 ///
@@ -120,13 +120,15 @@ impl fmt::Debug for WebhookDispatcher {
 
 /// What woke the driver.
 enum Wake {
-    CallEnded(PushId, Result<http::StatusCode, TransportError>),
+    CallsEnded(Vec<(PushId, Result<http::StatusCode, TransportError>)>),
     Work,
 }
 
 async fn drive(shared: Arc<Shared>) {
     let mut calls: FuturesUnordered<BoxFuture<'static, (PushId, Result<http::StatusCode, TransportError>)>> =
         FuturesUnordered::new();
+    // The timer and the time it is set for; kept while the wake-up time does not change.
+    let mut timer: Option<(Instant, BoxFuture<'static, ()>)> = None;
     while !shared.stop.load(Ordering::Acquire) {
         let mut notices = Vec::new();
         let wake_at = {
@@ -146,22 +148,38 @@ async fn drive(shared: Arc<Shared>) {
             core.next_wakeup()
         };
         shared.deliver(notices);
-        let mut timer = wake_at.map(|at| shared.runtime.sleep(at.saturating_duration_since(shared.clock.now())));
+        match wake_at {
+            Some(at) if timer.as_ref().is_some_and(|(set_for, _)| *set_for == at) => {}
+            Some(at) => {
+                timer = Some((at, shared.runtime.sleep(at.saturating_duration_since(shared.clock.now()))));
+            }
+            None => timer = None,
+        }
         let wake = future::poll_fn(|context| {
-            if let Poll::Ready(Some((id, result))) = calls.poll_next_unpin(context) {
-                return Poll::Ready(Wake::CallEnded(id, result));
+            let mut ended = Vec::new();
+            while let Poll::Ready(Some(result)) = calls.poll_next_unpin(context) {
+                ended.push(result);
+            }
+            if !ended.is_empty() {
+                return Poll::Ready(Wake::CallsEnded(ended));
             }
             if shared.enqueuer.doorbell().poll_rung(context).is_ready() {
                 return Poll::Ready(Wake::Work);
             }
-            match timer.as_mut().map(|timer| timer.poll_unpin(context)) {
-                Some(Poll::Ready(())) => Poll::Ready(Wake::Work),
-                _ => Poll::Pending,
+            if let Some((_, sleep)) = timer.as_mut() {
+                if sleep.poll_unpin(context).is_ready() {
+                    timer = None;
+                    return Poll::Ready(Wake::Work);
+                }
             }
+            Poll::Pending
         })
         .await;
-        if let Wake::CallEnded(id, result) = wake {
-            shared.lock_core().on_push_result(&id, result);
+        if let Wake::CallsEnded(ended) = wake {
+            let mut core = shared.lock_core();
+            for (id, result) in ended {
+                core.on_push_result(&id, result);
+            }
         }
     }
 }
