@@ -83,17 +83,11 @@ impl Doorbell {
     }
 }
 
-/// An accepted event on its way to the core.
-pub(crate) struct Admitted {
-    pub(crate) gate: Arc<Gate>,
-    pub(crate) event: Event,
-}
-
 /// The shared admission state: configured bots, global bound, intake.
 #[derive(Debug)]
 pub(crate) struct Admission {
     gates: RwLock<TokenMap<Arc<Gate>>>,
-    intake: Sender<Admitted>,
+    intake: Sender<Event>,
     /// Accepted events not yet delivered or dropped, over all webhooks.
     pending_total: AtomicUsize,
     max_pending_total: usize,
@@ -103,14 +97,8 @@ pub(crate) struct Admission {
     pub(crate) retired: Counters,
 }
 
-impl std::fmt::Debug for Admitted {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Admitted").field("bot_token", &self.gate.bot_token).finish_non_exhaustive()
-    }
-}
-
 impl Admission {
-    pub(crate) fn new(intake: Sender<Admitted>, max_pending_total: usize) -> Admission {
+    pub(crate) fn new(intake: Sender<Event>, max_pending_total: usize) -> Admission {
         Admission {
             gates: RwLock::new(TokenMap::default()),
             intake,
@@ -183,15 +171,14 @@ impl Admission {
             return EnqueueOutcome::QueueFull(event);
         }
         gate.counters.accepted.fetch_add(1, Ordering::Relaxed);
-        let admitted = Admitted { gate: Arc::clone(gate), event };
-        if let Err(returned) = self.intake.send(admitted) {
+        // Only the event travels: the core finds its webhook by token, off this thread.
+        if let Err(returned) = self.intake.send(event) {
             // The core is gone: undo, and hand the event back.
-            let Admitted { gate, event } = returned.0;
             gate.counters.accepted.fetch_sub(1, Ordering::Relaxed);
             gate.counters.pending.fetch_sub(1, Ordering::AcqRel);
             self.pending_total.fetch_sub(1, Ordering::AcqRel);
             gate.counters.refuse(Refusal::Closed);
-            return EnqueueOutcome::Closed(event);
+            return EnqueueOutcome::Closed(returned.0);
         }
         if pending_before == 0 {
             // The webhook may have been idle: the core must schedule it.

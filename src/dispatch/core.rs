@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderValue, Method, Request, StatusCode};
 
-use super::admission::{Admission, Admitted, Gate};
+use super::admission::{Admission, Gate};
 use super::stats::{DispatcherStats, DropReason, EventCounts, WebhookState, WebhookStats};
 use super::store::{array_length, WebhookStore};
 use super::token_hash::TokenMap;
@@ -208,7 +208,7 @@ impl Enqueuer {
 /// ```
 pub struct DispatchCore {
     admission: Arc<Admission>,
-    intake: Receiver<Admitted>,
+    intake: Receiver<Event>,
     /// Boxed: the map's spare capacity then costs a pointer per slot, not a whole webhook.
     webhooks: TokenMap<Box<Webhook>>,
     /// Due times of webhooks with events waiting: a min-heap with lazy deletion.
@@ -575,15 +575,17 @@ impl DispatchCore {
         let mut encoded = Vec::new();
         let mut taken = 0;
         while taken < limit {
-            let Ok(Admitted { gate, event }) = self.intake.try_recv() else { break };
+            let Ok(event) = self.intake.try_recv() else { break };
             taken += 1;
-            let Some(webhook) = self.webhooks.get_mut(&gate.bot_token) else {
-                // Unreachable by the locking protocol of `remove`; counted, never lost.
-                gate.counters.pending_to_dropped(1, DropReason::Removed);
-                self.admission.retired.absorb_drop(DropReason::Removed);
+            let webhook = event.bot_token().and_then(|token| self.webhooks.get_mut(token));
+            let Some(webhook) = webhook else {
+                // Unreachable by the locking protocol of `remove`, which counted
+                // the event as pending among the retired counts; never lost silently.
+                self.admission.retired.pending_to_dropped(1, DropReason::Removed);
                 self.admission.release(1);
                 continue;
             };
+            let gate = Arc::clone(&webhook.gate);
             let drop_reason = if webhook.store.disabled {
                 Some(DropReason::Disabled)
             } else if webhook.config.plan() == Plan::Free {

@@ -166,12 +166,6 @@ impl Counters {
         }
     }
 
-    /// Counts an event accepted for a webhook already gone, and dropped.
-    pub(crate) fn absorb_drop(&self, reason: DropReason) {
-        add(&self.accepted, 1);
-        add(&self.dropped[reason as usize], 1);
-    }
-
     pub(crate) fn snapshot(&self) -> EventCounts {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         EventCounts {
