@@ -172,13 +172,7 @@ fn main() {
         || timed(1, || drop(black_box(serde_encode(black_box(&events))))),
     );
     let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
-    let criterion_detail = match (
-        support::criterion_mean_ns("encode", "eventhook_encode_push"),
-        support::criterion_mean_ns("encode", "serde_derive_chrono"),
-    ) {
-        (Some(ours), Some(theirs)) => format!("; criterion means give {:.2}x", theirs / ours),
-        _ => String::new(),
-    };
+    let criterion_detail = support::criterion_ratio_detail("encode", "serde_derive_chrono", "eventhook_encode_push");
     println!();
     support::report(
         "encode/100_events",

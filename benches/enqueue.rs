@@ -139,7 +139,7 @@ impl CrateSide {
         let (time, accepted) = producers.run(jobs);
         assert_eq!(accepted, events.len(), "every event accepted");
         self.rounds += 1;
-        self.settle(self.rounds % DELIVER_EVERY == 0);
+        self.settle(self.rounds.is_multiple_of(DELIVER_EVERY));
         time
     }
 
@@ -235,15 +235,11 @@ fn main() {
     for (threads, crate_ns, channel_ns) in ratios {
         let ratio = crate_ns / channel_ns;
         let detail = format!("{crate_ns:.1} ns/event vs {channel_ns:.1} ns/event");
-        let criterion_detail = match (
-            support::criterion_mean_ns("enqueue", &format!("eventhook_10k_webhooks/{threads}_producers")),
-            support::criterion_mean_ns("enqueue", &format!("crossbeam_bounded_send/{threads}_producers")),
-        ) {
-            (Some(crate_mean), Some(channel_mean)) => {
-                format!("; criterion means give {:.2}x", crate_mean / channel_mean)
-            }
-            _ => String::new(),
-        };
+        let criterion_detail = support::criterion_ratio_detail(
+            "enqueue",
+            &format!("eventhook_10k_webhooks/{threads}_producers"),
+            &format!("crossbeam_bounded_send/{threads}_producers"),
+        );
         support::report(
             &format!("enqueue/{threads}_producers"),
             "eventhook time / crossbeam time",

@@ -49,13 +49,7 @@ fn main() {
         || timed(1, || drop(black_box(serde_json::from_slice::<Vec<serde_json::Value>>(black_box(&body))))),
     );
     let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
-    let criterion_detail = match (
-        support::criterion_mean_ns("parse", "eventhook_parse_push"),
-        support::criterion_mean_ns("parse", "serde_json_value"),
-    ) {
-        (Some(ours), Some(theirs)) => format!("; criterion means give {:.2}x", theirs / ours),
-        _ => String::new(),
-    };
+    let criterion_detail = support::criterion_ratio_detail("parse", "serde_json_value", "eventhook_parse_push");
     println!();
     support::report(
         "parse/100_events",

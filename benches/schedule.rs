@@ -114,13 +114,8 @@ fn main() {
 
     let (large_time, small_time) = support::interleaved(20, 100, || large.iteration(), || small.iteration());
     let ratio = large_time.as_secs_f64() / small_time.as_secs_f64();
-    let criterion_detail = match (
-        support::criterion_mean_ns("schedule", "eventhook_100_due/100000_idle"),
-        support::criterion_mean_ns("schedule", "eventhook_100_due/1000_idle"),
-    ) {
-        (Some(large), Some(small)) => format!("; criterion means give {:.2}x", large / small),
-        _ => String::new(),
-    };
+    let criterion_detail =
+        support::criterion_ratio_detail("schedule", "eventhook_100_due/100000_idle", "eventhook_100_due/1000_idle");
     println!();
     support::report(
         "schedule/100_due",

@@ -122,7 +122,7 @@ impl Simulation {
                     let id = format!("event-{}", self.next_id);
                     self.next_id += 1;
                     let factory = self.harness.factory(&bot_name(bot));
-                    let event = if self.next_id % 3 == 0 {
+                    let event = if self.next_id.is_multiple_of(3) {
                         Event::NlpMissed(factory.missed_text(&eventhook::ChatContext::new("c", "Web"), id.clone()))
                     } else {
                         Event::UserMessage(factory.message(&eventhook::ChatContext::new("c", "Web"), id.clone()))

@@ -347,6 +347,15 @@ pub fn interleaved(
     (median(crate_times), median(baseline_times))
 }
 
+/// "; criterion means give N.NNx", the ratio of the criterion mean estimates
+/// of `numerator` to `denominator` in `group`, or nothing when either is missing.
+pub fn criterion_ratio_detail(group: &str, numerator: &str, denominator: &str) -> String {
+    match (criterion_mean_ns(group, numerator), criterion_mean_ns(group, denominator)) {
+        (Some(numerator), Some(denominator)) => format!("; criterion means give {:.2}x", numerator / denominator),
+        _ => String::new(),
+    }
+}
+
 /// Criterion's mean estimate for `group/id` in this run, in nanoseconds per
 /// iteration, if it can be found (`$CARGO_TARGET_DIR` or `./target`).
 pub fn criterion_mean_ns(group: &str, id: &str) -> Option<f64> {

@@ -102,7 +102,7 @@ impl EventDate {
         let mut ticks = nanos / NANOS_PER_TICK;
         if ticks != 0 {
             let mut digits = 7;
-            while ticks % 10 == 0 {
+            while ticks.is_multiple_of(10) {
                 ticks /= 10;
                 digits -= 1;
             }
