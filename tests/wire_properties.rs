@@ -55,7 +55,7 @@ fn date() -> impl Strategy<Value = EventDate> {
 }
 
 fn origin() -> impl Strategy<Value = Origin> {
-    (text(), text()).prop_map(|(bot_token, account_name)| Origin { bot_token, account_name })
+    (text(), text()).prop_map(|(bot_token, account_name)| Origin::new(bot_token, account_name))
 }
 
 fn message() -> impl Strategy<Value = Message> {

@@ -65,7 +65,7 @@ impl std::fmt::Debug for EventFactory {
 
 impl EventFactory {
     /// A factory for the bot `bot_token` of `account_name`, dating events by the system clock.
-    pub fn new(bot_token: impl Into<String>, account_name: impl Into<String>) -> EventFactory {
+    pub fn new(bot_token: impl Into<Arc<str>>, account_name: impl Into<Arc<str>>) -> EventFactory {
         EventFactory { origin: Origin::new(bot_token, account_name), clock: Arc::new(SystemClock) }
     }
 

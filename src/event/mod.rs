@@ -5,6 +5,8 @@
 //! sent cannot be built. [`Event::Unknown`] keeps, for receivers, an event
 //! whose `Type` this crate does not know yet, with every field.
 
+use std::sync::Arc;
+
 mod date;
 mod factory;
 mod flags;
@@ -17,17 +19,28 @@ pub use flags::EventFlags;
 pub use kind::{EventKind, UnknownKindCode};
 
 /// Who produced an event: on every event (`BotToken`, `AccountName`).
+///
+/// Shared strings: every event of a bot carries the same two values, so
+/// cloning an origin (as [`EventFactory`] does per event, and the parser per
+/// entry of a push) copies two pointers instead of allocating.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Origin {
     /// `BotToken`: the bot's unique token. The dispatcher routes events by it.
-    pub bot_token: String,
+    pub bot_token: Arc<str>,
     /// `AccountName`: the full name of the account that owns the bot.
-    pub account_name: String,
+    pub account_name: Arc<str>,
 }
 
 impl Origin {
     /// The origin for a bot of an account.
-    pub fn new(bot_token: impl Into<String>, account_name: impl Into<String>) -> Origin {
+    ///
+    /// ```
+    /// use eventhook::Origin;
+    ///
+    /// let origin = Origin::new("bot-token", String::from("Matelab Srl"));
+    /// assert_eq!(&*origin.bot_token, "bot-token");
+    /// ```
+    pub fn new(bot_token: impl Into<Arc<str>>, account_name: impl Into<Arc<str>>) -> Origin {
         Origin { bot_token: bot_token.into(), account_name: account_name.into() }
     }
 }
@@ -358,7 +371,7 @@ impl Event {
     pub fn bot_token(&self) -> Option<&str> {
         match self {
             Event::Unknown(unknown) => unknown.field("BotToken").and_then(serde_json::Value::as_str),
-            known => known.origin().map(|origin| origin.bot_token.as_str()),
+            known => known.origin().map(|origin| &*origin.bot_token),
         }
     }
 

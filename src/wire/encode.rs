@@ -30,27 +30,54 @@ const fn escape_table() -> [u8; 256] {
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// Whether any of the 8 bytes in `word` may need escaping: below 0x20, `"`
+/// or `\`. False positives are possible (they are checked byte by byte),
+/// false negatives are not.
+#[inline]
+fn may_need_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero_byte = |value: u64| value.wrapping_sub(ONES) & !value & HIGHS;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    (below_space | has_zero_byte(word ^ (ONES * u64::from(b'"'))) | has_zero_byte(word ^ (ONES * u64::from(b'\\'))))
+        != 0
+}
+
 /// Writes `text` as a JSON string, quotes included.
+///
+/// Scans 8 bytes at a time and copies clean runs whole: most texts need no
+/// escape at all, and a byte-at-a-time loop was both slower and sensitive to
+/// where the compiler placed it.
 pub(crate) fn write_string(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut run_start = 0;
-    for (index, &byte) in bytes.iter().enumerate() {
+    let mut index = 0;
+    while index < bytes.len() {
+        if let Some(chunk) = bytes.get(index..index + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !may_need_escape(u64::from_le_bytes(word)) {
+                index += 8;
+                continue;
+            }
+        }
+        let byte = bytes[index];
         let escape = ESCAPE[usize::from(byte)];
-        if escape == 0 {
-            continue;
+        if escape != 0 {
+            // Copy the unescaped run in one go.
+            out.extend_from_slice(&bytes[run_start..index]);
+            if escape == b'u' {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX_DIGITS[usize::from(byte >> 4)]);
+                out.push(HEX_DIGITS[usize::from(byte & 0x0f)]);
+            } else {
+                out.extend_from_slice(&[b'\\', escape]);
+            }
+            run_start = index + 1;
         }
-        // Copy the unescaped run in one go: most strings have no escape at all.
-        out.extend_from_slice(&bytes[run_start..index]);
-        if escape == b'u' {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX_DIGITS[usize::from(byte >> 4)]);
-            out.push(HEX_DIGITS[usize::from(byte & 0x0f)]);
-        } else {
-            out.extend_from_slice(&[b'\\', escape]);
-        }
-        run_start = index + 1;
+        index += 1;
     }
     out.extend_from_slice(&bytes[run_start..]);
     out.push(b'"');
@@ -183,6 +210,24 @@ pub(crate) fn encode_push(events: &[Event]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_ascii_byte_at_every_position_of_a_word_is_escaped_like_serde_json() {
+        for byte in 0u8..0x80 {
+            for position in 0..17 {
+                let mut text = vec![b'a'; 17];
+                text[position] = byte;
+                let text = String::from_utf8(text).unwrap();
+                let mut out = Vec::new();
+                write_string(&mut out, &text);
+                assert_eq!(out, serde_json::to_vec(&text).unwrap(), "byte {byte:#04x} at {position}");
+            }
+        }
+        let mut out = Vec::new();
+        write_string(&mut out, "é😀 naïve\u{7f}");
+        assert_eq!(out, serde_json::to_vec("é😀 naïve\u{7f}").unwrap());
+    }
+
     use super::*;
 
     fn encoded(text: &str) -> String {

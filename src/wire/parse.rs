@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
@@ -387,6 +388,9 @@ macro_rules! reject_scalars {
     };
 }
 
+/// How many preceding entries' origins a new entry may share strings with.
+const RECENT_ORIGINS: usize = 4;
+
 /// The top level of a push: an array of entries, or one entry.
 struct PushVisitor<'slot> {
     failure: &'slot mut Option<ParseError>,
@@ -534,7 +538,9 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
         let Some(code) = code else {
             return fail(self.failure, ParseError::MissingType { entry });
         };
-        match fields.build(code, extras) {
+        // Entries of a push share their bot (or a few): reuse recent origins' strings.
+        let recent = &self.events[self.events.len().saturating_sub(RECENT_ORIGINS)..];
+        match fields.build(code, extras, recent) {
             Ok(event) => {
                 self.events.push(event);
                 Ok(())
@@ -628,35 +634,57 @@ impl<'de> EntryFields<'de> {
         }
     }
 
+    /// `BotToken` and `AccountName`, sharing the strings of `recent` entries where equal.
     #[inline]
-    fn origin(&mut self) -> Result<Origin, ParseError> {
-        Ok(Origin { bot_token: self.required(Field::BotToken)?, account_name: self.required(Field::AccountName)? })
+    fn origin(&mut self, recent: &[Event]) -> Result<Origin, ParseError> {
+        let bot_token = self.shared(Field::BotToken, recent, |origin| &origin.bot_token)?;
+        let account_name = self.shared(Field::AccountName, recent, |origin| &origin.account_name)?;
+        Ok(Origin { bot_token, account_name })
+    }
+
+    /// A required key as a shared string: a recent entry's string when the
+    /// text is the same, so a push of one bot's events allocates its origin once.
+    #[inline]
+    fn shared(
+        &mut self,
+        field: Field,
+        recent: &[Event],
+        pick: impl Fn(&Origin) -> &Arc<str>,
+    ) -> Result<Arc<str>, ParseError> {
+        match self.take(field) {
+            Some(FieldValue::String(text)) => {
+                let known = recent.iter().rev().filter_map(Event::origin).map(&pick).find(|known| ***known == *text);
+                Ok(known.map_or_else(|| Arc::from(text.as_ref()), Arc::clone))
+            }
+            Some(other) => Err(self.wrong_type(field, &other)),
+            None => Err(ParseError::MissingKey { entry: self.entry, key: field.name() }),
+        }
     }
 
     // Keys are checked in wire order so the first error reported is stable.
-    fn message(&mut self) -> Result<Message, ParseError> {
+    fn message(&mut self, recent: &[Event]) -> Result<Message, ParseError> {
         let item_type = self.optional(Field::ItemType)?;
         let sub_type = self.optional(Field::SubType)?;
         let data = self.required(Field::Data)?;
         let date = self.required_date()?;
-        let origin = self.origin()?;
+        let origin = self.origin(recent)?;
         let conversation_id = self.required(Field::ConversationId)?;
         let user_name = self.optional(Field::UserName)?;
         let channel = self.required(Field::Channel)?;
         Ok(Message { origin, item_type, sub_type, data, date, conversation_id, user_name, channel })
     }
 
-    fn catalog_change(&mut self) -> Result<CatalogChange, ParseError> {
+    fn catalog_change(&mut self, recent: &[Event]) -> Result<CatalogChange, ParseError> {
         let date = self.optional_date()?;
-        let origin = self.origin()?;
+        let origin = self.origin(recent)?;
         let name = self.required(Field::Name)?;
         let key = self.required(Field::Key)?;
         Ok(CatalogChange { origin, date, name, key })
     }
 
-    fn missed_text(&mut self) -> Result<MissedText, ParseError> {
+    fn missed_text(&mut self, recent: &[Event]) -> Result<MissedText, ParseError> {
         let date = self.optional_date()?;
-        let origin = self.origin()?;
+        let origin = self.origin(recent)?;
         let conversation_id = self.optional(Field::ConversationId)?;
         let user_name = self.optional(Field::UserName)?;
         let channel = self.optional(Field::Channel)?;
@@ -664,10 +692,10 @@ impl<'de> EntryFields<'de> {
         Ok(MissedText { origin, date, conversation_id, user_name, channel, text })
     }
 
-    fn conversation_event(&mut self) -> Result<ConversationEvent, ParseError> {
+    fn conversation_event(&mut self, recent: &[Event]) -> Result<ConversationEvent, ParseError> {
         let data = self.optional(Field::Data)?;
         let date = self.optional_date()?;
-        let origin = self.origin()?;
+        let origin = self.origin(recent)?;
         let conversation_id = self.required(Field::ConversationId)?;
         let user_name = self.optional(Field::UserName)?;
         let channel = self.optional(Field::Channel)?;
@@ -688,22 +716,22 @@ impl<'de> EntryFields<'de> {
         UnknownEvent { code, fields: fields.into_iter().map(|(_, name, value)| (name, value)).collect() }
     }
 
-    fn build(&mut self, code: u64, extras: Vec<Extra<'_>>) -> Result<Event, ParseError> {
+    fn build(&mut self, code: u64, extras: Vec<Extra<'_>>, recent: &[Event]) -> Result<Event, ParseError> {
         Ok(match code {
-            0 => Event::BotMessage(self.message()?),
-            1 => Event::UserMessage(self.message()?),
-            2 => Event::ConversationError(self.conversation_event()?),
-            3 => Event::IntentUpdated(self.catalog_change()?),
-            4 => Event::IntentDeleted(self.catalog_change()?),
-            5 => Event::EntityUpdated(self.catalog_change()?),
-            6 => Event::EntityDeleted(self.catalog_change()?),
-            7 => Event::NlpMissed(self.missed_text()?),
-            8 => Event::NewUser(self.conversation_event()?),
-            9 => Event::ReturningUser(self.conversation_event()?),
-            10 => Event::TakeOver(self.conversation_event()?),
-            11 => Event::HandOver(self.conversation_event()?),
-            12 => Event::Fallback(self.conversation_event()?),
-            13 => Event::WrongAnswer(self.conversation_event()?),
+            0 => Event::BotMessage(self.message(recent)?),
+            1 => Event::UserMessage(self.message(recent)?),
+            2 => Event::ConversationError(self.conversation_event(recent)?),
+            3 => Event::IntentUpdated(self.catalog_change(recent)?),
+            4 => Event::IntentDeleted(self.catalog_change(recent)?),
+            5 => Event::EntityUpdated(self.catalog_change(recent)?),
+            6 => Event::EntityDeleted(self.catalog_change(recent)?),
+            7 => Event::NlpMissed(self.missed_text(recent)?),
+            8 => Event::NewUser(self.conversation_event(recent)?),
+            9 => Event::ReturningUser(self.conversation_event(recent)?),
+            10 => Event::TakeOver(self.conversation_event(recent)?),
+            11 => Event::HandOver(self.conversation_event(recent)?),
+            12 => Event::Fallback(self.conversation_event(recent)?),
+            13 => Event::WrongAnswer(self.conversation_event(recent)?),
             _ => Event::Unknown(self.unknown(code, extras)),
         })
     }
