@@ -1,0 +1,150 @@
+//! With the `tracing` feature: a span per push, events for failed calls,
+//! dropped events, disabling and re-enabling, and never the secret.
+#![cfg(feature = "tracing")]
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eventhook::dispatch::{Dispatcher, WebhookDispatcher, WebhookState};
+use eventhook::{ChatContext, Event, EventFactory, Runtime, Transport, TransportError, WebhookConfig};
+use futures::future::BoxFuture;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Metadata, Subscriber};
+
+const SECRET: &str = "tracing-test-secret-value";
+
+/// Keeps every span and event as one line of text.
+#[derive(Default)]
+struct Capture {
+    lines: Mutex<Vec<String>>,
+    next_span: AtomicU64,
+}
+
+struct Line(String);
+
+impl Visit for Line {
+    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+        self.0.push_str(&format!(" {}={value:?}", field.name()));
+    }
+}
+
+impl Subscriber for Capture {
+    fn enabled(&self, _metadata: &Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let mut line = Line(format!("span {}", span.metadata().name()));
+        span.record(&mut line);
+        self.lines.lock().unwrap().push(line.0);
+        Id::from_u64(self.next_span.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    fn record(&self, _span: &Id, values: &Record<'_>) {
+        let mut line = Line("record".to_owned());
+        values.record(&mut line);
+        self.lines.lock().unwrap().push(line.0);
+    }
+
+    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = Line(format!("event {}", event.metadata().level()));
+        event.record(&mut line);
+        self.lines.lock().unwrap().push(line.0);
+    }
+
+    fn enter(&self, _span: &Id) {}
+
+    fn exit(&self, _span: &Id) {}
+}
+
+#[derive(Debug)]
+struct TestRuntime;
+
+impl Runtime for TestRuntime {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        tokio::spawn(task);
+    }
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
+
+#[derive(Debug)]
+struct AlwaysFailing;
+
+#[async_trait]
+impl Transport for AlwaysFailing {
+    async fn send(&self, _request: http::Request<Vec<u8>>) -> Result<http::StatusCode, TransportError> {
+        Ok(http::StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+#[tokio::test]
+async fn pushes_failures_disabling_and_re_enabling_are_traced_without_the_secret() {
+    let capture = Arc::new(Capture::default());
+    tracing::subscriber::set_global_default(CaptureHandle(Arc::clone(&capture))).expect("first subscriber");
+
+    let dispatcher =
+        WebhookDispatcher::builder().transport(Arc::new(AlwaysFailing)).runtime(Arc::new(TestRuntime)).build().unwrap();
+    let config = || {
+        WebhookConfig::builder("traced-bot", "Account", "https://hooks.example.com/traced", SECRET)
+            .push_interval(Duration::from_millis(5))
+            .build()
+            .unwrap()
+    };
+    dispatcher.configure(config()).unwrap();
+    let bot = EventFactory::new("traced-bot", "Account");
+    let _ = dispatcher.enqueue(Event::UserMessage(bot.message(&ChatContext::new("c", "WebChannel"), "hello")));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while dispatcher.webhook_stats("traced-bot").unwrap().state != WebhookState::Disabled {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("disabled in time");
+    dispatcher.configure(config()).unwrap();
+    let _ = dispatcher.shutdown(Duration::from_millis(100)).await;
+
+    let lines = capture.lines.lock().unwrap().clone();
+    let count = |needle: &str| lines.iter().filter(|line| line.contains(needle)).count();
+    assert_eq!(count("span eventhook.push"), 11, "{lines:#?}");
+    assert!(lines.iter().any(|line| line.starts_with("span eventhook.push") && line.contains("traced-bot")));
+    assert_eq!(count("webhook call failed"), 11);
+    assert_eq!(count("events dropped"), 1);
+    assert_eq!(count("webhook disabled"), 1);
+    assert_eq!(count("webhook re-enabled"), 1);
+    assert!(lines.iter().all(|line| !line.contains(SECRET)), "the secret never appears");
+}
+
+/// `set_global_default` takes the subscriber by value; this shares the capture.
+struct CaptureHandle(Arc<Capture>);
+
+impl Subscriber for CaptureHandle {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        self.0.new_span(span)
+    }
+    fn record(&self, span: &Id, values: &Record<'_>) {
+        self.0.record(span, values)
+    }
+    fn record_follows_from(&self, span: &Id, follows: &Id) {
+        self.0.record_follows_from(span, follows)
+    }
+    fn event(&self, event: &tracing::Event<'_>) {
+        self.0.event(event)
+    }
+    fn enter(&self, span: &Id) {
+        self.0.enter(span)
+    }
+    fn exit(&self, span: &Id) {
+        self.0.exit(span)
+    }
+}
