@@ -167,7 +167,7 @@ pub enum Plan {
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
     pub(crate) bot_token: Arc<str>,
-    pub(crate) account_name: String,
+    pub(crate) account_name: Arc<str>,
     pub(crate) url: WebhookUrl,
     pub(crate) secret: BotSecret,
     pub(crate) events: EventFlags,
@@ -227,6 +227,11 @@ impl WebhookConfig {
     /// The bot token, shared rather than copied by the dispatcher.
     pub(crate) fn shared_bot_token(&self) -> Arc<str> {
         Arc::clone(&self.bot_token)
+    }
+
+    /// The account name, shared rather than copied per call.
+    pub(crate) fn shared_account_name(&self) -> Arc<str> {
+        Arc::clone(&self.account_name)
     }
     /// The account that owns the bot (named in alerts).
     pub fn account_name(&self) -> &str {
@@ -377,7 +382,7 @@ impl WebhookConfigBuilder {
         at_least("queue_capacity", self.queue_capacity >= 1, "1")?;
         Ok(WebhookConfig {
             bot_token: Arc::from(self.bot_token),
-            account_name: self.account_name,
+            account_name: Arc::from(self.account_name),
             url,
             secret,
             events: self.events,

@@ -384,7 +384,7 @@ fn every_call_is_reported_for_billing() {
     assert_eq!((calls[0].events, calls[0].bytes), (30, bytes));
     assert_eq!(calls[0].outcome, CallOutcome::FailedStatus(http::StatusCode::INTERNAL_SERVER_ERROR));
     assert_eq!(calls[1].outcome, CallOutcome::Delivered(http::StatusCode::OK));
-    assert_eq!(calls[1].bot_token, "bot");
+    assert_eq!(&*calls[1].bot_token, "bot");
 }
 
 #[test]

@@ -388,9 +388,9 @@ impl DispatchCore {
         let counters = &webhook.gate.counters;
         counters.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.notices.push_back(Notice::Call(CallRecord {
-            bot_token: webhook.config.bot_token().to_owned(),
-            account_name: webhook.config.account_name().to_owned(),
-            url: webhook.config.url().to_string(),
+            bot_token: webhook.config.shared_bot_token(),
+            account_name: webhook.config.shared_account_name(),
+            url: webhook.config.url().clone(),
             events,
             bytes: call.bytes,
             duration: now.saturating_duration_since(call.started),

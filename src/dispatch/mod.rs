@@ -25,6 +25,7 @@ mod store;
 mod token_hash;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,7 +37,7 @@ pub use recording::RecordingDispatcher;
 pub use returning_user::ReturningUserGate;
 pub use stats::{DispatcherStats, DropReason, EventCounts, Refusal, WebhookState, WebhookStats};
 
-use crate::config::WebhookConfig;
+use crate::config::{WebhookConfig, WebhookUrl};
 use crate::event::Event;
 use crate::transport::TransportError;
 
@@ -110,14 +111,17 @@ impl fmt::Display for CallOutcome {
 
 /// One call made to a webhook: one billable outgoing message, however many
 /// events it carried.
+///
+/// Made for every call, so it shares the webhook's strings instead of
+/// copying them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRecord {
     /// The bot billed.
-    pub bot_token: String,
+    pub bot_token: Arc<str>,
     /// The bot's account.
-    pub account_name: String,
+    pub account_name: Arc<str>,
     /// Where the call went.
-    pub url: String,
+    pub url: WebhookUrl,
     /// Events in the body.
     pub events: usize,
     /// Body size in bytes.
