@@ -6,7 +6,6 @@
 mod support;
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use chrono::SecondsFormat;
 use criterion::Throughput;
@@ -136,14 +135,6 @@ fn check_equivalent(events: &[Event]) {
     }
 }
 
-fn timed(iterations: u32, mut work: impl FnMut()) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iterations {
-        work();
-    }
-    start.elapsed() / iterations
-}
-
 fn main() {
     let events = support::push_events();
     check_equivalent(&events);
@@ -165,24 +156,16 @@ fn main() {
         return; // `cargo test --benches`: criterion ran each routine once.
     }
 
-    let (ours, theirs) = support::interleaved(
-        20,
-        200,
-        || timed(1, || drop(black_box(eventhook::wire::encode_push(black_box(&events))))),
-        || timed(1, || drop(black_box(serde_encode(black_box(&events))))),
-    );
-    let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
-    let criterion_detail = support::criterion_ratio_detail("encode", "serde_derive_chrono", "eventhook_encode_push");
-    println!();
-    support::report(
-        "encode/100_events",
-        "serde time / eventhook time",
-        ratio,
-        Goal::AtLeast(1.5),
-        &format!(
-            "{:.1} µs vs {:.1} µs per push{criterion_detail}",
-            ours.as_secs_f64() * 1e6,
-            theirs.as_secs_f64() * 1e6
-        ),
+    support::SpeedupCheck {
+        name: "encode/100_events",
+        what: "serde time / eventhook time",
+        group: "encode",
+        crate_id: "eventhook_encode_push",
+        baseline_id: "serde_derive_chrono",
+        goal: Goal::AtLeast(1.5),
+    }
+    .run(
+        || drop(black_box(eventhook::wire::encode_push(black_box(&events)))),
+        || drop(black_box(serde_encode(black_box(&events)))),
     );
 }

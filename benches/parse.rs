@@ -5,18 +5,9 @@
 mod support;
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use criterion::Throughput;
 use support::Goal;
-
-fn timed(iterations: u32, mut work: impl FnMut()) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iterations {
-        work();
-    }
-    start.elapsed() / iterations
-}
 
 fn main() {
     let events = support::push_events();
@@ -42,24 +33,16 @@ fn main() {
         return; // `cargo test --benches`: criterion ran each routine once.
     }
 
-    let (ours, theirs) = support::interleaved(
-        20,
-        200,
-        || timed(1, || drop(black_box(eventhook::wire::parse_push(black_box(&body))))),
-        || timed(1, || drop(black_box(serde_json::from_slice::<Vec<serde_json::Value>>(black_box(&body))))),
-    );
-    let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
-    let criterion_detail = support::criterion_ratio_detail("parse", "serde_json_value", "eventhook_parse_push");
-    println!();
-    support::report(
-        "parse/100_events",
-        "serde_json Value time / eventhook time",
-        ratio,
-        Goal::AtLeast(2.0),
-        &format!(
-            "{:.1} µs vs {:.1} µs per push{criterion_detail}",
-            ours.as_secs_f64() * 1e6,
-            theirs.as_secs_f64() * 1e6
-        ),
+    support::SpeedupCheck {
+        name: "parse/100_events",
+        what: "serde_json Value time / eventhook time",
+        group: "parse",
+        crate_id: "eventhook_parse_push",
+        baseline_id: "serde_json_value",
+        goal: Goal::AtLeast(2.0),
+    }
+    .run(
+        || drop(black_box(eventhook::wire::parse_push(black_box(&body)))),
+        || drop(black_box(serde_json::from_slice::<Vec<serde_json::Value>>(black_box(&body)))),
     );
 }

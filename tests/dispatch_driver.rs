@@ -1,28 +1,17 @@
 //! The driver on a real runtime (tokio) with a scripted in-memory transport.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::TestRuntime;
 use eventhook::dispatch::{CallRecord, DeliveryObserver, Dispatcher, DroppedEvents, WebhookDispatcher, WebhookState};
 use eventhook::{
-    AlertSink, ChatContext, Event, EventFactory, Runtime, Transport, TransportError, WebhookConfig,
-    WebhookDisabledAlert,
+    AlertSink, ChatContext, Event, EventFactory, Transport, TransportError, WebhookConfig, WebhookDisabledAlert,
 };
-use futures::future::BoxFuture;
-
-#[derive(Debug)]
-struct TestRuntime;
-
-impl Runtime for TestRuntime {
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
-        tokio::spawn(task);
-    }
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        Box::pin(tokio::time::sleep(duration))
-    }
-}
 
 /// Answers with scripted statuses (then 200), or hangs; records every request.
 #[derive(Debug, Default)]

@@ -2,15 +2,17 @@
 //! dropped events, disabling and re-enabling, and never the secret.
 #![cfg(feature = "tracing")]
 
+mod common;
+
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::TestRuntime;
 use eventhook::dispatch::{Dispatcher, WebhookDispatcher, WebhookState};
-use eventhook::{ChatContext, Event, EventFactory, Runtime, Transport, TransportError, WebhookConfig};
-use futures::future::BoxFuture;
+use eventhook::{ChatContext, Event, EventFactory, Transport, TransportError, WebhookConfig};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Metadata, Subscriber};
@@ -61,18 +63,6 @@ impl Subscriber for Capture {
     fn enter(&self, _span: &Id) {}
 
     fn exit(&self, _span: &Id) {}
-}
-
-#[derive(Debug)]
-struct TestRuntime;
-
-impl Runtime for TestRuntime {
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
-        tokio::spawn(task);
-    }
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        Box::pin(tokio::time::sleep(duration))
-    }
 }
 
 #[derive(Debug)]

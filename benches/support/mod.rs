@@ -399,6 +399,44 @@ pub fn report(name: &str, what: &str, ratio: f64, goal: Goal, detail: &str) {
     println!("RESULT {name:<28} {what:<34} ratio {ratio:>6.2}  goal {:<8} {verdict}  ({detail})", goal.describe());
 }
 
+/// Times one push-sized operation of the crate against its baseline in
+/// alternating blocks and prints the `RESULT` line for a "how many times
+/// faster" goal, with criterion's own ratio (`group`, `baseline_id` over
+/// `crate_id`) beside it.
+pub struct SpeedupCheck<'a> {
+    pub name: &'a str,
+    pub what: &'a str,
+    pub group: &'a str,
+    pub crate_id: &'a str,
+    pub baseline_id: &'a str,
+    pub goal: Goal,
+}
+
+impl SpeedupCheck<'_> {
+    pub fn run(&self, mut crate_side: impl FnMut(), mut baseline: impl FnMut()) {
+        let once = |work: &mut dyn FnMut()| {
+            let start = std::time::Instant::now();
+            work();
+            start.elapsed()
+        };
+        let (ours, theirs) = interleaved(20, 200, || once(&mut crate_side), || once(&mut baseline));
+        let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
+        let criterion_detail = criterion_ratio_detail(self.group, self.baseline_id, self.crate_id);
+        println!();
+        report(
+            self.name,
+            self.what,
+            ratio,
+            self.goal,
+            &format!(
+                "{:.1} µs vs {:.1} µs per push{criterion_detail}",
+                ours.as_secs_f64() * 1e6,
+                theirs.as_secs_f64() * 1e6
+            ),
+        );
+    }
+}
+
 /// Nanoseconds per element.
 pub fn per_element(time: Duration, elements: u64) -> f64 {
     time.as_nanos() as f64 / elements.max(1) as f64

@@ -132,3 +132,16 @@ pub fn texts(push: &Push) -> Vec<String> {
         })
         .collect()
 }
+
+/// Runs the dispatcher's task and timers on the test's tokio runtime.
+#[derive(Debug)]
+pub struct TestRuntime;
+
+impl eventhook::Runtime for TestRuntime {
+    fn spawn(&self, task: futures::future::BoxFuture<'static, ()>) {
+        tokio::spawn(task);
+    }
+    fn sleep(&self, duration: Duration) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep(duration))
+    }
+}
