@@ -2,16 +2,22 @@
 //! 1 and 2 producer threads, against a bounded crossbeam channel's `send` of
 //! the same events. Goal: at most 2x the channel's time per event.
 //!
+//! Two ways in are measured: `Enqueuer::enqueue`, which finds the bot's
+//! webhook by the event's token on every call, and `BotSender::enqueue`,
+//! which a bot engine keeps per bot (made once per bot before timing; each
+//! event is paired with its bot's sender, as the engine has the bot at hand).
+//!
 //! One round sends the same 1,000 pre-built events of bots picked among the
-//! 10,000 (cloned before the timed part, split evenly between the producers;
-//! 1,000 clones stay in the L2 cache, as an event just built by an engine
-//! would be). Producers are long-lived
-//! threads that start together on a barrier; a round's time runs from the
-//! first producer's start to the last one's end. Between rounds, untimed,
-//! the core drains its intake (`take_in_all`, then `poll_push` with the clock not advanced: the
-//! events are encoded into the webhooks' queues) and every 100 rounds it
-//! delivers everything (clock advanced, every push answered 200), so no
-//! queue ever fills; the channel's receiver drains it the same way.
+//! 10,000, split evenly between the producers. Each producer clones its share
+//! on its own thread before the timed part (an engine builds each event on
+//! the thread that enqueues it, so the event is in that core's cache).
+//! Producers are long-lived threads that start together on a barrier; a
+//! round's time runs from the first producer's start to the last one's end.
+//! Between rounds, untimed, the core drains its intake (`take_in_all`, then
+//! `poll_push` with the clock not advanced: the events are encoded into the
+//! webhooks' queues) and every 100 rounds it delivers everything (clock
+//! advanced, every push answered 200), so no queue ever fills; the channel's
+//! receiver drains it the same way.
 
 mod support;
 
@@ -21,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Throughput};
-use eventhook::dispatch::{CoreLimits, DispatchCore, Enqueuer};
+use eventhook::dispatch::{BotSender, CoreLimits, DispatchCore, EnqueueOutcome, Enqueuer};
 use eventhook::{Event, ManualClock};
 use support::{EventGen, Goal};
 
@@ -31,8 +37,12 @@ const ROUND: usize = 1_000;
 /// Rounds between two full deliveries of the core.
 const DELIVER_EVERY: usize = 100;
 
-/// A job for a producer: sends its events, returns how many were accepted.
-type Job = Box<dyn FnOnce() -> usize + Send>;
+/// A job for a producer: prepares its share (untimed, on its own thread, as
+/// an engine builds each event on the thread that enqueues it) and returns
+/// the timed part, which sends the share and returns how many were accepted.
+type Job = Box<dyn FnOnce() -> Timed + Send>;
+/// The timed part of a job.
+type Timed = Box<dyn FnOnce() -> usize>;
 
 /// Long-lived producer threads that run one job each per round, together.
 struct Producers {
@@ -53,9 +63,10 @@ impl Producers {
             let done_sender = done_sender.clone();
             threads.push(std::thread::spawn(move || {
                 while let Ok(job) = job_receiver.recv() {
+                    let timed = job();
                     barrier.wait();
                     let start = Instant::now();
-                    let accepted = job();
+                    let accepted = timed();
                     let end = Instant::now();
                     if done_sender.send((start, end, accepted)).is_err() {
                         break;
@@ -97,10 +108,10 @@ impl Producers {
     }
 }
 
-/// The events of one round, cloned and split between `producers`.
-fn split_clones(events: &[Event], producers: usize) -> Vec<Vec<Event>> {
-    let share = events.len().div_ceil(producers);
-    events.chunks(share).map(<[Event]>::to_vec).collect()
+/// The index ranges of one round's events, split evenly between `producers`.
+fn shares(events: usize, producers: usize) -> Vec<std::ops::Range<usize>> {
+    let share = events.div_ceil(producers);
+    (0..producers).map(|producer| producer * share..((producer + 1) * share).min(events)).collect()
 }
 
 /// The crate: a sans-IO core with 10,000 webhooks and its `Enqueuer`.
@@ -108,6 +119,10 @@ struct CrateSide {
     clock: Arc<ManualClock>,
     core: DispatchCore,
     enqueuer: Enqueuer,
+    /// One sender per bot, as a bot engine keeps one in each bot's state.
+    senders: Arc<Vec<BotSender>>,
+    /// For each event of the round, the index of its bot's sender.
+    sender_of: Arc<Vec<usize>>,
     rounds: usize,
 }
 
@@ -119,23 +134,45 @@ impl CrateSide {
         for bot in 0..WEBHOOKS {
             core.configure(support::webhook_config(bot, support::EXAMPLE_BASE_URL).build().expect("valid config"));
         }
-        CrateSide { clock, core, enqueuer, rounds: 0 }
+        let senders: Vec<BotSender> = (0..WEBHOOKS).map(|bot| enqueuer.bot_sender(&support::bot_token(bot))).collect();
+        CrateSide { clock, core, enqueuer, senders: Arc::new(senders), sender_of: Arc::default(), rounds: 0 }
     }
 
-    fn round(&mut self, events: &[Event], producers: &Producers) -> Duration {
-        let jobs: Vec<Job> = split_clones(events, producers.count())
-            .into_iter()
-            .map(|share| {
-                let enqueuer = self.enqueuer.clone();
-                Box::new(move || {
-                    share
-                        .into_iter()
-                        .map(|event| enqueuer.enqueue(event).is_accepted())
-                        .filter(|&accepted| accepted)
-                        .count()
-                }) as Job
-            })
-            .collect();
+    /// Pairs each event with its bot's sender, as the engine has the bot at hand.
+    fn pair_senders(&mut self, events: &[Event]) {
+        let index: std::collections::HashMap<&str, usize> =
+            self.senders.iter().enumerate().map(|(at, sender)| (sender.bot_token(), at)).collect();
+        self.sender_of = Arc::new(events.iter().map(|event| index[event.bot_token().expect("bot token")]).collect());
+    }
+
+    fn round(&mut self, events: &Arc<Vec<Event>>, producers: &Producers, through_senders: bool) -> Duration {
+        let jobs: Vec<Job> =
+            shares(events.len(), producers.count())
+                .into_iter()
+                .map(|range| {
+                    let events = Arc::clone(events);
+                    let sender_of = Arc::clone(&self.sender_of);
+                    let enqueuer = self.enqueuer.clone();
+                    let senders = Arc::clone(&self.senders);
+                    Box::new(move || {
+                        let share: Vec<(Event, usize)> =
+                            events[range.clone()].iter().cloned().zip(sender_of[range].iter().copied()).collect();
+                        Box::new(move || {
+                            share
+                                .into_iter()
+                                .map(|(event, sender)| {
+                                    if through_senders {
+                                        senders[sender].enqueue(event)
+                                    } else {
+                                        enqueuer.enqueue(event)
+                                    }
+                                })
+                                .filter(EnqueueOutcome::is_accepted)
+                                .count()
+                        }) as Timed
+                    }) as Job
+                })
+                .collect();
         let (time, accepted) = producers.run(jobs);
         assert_eq!(accepted, events.len(), "every event accepted");
         self.rounds += 1;
@@ -169,13 +206,18 @@ impl ChannelSide {
         ChannelSide { sender, receiver }
     }
 
-    fn round(&mut self, events: &[Event], producers: &Producers) -> Duration {
-        let jobs: Vec<Job> = split_clones(events, producers.count())
+    fn round(&mut self, events: &Arc<Vec<Event>>, producers: &Producers) -> Duration {
+        let jobs: Vec<Job> = shares(events.len(), producers.count())
             .into_iter()
-            .map(|share| {
+            .map(|range| {
+                let events = Arc::clone(events);
                 let sender = self.sender.clone();
-                Box::new(move || share.into_iter().map(|event| sender.send(event).is_ok()).filter(|&sent| sent).count())
-                    as Job
+                Box::new(move || {
+                    let share = events[range].to_vec();
+                    Box::new(move || {
+                        share.into_iter().map(|event| sender.send(event).is_ok()).filter(|&sent| sent).count()
+                    }) as Timed
+                }) as Job
             })
             .collect();
         let (time, accepted) = producers.run(jobs);
@@ -187,8 +229,9 @@ impl ChannelSide {
 
 fn main() {
     let mut criterion = support::criterion();
-    let events = EventGen::new(0xe9).events(ROUND, WEBHOOKS, 0);
+    let events = Arc::new(EventGen::new(0xe9).events(ROUND, WEBHOOKS, 0));
     let mut crate_side = CrateSide::new();
+    crate_side.pair_senders(&events);
     let mut channel_side = ChannelSide::new();
     let mut ratios = Vec::new();
 
@@ -199,7 +242,15 @@ fn main() {
             group.throughput(Throughput::Elements(ROUND as u64));
             group.bench_function(
                 BenchmarkId::new("eventhook_10k_webhooks", format!("{threads}_producers")),
-                |bencher| bencher.iter_custom(|iters| (0..iters).map(|_| crate_side.round(&events, &producers)).sum()),
+                |bencher| {
+                    bencher.iter_custom(|iters| (0..iters).map(|_| crate_side.round(&events, &producers, false)).sum())
+                },
+            );
+            group.bench_function(
+                BenchmarkId::new("eventhook_bot_senders_10k_webhooks", format!("{threads}_producers")),
+                |bencher| {
+                    bencher.iter_custom(|iters| (0..iters).map(|_| crate_side.round(&events, &producers, true)).sum())
+                },
             );
             group.bench_function(
                 BenchmarkId::new("crossbeam_bounded_send", format!("{threads}_producers")),
@@ -211,18 +262,21 @@ fn main() {
         }
         if support::is_bench_run() {
             // The same-run ratio: median rounds, from alternating blocks of 100 rounds.
-            let (crate_time, channel_time) = support::interleaved(
-                20,
-                100,
-                || crate_side.round(&events, &producers),
-                || channel_side.round(&events, &producers),
-            );
-            let elements = ROUND as u64;
-            ratios.push((
-                threads,
-                support::per_element(crate_time, elements),
-                support::per_element(channel_time, elements),
-            ));
+            for (path, through_senders) in [("token", false), ("bot_sender", true)] {
+                let (crate_time, channel_time) = support::interleaved(
+                    20,
+                    100,
+                    || crate_side.round(&events, &producers, through_senders),
+                    || channel_side.round(&events, &producers),
+                );
+                let elements = ROUND as u64;
+                ratios.push((
+                    path,
+                    threads,
+                    support::per_element(crate_time, elements),
+                    support::per_element(channel_time, elements),
+                ));
+            }
         }
         producers.stop();
     }
@@ -232,16 +286,20 @@ fn main() {
     }
 
     println!();
-    for (threads, crate_ns, channel_ns) in ratios {
+    for (path, threads, crate_ns, channel_ns) in ratios {
         let ratio = crate_ns / channel_ns;
         let detail = format!("{crate_ns:.1} ns/event vs {channel_ns:.1} ns/event");
+        let crate_id = match path {
+            "token" => format!("eventhook_10k_webhooks/{threads}_producers"),
+            _ => format!("eventhook_bot_senders_10k_webhooks/{threads}_producers"),
+        };
         let criterion_detail = support::criterion_ratio_detail(
             "enqueue",
-            &format!("eventhook_10k_webhooks/{threads}_producers"),
+            &crate_id,
             &format!("crossbeam_bounded_send/{threads}_producers"),
         );
         support::report(
-            &format!("enqueue/{threads}_producers"),
+            &format!("enqueue/{path}/{threads}_producers"),
             "eventhook time / crossbeam time",
             ratio,
             Goal::AtMost(2.0),

@@ -451,3 +451,57 @@ fn flush_pushes_everything_now_and_shutdown_returns_the_rest() {
     let totals = harness.core.stats().totals;
     assert_eq!((totals.pending, totals.in_flight, totals.dropped(DropReason::Shutdown)), (0, 0, 12));
 }
+
+#[test]
+fn a_bot_sender_answers_like_enqueue_and_follows_its_webhook() {
+    let mut harness = Harness::new();
+    let early = harness.enqueuer.bot_sender("late");
+    harness.configure(Harness::config("bot").build().unwrap());
+    let sender = harness.enqueuer.bot_sender("bot");
+    assert_eq!(sender.bot_token(), "bot");
+
+    // Its own events are admitted through the resolved webhook.
+    assert_eq!(sender.enqueue(harness.message("bot", "one")), EnqueueOutcome::Accepted);
+    // Another bot's event is routed by that event's own token, never to this webhook.
+    assert_eq!(sender.enqueue(harness.message("stranger", "x")), EnqueueOutcome::NoWebhook);
+    // A sender made before its bot was configured finds the webhook once it exists.
+    assert_eq!(early.enqueue(harness.message("late", "x")), EnqueueOutcome::NoWebhook);
+    harness.configure(Harness::config("late").build().unwrap());
+    assert_eq!(early.enqueue(harness.message("late", "y")), EnqueueOutcome::Accepted);
+
+    // Reconfiguring applies at once: kinds no longer selected are refused.
+    harness.configure(Harness::config("bot").events(EventFlags::from(EventKind::BotMessage)).build().unwrap());
+    assert_eq!(sender.enqueue(harness.message("bot", "two")), EnqueueOutcome::NotSelected);
+    harness.configure(Harness::config("bot").build().unwrap());
+    assert_eq!(sender.enqueue(harness.message("bot", "three")), EnqueueOutcome::Accepted);
+    harness.core.next_wakeup();
+    harness.check_balance();
+
+    // After removal, nothing reaches the removed webhook; a new one is found again.
+    let returned = harness.core.remove("bot");
+    assert_eq!(returned.len(), 2, "the two accepted events are handed back");
+    assert_eq!(sender.enqueue(harness.message("bot", "four")), EnqueueOutcome::NoWebhook);
+    harness.configure(Harness::config("bot").build().unwrap());
+    assert_eq!(sender.enqueue(harness.message("bot", "five")), EnqueueOutcome::Accepted);
+    harness.core.next_wakeup();
+    harness.check_balance();
+
+    harness.advance(INTERVAL);
+    let pushes = harness.poll_all();
+    let texts: Vec<Vec<String>> = pushes.iter().map(texts).collect();
+    assert!(texts.contains(&vec!["five".to_owned()]), "the new webhook gets only its own event: {texts:?}");
+    assert!(texts.contains(&vec!["y".to_owned()]));
+    let stats = harness.core.stats();
+    assert_eq!(stats.totals.refused(Refusal::NoWebhook), 3);
+    assert_eq!(stats.totals.refused(Refusal::NotSelected), 1);
+}
+
+#[test]
+fn a_bot_sender_refuses_after_close_and_hands_the_event_back() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").build().unwrap());
+    let sender = harness.enqueuer.bot_sender("bot");
+    harness.core.close();
+    let event = harness.message("bot", "late");
+    assert_eq!(sender.enqueue(event.clone()), EnqueueOutcome::Closed(event));
+}

@@ -5,12 +5,12 @@
 //! Encoding and queueing happen later, on the dispatcher's task.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
 
+use super::intake::{IntakeSender, Lane};
 use super::stats::{Counters, Refusal};
 use super::token_hash::TokenMap;
 use super::EnqueueOutcome;
@@ -21,12 +21,18 @@ use crate::event::Event;
 ///
 /// Lives as long as the webhook is configured; reconfiguring updates it in
 /// place, so counts carry on.
+///
+/// `repr(C)` keeps what `enqueue` reads and writes in the first 48 bytes,
+/// so that an admission touches one or two cache lines, not four.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Gate {
     pub(crate) bot_token: Arc<str>,
     selected: AtomicU16,
     free_plan: AtomicBool,
     pub(crate) disabled: AtomicBool,
+    /// Set when the bot's webhook is removed; a new configuration makes a new gate.
+    removed: AtomicBool,
     capacity: AtomicUsize,
     pub(crate) counters: Counters,
 }
@@ -38,6 +44,7 @@ impl Gate {
             selected: AtomicU16::new(0),
             free_plan: AtomicBool::new(false),
             disabled: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
             capacity: AtomicUsize::new(0),
             counters: Counters::default(),
         };
@@ -52,6 +59,15 @@ impl Gate {
         self.free_plan.store(config.plan() == Plan::Free, Ordering::Relaxed);
         self.capacity.store(config.queue_capacity(), Ordering::Relaxed);
         self.disabled.store(false, Ordering::Relaxed);
+    }
+
+    /// Marks the gate as no longer configured; call with the gates' write lock held.
+    pub(crate) fn retire(&self) {
+        self.removed.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
     }
 
     fn selects(&self, event: &Event) -> bool {
@@ -87,7 +103,7 @@ impl Doorbell {
 #[derive(Debug)]
 pub(crate) struct Admission {
     gates: RwLock<TokenMap<Arc<Gate>>>,
-    intake: Sender<Event>,
+    intake: IntakeSender,
     /// Accepted events not yet delivered or dropped, over all webhooks.
     pending_total: AtomicUsize,
     max_pending_total: usize,
@@ -98,7 +114,7 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
-    pub(crate) fn new(intake: Sender<Event>, max_pending_total: usize) -> Admission {
+    pub(crate) fn new(intake: IntakeSender, max_pending_total: usize) -> Admission {
         Admission {
             gates: RwLock::new(TokenMap::default()),
             intake,
@@ -133,17 +149,34 @@ impl Admission {
         self.pending_total.fetch_sub(events, Ordering::Relaxed);
     }
 
-    /// The whole of `enqueue`: checks, bounds, counts and the send to the core.
+    /// The whole of `enqueue`: finds the bot's gate, then admits through it.
     pub(crate) fn enqueue(&self, event: Event) -> EnqueueOutcome {
         let gates = self.read_gates();
+        let Some(gate) = event.bot_token().and_then(|token| gates.get(token)) else {
+            let refusal = if self.is_closed() { Refusal::Closed } else { Refusal::NoWebhook };
+            self.retired.refuse(refusal);
+            return match refusal {
+                Refusal::Closed => EnqueueOutcome::Closed(event),
+                _ => EnqueueOutcome::NoWebhook,
+            };
+        };
+        self.admit(gate, event)
+    }
+
+    /// The gate of `bot_token`, if it has a webhook now.
+    pub(crate) fn gate(&self, bot_token: &str) -> Option<Arc<Gate>> {
+        self.read_gates().get(bot_token).cloned()
+    }
+
+    /// Checks, bounds, counts and the send to the core, for an event of `gate`'s bot.
+    ///
+    /// The caller holds the gates' read lock, or knows by other means that
+    /// `gate` is still configured (see [`BotSender`](super::BotSender)).
+    pub(crate) fn admit(&self, gate: &Gate, event: Event) -> EnqueueOutcome {
         if self.closed.load(Ordering::Acquire) {
-            self.retired.refuse(Refusal::Closed);
+            gate.counters.refuse(Refusal::Closed);
             return EnqueueOutcome::Closed(event);
         }
-        let Some(gate) = event.bot_token().and_then(|token| gates.get(token)) else {
-            self.retired.refuse(Refusal::NoWebhook);
-            return EnqueueOutcome::NoWebhook;
-        };
         let refusal = if gate.free_plan.load(Ordering::Relaxed) {
             Some((Refusal::FreePlan, EnqueueOutcome::FreePlan))
         } else if !gate.selects(&event) {
@@ -172,16 +205,19 @@ impl Admission {
         }
         gate.counters.accepted.fetch_add(1, Ordering::Relaxed);
         // Only the event travels: the core finds its webhook by token, off this thread.
-        if let Err(returned) = self.intake.send(event) {
-            // The core is gone: undo, and hand the event back.
-            gate.counters.accepted.fetch_sub(1, Ordering::Relaxed);
-            gate.counters.pending.fetch_sub(1, Ordering::AcqRel);
-            self.pending_total.fetch_sub(1, Ordering::AcqRel);
-            gate.counters.refuse(Refusal::Closed);
-            return EnqueueOutcome::Closed(returned.0);
-        }
-        if pending_before == 0 {
-            // The webhook may have been idle: the core must schedule it.
+        let lane = match self.intake.send(event) {
+            Ok(lane) => lane,
+            Err(returned) => {
+                // The core is gone: undo, and hand the event back.
+                gate.counters.accepted.fetch_sub(1, Ordering::Relaxed);
+                gate.counters.pending.fetch_sub(1, Ordering::AcqRel);
+                self.pending_total.fetch_sub(1, Ordering::AcqRel);
+                gate.counters.refuse(Refusal::Closed);
+                return EnqueueOutcome::Closed(returned);
+            }
+        };
+        if pending_before == 0 || lane == Lane::Overflow {
+            // The webhook may have been idle, or the ring is full: the core must take in.
             self.doorbell.ring();
         }
         EnqueueOutcome::Accepted

@@ -12,7 +12,6 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
-use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,8 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderValue, Method, Request, StatusCode};
 
 use super::admission::{Admission, Gate};
+use super::bot_sender::BotSender;
+use super::intake::{self, IntakeReceiver};
 use super::stats::{DispatcherStats, DropReason, EventCounts, WebhookState, WebhookStats};
 use super::store::{array_length, WebhookStore};
 use super::token_hash::TokenMap;
@@ -168,6 +169,12 @@ impl Enqueuer {
         self.admission.enqueue(event)
     }
 
+    /// A [`BotSender`] for `bot_token`: its route resolved once, for a bot
+    /// engine that enqueues many events of the same bot.
+    pub fn bot_sender(&self, bot_token: &str) -> BotSender {
+        BotSender::new(Arc::clone(&self.admission), bot_token)
+    }
+
     pub(crate) fn doorbell(&self) -> &super::admission::Doorbell {
         &self.admission.doorbell
     }
@@ -208,7 +215,7 @@ impl Enqueuer {
 /// ```
 pub struct DispatchCore {
     admission: Arc<Admission>,
-    intake: Receiver<Event>,
+    intake: IntakeReceiver,
     /// Boxed: the map's spare capacity then costs a pointer per slot, not a whole webhook.
     webhooks: TokenMap<Box<Webhook>>,
     /// Due times of webhooks with events waiting: a min-heap with lazy deletion.
@@ -239,7 +246,7 @@ impl fmt::Debug for DispatchCore {
 impl DispatchCore {
     /// A core with no webhooks, and the [`Enqueuer`] that feeds it.
     pub fn new(clock: Arc<dyn Clock>, limits: CoreLimits) -> (DispatchCore, Enqueuer) {
-        let (sender, intake) = mpsc::channel();
+        let (sender, intake) = intake::intake(intake::RING_CAPACITY);
         let admission = Arc::new(Admission::new(sender, limits.max_pending_events));
         let core = DispatchCore {
             admission: Arc::clone(&admission),
@@ -305,7 +312,9 @@ impl DispatchCore {
     pub fn remove(&mut self, bot_token: &str) -> Vec<Event> {
         let admission = Arc::clone(&self.admission);
         let mut gates = admission.write_gates();
-        gates.remove(bot_token);
+        if let Some(gate) = gates.remove(bot_token) {
+            gate.retire();
+        }
         // No enqueue is mid-way now, so the intake holds every event this bot will get.
         self.drain_intake();
         drop(gates);
@@ -575,7 +584,7 @@ impl DispatchCore {
         let mut encoded = Vec::new();
         let mut taken = 0;
         while taken < limit {
-            let Ok(event) = self.intake.try_recv() else { break };
+            let Some(event) = self.intake.try_recv() else { break };
             taken += 1;
             let webhook = event.bot_token().and_then(|token| self.webhooks.get_mut(token));
             let Some(webhook) = webhook else {
@@ -585,7 +594,8 @@ impl DispatchCore {
                 self.admission.release(1);
                 continue;
             };
-            let gate = Arc::clone(&webhook.gate);
+            // Borrowed, not cloned: a clone would write the gate's cache line, which `enqueue` reads.
+            let gate = &webhook.gate;
             let drop_reason = if webhook.store.disabled {
                 Some(DropReason::Disabled)
             } else if webhook.config.plan() == Plan::Free {

@@ -215,6 +215,29 @@ impl WebhookDispatcher {
         WebhookDispatcherBuilder::default()
     }
 
+    /// A [`BotSender`](super::BotSender) for `bot_token`: what a bot engine keeps in each
+    /// bot's state to enqueue that bot's events without a lookup per event.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use eventhook::dispatch::{Dispatcher, WebhookDispatcher};
+    /// use eventhook::{ChatContext, Event, EventFactory, WebhookConfig};
+    ///
+    /// let dispatcher = WebhookDispatcher::builder().build()?;
+    /// dispatcher.configure(WebhookConfig::builder("bot-1", "Matelab Srl", "https://example.com/hook", "secret").build()?)?;
+    ///
+    /// // Once per bot, when the engine loads it:
+    /// let sender = dispatcher.bot_sender("bot-1");
+    /// let factory = EventFactory::new("bot-1", "Matelab Srl");
+    /// // For every event of that bot:
+    /// let chat = ChatContext::new("conversation-9", "TelegramChannel");
+    /// assert!(sender.enqueue(Event::UserMessage(factory.message(&chat, "Hello!"))).is_accepted());
+    /// # Ok(()) }
+    /// ```
+    pub fn bot_sender(&self, bot_token: &str) -> super::BotSender {
+        self.shared.enqueuer.bot_sender(bot_token)
+    }
+
     async fn run_flush(&self, timeout: Duration) -> Result<(), FlushError> {
         let (sender, receiver) = oneshot::channel();
         {

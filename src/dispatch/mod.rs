@@ -15,8 +15,10 @@
 //! - a bot on the free plan has no webhook: nothing is queued or sent.
 
 mod admission;
+mod bot_sender;
 mod core;
 mod driver;
+mod intake;
 mod noop;
 mod recording;
 mod returning_user;
@@ -31,6 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use self::core::{CoreLimits, DispatchCore, Enqueuer, Notice, Push, PushId, MAX_FAILURES_IN_ROW};
+pub use bot_sender::BotSender;
 pub use driver::{WebhookDispatcher, WebhookDispatcherBuilder};
 pub use noop::NoopDispatcher;
 pub use recording::RecordingDispatcher;

@@ -99,11 +99,14 @@ impl fmt::Display for Refusal {
 }
 
 /// Live counters, shared between `enqueue` callers and the dispatcher core.
+///
+/// `repr(C)`: the two that `enqueue` updates come first, next to the gate's settings.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
-    pub(crate) delivered: AtomicU64,
     pub(crate) pending: AtomicU64,
+    pub(crate) delivered: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) dropped: [AtomicU64; DropReason::ALL.len()],
     pub(crate) refused: [AtomicU64; Refusal::ALL.len()],
