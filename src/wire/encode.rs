@@ -35,12 +35,20 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 /// false negatives are not.
 #[inline]
 fn may_need_escape(word: u64) -> bool {
+    escape_mask(word) != 0
+}
+
+/// The high bit of each byte of `word` (read little-endian) that may need
+/// escaping in a JSON string: below 0x20, `"` or `\`. A set bit may be a
+/// false positive only above a true one, so the lowest set bit, when there is
+/// one, marks the first such byte exactly.
+#[inline]
+pub(super) fn escape_mask(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let has_zero_byte = |value: u64| value.wrapping_sub(ONES) & !value & HIGHS;
     let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
-    (below_space | has_zero_byte(word ^ (ONES * u64::from(b'"'))) | has_zero_byte(word ^ (ONES * u64::from(b'\\'))))
-        != 0
+    below_space | has_zero_byte(word ^ (ONES * u64::from(b'"'))) | has_zero_byte(word ^ (ONES * u64::from(b'\\')))
 }
 
 /// Writes `text` as a JSON string, quotes included.

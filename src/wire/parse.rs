@@ -5,6 +5,11 @@
 //! Errors that are about the content (a missing key, a wrong type) are kept in
 //! a slot beside the deserializer, which is then stopped with a placeholder
 //! error; anything else serde_json reports is a JSON syntax error.
+//!
+//! Pushes as senders write them (contract keys only, string or `null` values,
+//! a known `Type`) are first read by the byte scanner in [`scan`], without
+//! serde's layers; whatever it does not take, errors included, is read again
+//! by the serde reader here, so every error is still reported by this reader.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -17,6 +22,8 @@ use serde_json::Value;
 use crate::event::{CatalogChange, ConversationEvent, Event, EventDate, Message, MissedText, Origin, UnknownEvent};
 
 use super::{ParseError, ParseOptions};
+
+mod scan;
 
 /// The JSON type of a value, as named in [`ParseError`] messages.
 ///
@@ -134,8 +141,7 @@ enum KeyClass {
 }
 
 #[inline]
-fn classify(name: &str) -> KeyClass {
-    let bytes = name.as_bytes();
+fn classify(bytes: &[u8]) -> KeyClass {
     // Length, first and last byte leave one candidate: a single comparison
     // per key instead of up to thirteen.
     let (candidate, class) = match (bytes.len(), bytes.first(), bytes.last()) {
@@ -184,7 +190,7 @@ impl<'de> Visitor<'de> for KeySeed<'_, 'de> {
     }
 
     fn visit_borrowed_str<E: de::Error>(self, name: &'de str) -> Result<Self::Value, E> {
-        let class = classify(name);
+        let class = classify(name.as_bytes());
         if let KeyClass::Other = class {
             *self.other = Some(Cow::Borrowed(name));
         }
@@ -192,7 +198,7 @@ impl<'de> Visitor<'de> for KeySeed<'_, 'de> {
     }
 
     fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
-        let class = classify(name);
+        let class = classify(name.as_bytes());
         if let KeyClass::Other = class {
             // Only keys with escapes get here; they are rare, so owning them is fine.
             *self.other = Some(Cow::Owned(name.to_owned()));
@@ -563,6 +569,15 @@ fn describe(value: FieldValue<'_>) -> String {
     }
 }
 
+/// `text` as a shared string: the string `pick` finds in one of the `recent`
+/// entries' origins when it is the same text, so a push of one bot's events
+/// allocates its origin once.
+#[inline]
+fn share(text: &str, recent: &[Event], pick: impl Fn(&Origin) -> &Arc<str>) -> Arc<str> {
+    let known = recent.iter().rev().filter_map(Event::origin).map(pick).find(|known| ***known == *text);
+    known.map_or_else(|| Arc::from(text), Arc::clone)
+}
+
 /// The contract's keys of one entry, buffered until `Type` is known.
 struct EntryFields<'de> {
     entry: Option<usize>,
@@ -652,10 +667,7 @@ impl<'de> EntryFields<'de> {
         pick: impl Fn(&Origin) -> &Arc<str>,
     ) -> Result<Arc<str>, ParseError> {
         match self.take(field) {
-            Some(FieldValue::String(text)) => {
-                let known = recent.iter().rev().filter_map(Event::origin).map(&pick).find(|known| ***known == *text);
-                Ok(known.map_or_else(|| Arc::from(text.as_ref()), Arc::clone))
-            }
+            Some(FieldValue::String(text)) => Ok(share(&text, recent, pick)),
             Some(other) => Err(self.wrong_type(field, &other)),
             None => Err(ParseError::MissingKey { entry: self.entry, key: field.name() }),
         }
@@ -749,20 +761,23 @@ fn invalid_json(error: &serde_json::Error) -> ParseError {
     ParseError::InvalidJson { line, column, message }
 }
 
-/// Runs `visit` on a deserializer over `body` and checks nothing follows.
+/// Runs `visit` on a deserializer over `text` and checks nothing follows.
 fn run<T>(
-    body: &[u8],
+    text: &str,
     visit: impl FnOnce(
         &mut serde_json::Deserializer<serde_json::de::StrRead<'_>>,
         &mut Option<ParseError>,
     ) -> Result<T, serde_json::Error>,
 ) -> Result<T, ParseError> {
-    // Checking UTF-8 up front gives a clear error and lets values borrow `&str`.
-    let text = std::str::from_utf8(body).map_err(|_| ParseError::InvalidUtf8)?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let mut failure = None;
     let result = visit(&mut deserializer, &mut failure).and_then(|value| deserializer.end().map(|()| value));
     result.map_err(|error| failure.unwrap_or_else(|| invalid_json(&error)))
+}
+
+/// Checking UTF-8 up front gives a clear error and lets values borrow `&str`.
+fn utf8(body: &[u8]) -> Result<&str, ParseError> {
+    std::str::from_utf8(body).map_err(|_| ParseError::InvalidUtf8)
 }
 
 /// See [`crate::wire::parse_push_with`].
@@ -771,16 +786,36 @@ pub(crate) fn parse_push_with(body: &[u8], options: &ParseOptions) -> Result<Vec
     if body.len() > limit {
         return Err(ParseError::BodyTooLarge { size: body.len(), limit });
     }
+    let text = utf8(body)?;
     // A realistic entry takes 200 bytes or more; the cap bounds the memory an
     // unusual body of small entries can make us reserve up front.
     let expected_events = (body.len() / 200).min(1024);
-    run(body, |deserializer, failure| deserializer.deserialize_any(PushVisitor { failure, expected_events }))
+    // The common case first; anything it does not take (including every
+    // error) is read again by the full reader, which names what is wrong.
+    match scan::push(text, expected_events) {
+        Some(events) => Ok(events),
+        None => parse_push_slow(text, expected_events),
+    }
+}
+
+/// The full reader of a push: any entry, any error.
+fn parse_push_slow(text: &str, expected_events: usize) -> Result<Vec<Event>, ParseError> {
+    run(text, |deserializer, failure| deserializer.deserialize_any(PushVisitor { failure, expected_events }))
 }
 
 /// See [`crate::wire::parse_event`].
 pub(crate) fn parse_event(json: &[u8]) -> Result<Event, ParseError> {
+    let text = utf8(json)?;
+    match scan::event(text) {
+        Some(event) => Ok(event),
+        None => parse_event_slow(text),
+    }
+}
+
+/// The full reader of one event.
+fn parse_event_slow(text: &str) -> Result<Event, ParseError> {
     let mut events = Vec::with_capacity(1);
-    run(json, |deserializer, failure| {
+    run(text, |deserializer, failure| {
         EntrySeed { entry: None, failure, events: &mut events }.deserialize(deserializer)
     })?;
     // A successful run has pushed exactly one event.
