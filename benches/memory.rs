@@ -193,7 +193,6 @@ fn main() {
     let (beyond, beyond_estimated, encoded_mean) = pending_events();
     let (per_webhook, per_webhook_estimated) = idle_webhooks();
     let config_heap = config_heap_bytes();
-    let config_inline = std::mem::size_of::<eventhook::WebhookConfig>();
     println!();
     println!("memory (bytes currently allocated, counted by a wrapping global allocator)");
     println!("{:<58} {:>12} {:>16} {:>8}  verdict", "figure", "requested", "glibc estimate", "goal");
@@ -215,10 +214,9 @@ fn main() {
     );
     println!("(mean encoded event: {encoded_mean:.1} bytes; verdicts use the requested bytes)");
     println!(
-        "(per idle webhook: the WebhookConfig's heap (strings, parsed URL, header) {config_heap:.1} bytes; \
-         the rest, {:.1} bytes, is the core's: its map entry holding the config inline ({config_inline} bytes), \
-         hash-map slack, the gate and its counters, token copies, the gate map)",
-        per_webhook - config_heap
+        "(per idle webhook, for scale: a WebhookConfig alone holds {config_heap:.1} bytes on the heap (strings, \
+         parsed URL, header); the core keeps its bot token and copies the rest once: its webhook record, the \
+         endpoint buffer (token, URL, bearer, account name), the gate and its counters, both maps' slots and slack)"
     );
     println!();
     support::report_line("memory/pending_event", beyond, 64.0, "bytes beyond encoded JSON per pending event");

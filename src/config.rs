@@ -114,6 +114,13 @@ impl WebhookUrl {
         &self.uri
     }
 
+    /// The same URL parsed again from `text` (a slice of a caller's shared
+    /// buffer), or `None` if that does not give the same URL.
+    pub(crate) fn reparse_shared(&self, text: bytes::Bytes) -> Option<WebhookUrl> {
+        let uri = Uri::from_maybe_shared(text).ok()?;
+        (uri == self.uri).then_some(WebhookUrl { uri })
+    }
+
     /// The host name or IP address.
     pub fn host(&self) -> &str {
         self.uri.host().unwrap_or_default()
@@ -229,10 +236,6 @@ impl WebhookConfig {
         Arc::clone(&self.bot_token)
     }
 
-    /// The account name, shared rather than copied per call.
-    pub(crate) fn shared_account_name(&self) -> Arc<str> {
-        Arc::clone(&self.account_name)
-    }
     /// The account that owns the bot (named in alerts).
     pub fn account_name(&self) -> &str {
         &self.account_name

@@ -12,6 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,10 +21,11 @@ use http::{HeaderValue, Method, Request, StatusCode};
 
 use super::admission::{Admission, Gate};
 use super::bot_sender::BotSender;
+use super::endpoint::{Endpoint, TokenKey};
 use super::intake::{self, IntakeReceiver};
-use super::stats::{DispatcherStats, DropReason, EventCounts, WebhookState, WebhookStats};
+use super::stats::{CallCounts, DispatcherStats, DropReason, EventCounts, WebhookState, WebhookStats};
 use super::store::{array_length, WebhookStore};
-use super::token_hash::TokenMap;
+use super::token_hash::BuildTokenHasher;
 use super::{CallOutcome, CallRecord, DroppedEvents, EnqueueOutcome};
 use crate::alert::WebhookDisabledAlert;
 use crate::clock::Clock;
@@ -92,30 +94,78 @@ pub enum Notice {
     Disabled(WebhookDisabledAlert),
 }
 
-struct CallUnderWay {
-    sequence: u64,
-    bytes: usize,
-    started: Instant,
+/// The settings of a [`WebhookConfig`] that the core reads after `configure`
+/// (the config itself is not kept: its URL, secret and account name live in
+/// the webhook's [`Endpoint`], its token in the gate).
+struct Settings {
+    plan: Plan,
+    one_event_per_call: bool,
+    accept_any_2xx: bool,
+    max_batch_events: usize,
+    max_batch_bytes: usize,
+    push_interval: Duration,
+    request_timeout: Duration,
 }
 
+// Read through the same accessors as a `WebhookConfig` where that is shorter.
+impl Settings {
+    fn new(config: &WebhookConfig) -> Settings {
+        Settings {
+            plan: config.plan(),
+            one_event_per_call: config.one_event_per_call(),
+            accept_any_2xx: config.accept_any_2xx(),
+            max_batch_events: config.max_batch_events(),
+            max_batch_bytes: config.max_batch_bytes(),
+            push_interval: config.push_interval(),
+            request_timeout: config.request_timeout(),
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        self.plan
+    }
+
+    fn max_batch_bytes(&self) -> usize {
+        self.max_batch_bytes
+    }
+
+    fn push_interval(&self) -> Duration {
+        self.push_interval
+    }
+}
+
+/// One configured webhook: everything a push reads or writes is here, in
+/// one allocation (the map holds a pointer to it), or on the first cache
+/// line of its endpoint's buffer, which the map's key shares (see [`Endpoint`]).
 struct Webhook {
-    config: WebhookConfig,
+    config: Settings,
     gate: Arc<Gate>,
     store: WebhookStore,
     /// The first push time; later ones follow on a grid of `push_interval` from it.
     anchor: Instant,
+    /// When the last call started, including the call under way.
     last_push_started: Option<Instant>,
-    /// The due time and ticket of this webhook's live schedule entry.
-    scheduled: Option<(Instant, u64)>,
-    call: Option<CallUnderWay>,
+    /// The ticket of this webhook's live schedule entry.
+    scheduled: Option<NonZeroU64>,
+    /// The sequence number of the call under way.
+    call: Option<u64>,
     /// Events still to deliver for the flush under way.
     flush_remaining: usize,
+    /// Delivered events and calls, counted here rather than on the gate
+    /// that `enqueue` callers update from other threads.
+    calls: CallCounts,
+    /// URL, `Authorization` value and account name, ready to clone.
+    endpoint: Endpoint,
 }
 
 impl Webhook {
+    fn counts(&self) -> EventCounts {
+        self.gate.counters.snapshot_with(self.store.in_flight(), &self.calls)
+    }
+
     fn batch_limits(&self) -> (usize, usize) {
-        let events = if self.config.one_event_per_call() { 1 } else { self.config.max_batch_events() };
-        (events, self.config.max_batch_bytes())
+        let events = if self.config.one_event_per_call { 1 } else { self.config.max_batch_events };
+        (events, self.config.max_batch_bytes)
     }
 
     /// The first grid time at or after `earliest`.
@@ -216,11 +266,14 @@ impl Enqueuer {
 pub struct DispatchCore {
     admission: Arc<Admission>,
     intake: IntakeReceiver,
-    /// Boxed: the map's spare capacity then costs a pointer per slot, not a whole webhook.
-    webhooks: TokenMap<Box<Webhook>>,
+    /// Boxed: the map's spare capacity then costs a key and a pointer per
+    /// slot, not a whole webhook. Keyed by the token at the head of each
+    /// webhook's endpoint buffer (see [`Endpoint`]).
+    webhooks: std::collections::HashMap<TokenKey, Box<Webhook>, BuildTokenHasher>,
     /// Due times of webhooks with events waiting: a min-heap with lazy deletion.
-    schedule: BinaryHeap<Reverse<(Instant, u64, Arc<str>)>>,
-    next_ticket: u64,
+    schedule: BinaryHeap<Reverse<(Instant, NonZeroU64, Arc<str>)>>,
+    /// Tickets start at 1, so that a webhook's live one fits in a `NonZeroU64`.
+    next_ticket: NonZeroU64,
     next_call: u64,
     calls_in_flight: usize,
     limits: CoreLimits,
@@ -251,9 +304,9 @@ impl DispatchCore {
         let core = DispatchCore {
             admission: Arc::clone(&admission),
             intake,
-            webhooks: TokenMap::default(),
+            webhooks: std::collections::HashMap::default(),
             schedule: BinaryHeap::new(),
-            next_ticket: 0,
+            next_ticket: NonZeroU64::MIN,
             next_call: 0,
             calls_in_flight: 0,
             limits: CoreLimits { max_concurrent_pushes: limits.max_concurrent_pushes.max(1), ..limits },
@@ -276,21 +329,24 @@ impl DispatchCore {
         self.drain_intake();
         let token = config.shared_bot_token();
         let anchor = now + phase(&token, config.push_interval());
-        match self.webhooks.get_mut(&token) {
-            Some(webhook) => {
+        let (key, endpoint) = Endpoint::new(&config);
+        match self.webhooks.remove(&*token) {
+            Some(mut webhook) => {
                 webhook.gate.apply(&config);
                 webhook.store.disabled = false;
                 webhook.store.failures_in_row = 0;
                 webhook.store.last_failure = None;
-                webhook.gate.counters.failures_in_row.store(0, std::sync::atomic::Ordering::Relaxed);
                 webhook.anchor = anchor;
-                webhook.config = config;
+                webhook.config = Settings::new(&config);
+                webhook.endpoint = endpoint;
+                // Re-keyed: the key shares the new endpoint's buffer.
+                self.webhooks.insert(key, webhook);
             }
             None => {
                 let gate = Arc::new(Gate::new(Arc::clone(&token), &config));
                 gates.insert(Arc::clone(&token), Arc::clone(&gate));
                 let webhook = Webhook {
-                    config,
+                    config: Settings::new(&config),
                     gate,
                     store: WebhookStore::default(),
                     anchor,
@@ -298,8 +354,10 @@ impl DispatchCore {
                     scheduled: None,
                     call: None,
                     flush_remaining: 0,
+                    calls: CallCounts::default(),
+                    endpoint,
                 };
-                self.webhooks.insert(Arc::clone(&token), Box::new(webhook));
+                self.webhooks.insert(key, Box::new(webhook));
             }
         }
         drop(gates);
@@ -328,7 +386,7 @@ impl DispatchCore {
             self.flushing_webhooks -= 1;
         }
         let events = self.take_all_events(&mut webhook, DropReason::Removed);
-        self.admission.retired.absorb(&webhook.gate.counters.snapshot());
+        self.admission.retired.absorb(&webhook.counts());
         events
     }
 
@@ -353,10 +411,10 @@ impl DispatchCore {
             if *due > now {
                 return None;
             }
-            let (due, ticket) = (*due, *ticket);
+            let ticket = *ticket;
             let Some(Reverse((_, _, token))) = self.schedule.pop() else { break };
-            let Some(webhook) = self.webhooks.get_mut(&token) else { continue };
-            if webhook.scheduled != Some((due, ticket)) {
+            let Some(webhook) = self.webhooks.get_mut(&*token) else { continue };
+            if webhook.scheduled != Some(ticket) {
                 continue; // superseded by a later scheduling
             }
             webhook.scheduled = None;
@@ -381,10 +439,14 @@ impl DispatchCore {
         // Events waiting in the intake count when deciding whether a full batch is left.
         self.take_in_some();
         let now = self.clock.now();
-        let Some(webhook) = self.webhooks.get_mut(&id.bot_token) else { return };
-        let Some(call) = webhook.call.take_if(|call| call.sequence == id.sequence) else { return };
+        let Some(webhook) = self.webhooks.get_mut(&*id.bot_token) else { return };
+        if webhook.call.take_if(|sequence| *sequence == id.sequence).is_none() {
+            return;
+        }
         self.calls_in_flight -= 1;
-        let accept_any_2xx = webhook.config.accept_any_2xx();
+        let started = webhook.last_push_started.unwrap_or(now);
+        let bytes = webhook.store.in_flight_body_length();
+        let accept_any_2xx = webhook.config.accept_any_2xx;
         let outcome = match result {
             Ok(status) if status == StatusCode::OK || (accept_any_2xx && status.is_success()) => {
                 CallOutcome::Delivered(status)
@@ -394,22 +456,20 @@ impl DispatchCore {
         };
         let delivered = outcome.is_success();
         let events = webhook.store.finish_batch(delivered);
-        let counters = &webhook.gate.counters;
-        counters.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        webhook.calls.calls += 1;
         self.notices.push_back(Notice::Call(CallRecord {
-            bot_token: webhook.config.shared_bot_token(),
-            account_name: webhook.config.shared_account_name(),
-            url: webhook.config.url().clone(),
+            bot_token: Arc::clone(&id.bot_token),
+            account_name: webhook.endpoint.account_name.clone(),
+            url: webhook.endpoint.url.clone(),
             events,
-            bytes: call.bytes,
-            duration: now.saturating_duration_since(call.started),
+            bytes,
+            duration: now.saturating_duration_since(started),
             outcome: outcome.clone(),
         }));
         if delivered {
-            counters.in_flight_to_delivered(events as u64);
+            webhook.calls.delivered += events as u64;
             self.admission.release(events);
             webhook.store.failures_in_row = 0;
-            counters.failures_in_row.store(0, std::sync::atomic::Ordering::Relaxed);
             if webhook.flush_remaining > 0 {
                 webhook.flush_remaining = webhook.flush_remaining.saturating_sub(events);
                 if webhook.flush_remaining == 0 || webhook.store.waiting() == 0 {
@@ -418,11 +478,10 @@ impl DispatchCore {
                 }
             }
         } else {
-            counters.in_flight_to_pending(events as u64);
-            counters.calls_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            webhook.gate.counters.in_flight_to_pending(events as u64);
+            webhook.calls.calls_failed += 1;
             webhook.store.failures_in_row += 1;
-            counters.failures_in_row.store(webhook.store.failures_in_row, std::sync::atomic::Ordering::Relaxed);
-            webhook.store.last_failure = Some(outcome.to_string());
+            webhook.store.last_failure = Some(outcome.to_string().into());
             if webhook.flush_remaining > 0 {
                 // A flush makes one attempt per webhook; the failure rule paces retries.
                 webhook.flush_remaining = 0;
@@ -434,8 +493,13 @@ impl DispatchCore {
                 return;
             }
         }
+        if webhook.store.waiting() == 0 && !webhook.store.disabled && webhook.config.plan != Plan::Free {
+            // The common case, settled here without looking the webhook up again.
+            webhook.scheduled = None;
+            return;
+        }
         let token = Arc::clone(&id.bot_token);
-        self.settle(&token, now, Some(call.started));
+        self.settle(&token, now, Some(started));
     }
 
     /// Takes in newly enqueued events, then says when the core next has a
@@ -453,7 +517,7 @@ impl DispatchCore {
             return None;
         }
         while let Some(Reverse((due, ticket, token))) = self.schedule.peek() {
-            let live = self.webhooks.get(token).is_some_and(|webhook| webhook.scheduled == Some((*due, *ticket)));
+            let live = self.webhooks.get(&**token).is_some_and(|webhook| webhook.scheduled == Some(*ticket));
             if live {
                 return Some(*due);
             }
@@ -473,10 +537,10 @@ impl DispatchCore {
             .webhooks
             .iter()
             .filter(|(_, webhook)| !webhook.store.disabled && webhook.store.waiting() + webhook.store.in_flight() > 0)
-            .map(|(token, _)| Arc::clone(token))
+            .map(|(_, webhook)| Arc::clone(&webhook.gate.bot_token))
             .collect();
         for token in tokens {
-            let Some(webhook) = self.webhooks.get_mut(&token) else { continue };
+            let Some(webhook) = self.webhooks.get_mut(&*token) else { continue };
             if webhook.flush_remaining == 0 {
                 self.flushing_webhooks += 1;
             }
@@ -502,10 +566,10 @@ impl DispatchCore {
     /// [`DropReason::Shutdown`]. Used at shutdown, after the last flush.
     pub fn take_undelivered(&mut self) -> Vec<Event> {
         self.drain_intake();
-        let tokens: Vec<Arc<str>> = self.webhooks.keys().cloned().collect();
+        let tokens: Vec<TokenKey> = self.webhooks.keys().cloned().collect();
         let mut undelivered = Vec::new();
         for token in tokens {
-            let Some(mut webhook) = self.webhooks.remove(&token) else { continue };
+            let Some(mut webhook) = self.webhooks.remove(token.as_str()) else { continue };
             if webhook.call.take().is_some() {
                 self.calls_in_flight -= 1;
             }
@@ -544,14 +608,14 @@ impl DispatchCore {
             bot_token: bot_token.to_owned(),
             state: if webhook.store.disabled {
                 WebhookState::Disabled
-            } else if webhook.config.plan() == Plan::Free {
+            } else if webhook.config.plan == Plan::Free {
                 WebhookState::FreePlan
             } else {
                 WebhookState::Active
             },
-            counts: webhook.gate.counters.snapshot(),
+            counts: webhook.counts(),
             failures_in_row: webhook.store.failures_in_row,
-            last_failure: webhook.store.last_failure.clone(),
+            last_failure: webhook.store.last_failure.as_deref().map(str::to_owned),
         })
     }
 
@@ -560,7 +624,7 @@ impl DispatchCore {
         let mut totals: EventCounts = self.admission.retired.snapshot();
         let mut disabled_webhooks = 0;
         for webhook in self.webhooks.values() {
-            totals.add(&webhook.gate.counters.snapshot());
+            totals.add(&webhook.counts());
             disabled_webhooks += usize::from(webhook.store.disabled);
         }
         DispatcherStats { webhooks: self.webhooks.len(), disabled_webhooks, totals }
@@ -624,10 +688,10 @@ impl DispatchCore {
     }
 
     fn schedule_at(&mut self, token: &Arc<str>, due: Instant) {
-        let Some(webhook) = self.webhooks.get_mut(token) else { return };
+        let Some(webhook) = self.webhooks.get_mut(&**token) else { return };
         let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        webhook.scheduled = Some((due, ticket));
+        self.next_ticket = ticket.saturating_add(1);
+        webhook.scheduled = Some(ticket);
         self.schedule.push(Reverse((due, ticket, Arc::clone(token))));
     }
 
@@ -639,7 +703,7 @@ impl DispatchCore {
     /// next regular push comes one interval after it. Without it (after a
     /// reconfiguration), the webhook is scheduled as if it had been idle.
     fn settle(&mut self, token: &Arc<str>, now: Instant, last_call_started: Option<Instant>) {
-        let Some(webhook) = self.webhooks.get_mut(token) else { return };
+        let Some(webhook) = self.webhooks.get_mut(&**token) else { return };
         if webhook.call.is_some() || webhook.store.disabled {
             return;
         }
@@ -676,16 +740,16 @@ impl DispatchCore {
 
     fn disable(&mut self, token: &Arc<str>) {
         let wall_time = self.clock.wall_time();
-        let Some(webhook) = self.webhooks.get_mut(token) else { return };
+        let Some(webhook) = self.webhooks.get_mut(&**token) else { return };
         webhook.store.disabled = true;
         webhook.gate.disabled.store(true, std::sync::atomic::Ordering::Relaxed);
         webhook.scheduled = None;
         let alert = WebhookDisabledAlert {
-            bot_token: webhook.config.bot_token().to_owned(),
-            account_name: webhook.config.account_name().to_owned(),
-            url: webhook.config.url().to_string(),
+            bot_token: webhook.gate.bot_token.to_string(),
+            account_name: webhook.endpoint.account_name().to_owned(),
+            url: webhook.endpoint.url.to_string(),
             failures_in_row: webhook.store.failures_in_row,
-            last_failure: webhook.store.last_failure.clone().unwrap_or_default(),
+            last_failure: webhook.store.last_failure.as_deref().unwrap_or_default().to_owned(),
             disabled_at: wall_time,
         };
         let events = webhook.store.take_all();
@@ -715,20 +779,19 @@ fn start_push(webhook: &mut Webhook, token: &Arc<str>, sequence: u64, now: Insta
     let batch = webhook.store.start_batch(max_events, max_bytes);
     webhook.gate.counters.pending_to_in_flight(batch.events as u64);
     webhook.last_push_started = Some(now);
-    webhook.call = Some(CallUnderWay { sequence, bytes: batch.body.len(), started: now });
-    let config = &webhook.config;
+    webhook.call = Some(sequence);
     let mut request = Request::new(batch.body);
     *request.method_mut() = Method::POST;
-    *request.uri_mut() = config.url().as_uri().clone();
+    *request.uri_mut() = webhook.endpoint.url.as_uri().clone();
     let headers = request.headers_mut();
-    headers.insert(AUTHORIZATION, config.secret().authorization_header().clone());
+    headers.insert(AUTHORIZATION, webhook.endpoint.authorization.clone());
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     headers.insert(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT));
     Push {
         id: PushId { sequence, bot_token: Arc::clone(token) },
         request,
         events: batch.events,
-        timeout: config.request_timeout(),
+        timeout: webhook.config.request_timeout,
     }
 }
 

@@ -18,6 +18,7 @@ mod admission;
 mod bot_sender;
 mod core;
 mod driver;
+mod endpoint;
 mod intake;
 mod noop;
 mod recording;
@@ -116,13 +117,13 @@ impl fmt::Display for CallOutcome {
 /// events it carried.
 ///
 /// Made for every call, so it shares the webhook's strings instead of
-/// copying them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// copying them: the token, and one buffer that holds the URL and the
+/// account name (read with [`account_name`](Self::account_name)).
+#[derive(Clone, PartialEq, Eq)]
 pub struct CallRecord {
     /// The bot billed.
     pub bot_token: Arc<str>,
-    /// The bot's account.
-    pub account_name: Arc<str>,
+    account_name: bytes::Bytes,
     /// Where the call went.
     pub url: WebhookUrl,
     /// Events in the body.
@@ -133,6 +134,29 @@ pub struct CallRecord {
     pub duration: Duration,
     /// How it ended.
     pub outcome: CallOutcome,
+}
+
+impl CallRecord {
+    /// The bot's account.
+    pub fn account_name(&self) -> &str {
+        // Copied from a `str` when the webhook was configured: always valid UTF-8.
+        std::str::from_utf8(&self.account_name).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for CallRecord {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("CallRecord")
+            .field("bot_token", &self.bot_token)
+            .field("account_name", &self.account_name())
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("bytes", &self.bytes)
+            .field("duration", &self.duration)
+            .field("outcome", &self.outcome)
+            .finish()
+    }
 }
 
 /// Accepted events that will not be delivered, and why.

@@ -1,7 +1,7 @@
 //! Counting every event: accepted, delivered, pending, in flight, dropped or refused.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why an accepted event was dropped instead of delivered.
 ///
@@ -100,6 +100,11 @@ impl fmt::Display for Refusal {
 
 /// Live counters, shared between `enqueue` callers and the dispatcher core.
 ///
+/// A configured webhook's `delivered`, `in_flight`, `calls` and
+/// `calls_failed` stay zero here: only the core changes those, so it keeps
+/// them with the webhook's other state ([`CallCounts`]) and adds them to
+/// snapshots. The retired counters use every field.
+///
 /// `repr(C)`: the two that `enqueue` updates come first, next to the gate's settings.
 #[derive(Debug, Default)]
 #[repr(C)]
@@ -112,7 +117,15 @@ pub(crate) struct Counters {
     pub(crate) refused: [AtomicU64; Refusal::ALL.len()],
     pub(crate) calls: AtomicU64,
     pub(crate) calls_failed: AtomicU64,
-    pub(crate) failures_in_row: AtomicU32,
+}
+
+/// The counts of one webhook that only the core changes, kept with its
+/// state instead of as atomics beside the ones `enqueue` callers update.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct CallCounts {
+    pub(crate) delivered: u64,
+    pub(crate) calls: u64,
+    pub(crate) calls_failed: u64,
 }
 
 fn add(counter: &AtomicU64, amount: u64) {
@@ -128,19 +141,14 @@ impl Counters {
         add(&self.refused[refusal as usize], 1);
     }
 
+    /// Events leave `pending` for a call (the core counts them in flight).
     pub(crate) fn pending_to_in_flight(&self, events: u64) {
-        add(&self.in_flight, events);
         subtract(&self.pending, events);
     }
 
+    /// A failed call's events wait again.
     pub(crate) fn in_flight_to_pending(&self, events: u64) {
         add(&self.pending, events);
-        subtract(&self.in_flight, events);
-    }
-
-    pub(crate) fn in_flight_to_delivered(&self, events: u64) {
-        add(&self.delivered, events);
-        subtract(&self.in_flight, events);
     }
 
     pub(crate) fn pending_to_dropped(&self, events: u64, reason: DropReason) {
@@ -148,9 +156,9 @@ impl Counters {
         subtract(&self.pending, events);
     }
 
+    /// Events of an abandoned call are dropped (the core stops counting them in flight).
     pub(crate) fn in_flight_to_dropped(&self, events: u64, reason: DropReason) {
         add(&self.dropped[reason as usize], events);
-        subtract(&self.in_flight, events);
     }
 
     /// Adds the counts of a webhook that is going away.
@@ -167,6 +175,16 @@ impl Counters {
         for (counter, value) in self.refused.iter().zip(counts.refused) {
             add(counter, value);
         }
+    }
+
+    /// A configured webhook's counts: these counters plus what the core keeps.
+    pub(crate) fn snapshot_with(&self, in_flight: usize, calls: &CallCounts) -> EventCounts {
+        let mut counts = self.snapshot();
+        counts.in_flight += in_flight as u64;
+        counts.delivered += calls.delivered;
+        counts.calls += calls.calls;
+        counts.calls_failed += calls.calls_failed;
+        counts
     }
 
     pub(crate) fn snapshot(&self) -> EventCounts {

@@ -26,7 +26,7 @@ pub(crate) struct WebhookStore {
     /// Set after too many failures in a row; cleared by reconfiguring.
     pub(crate) disabled: bool,
     /// Why the last failed call failed.
-    pub(crate) last_failure: Option<String>,
+    pub(crate) last_failure: Option<Box<str>>,
 }
 
 /// A batch taken from the head of a queue.
@@ -48,6 +48,11 @@ impl WebhookStore {
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// The body length of the call under way.
+    pub(crate) fn in_flight_body_length(&self) -> usize {
+        array_length(self.in_flight, self.in_flight_bytes)
     }
 
     /// Whether the waiting events fill at least one whole batch.
