@@ -157,6 +157,13 @@ impl CrateSide {
                     Box::new(move || {
                         let share: Vec<(Event, usize)> =
                             events[range.clone()].iter().cloned().zip(sender_of[range].iter().copied()).collect();
+                        if through_senders {
+                            // The engine has each bot's state at hand when it builds the bot's
+                            // event: its sender and the bot token it holds (not the dispatcher's data).
+                            for &(_, sender) in &share {
+                                std::hint::black_box(senders[sender].bot_token().as_bytes().first());
+                            }
+                        }
                         Box::new(move || {
                             share
                                 .into_iter()

@@ -47,8 +47,9 @@ pub struct BotSender {
 impl BotSender {
     pub(crate) fn new(admission: Arc<Admission>, bot_token: &str) -> BotSender {
         let gate = admission.gate(bot_token);
-        let bot_token = gate.as_ref().map_or_else(|| Arc::from(bot_token), |gate| Arc::clone(&gate.bot_token));
-        BotSender { admission, bot_token, gate }
+        // Its own copy, not the gate's: it lives with the engine's per-bot state,
+        // so checking an event's token reads memory the engine has at hand.
+        BotSender { admission, bot_token: Arc::from(bot_token), gate }
     }
 
     /// The bot this sender is for.
