@@ -9,6 +9,7 @@
 //!
 //! [`WebhookDispatcher`](super::WebhookDispatcher) drives it on a runtime.
 
+use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
@@ -330,7 +331,7 @@ impl DispatchCore {
         let token = config.shared_bot_token();
         let anchor = now + phase(&token, config.push_interval());
         let (key, endpoint) = Endpoint::new(&config);
-        match self.webhooks.remove(&*token) {
+        match self.webhooks.remove(token.as_bytes()) {
             Some(mut webhook) => {
                 webhook.gate.apply(&config);
                 webhook.store.disabled = false;
@@ -376,7 +377,7 @@ impl DispatchCore {
         // No enqueue is mid-way now, so the intake holds every event this bot will get.
         self.drain_intake();
         drop(gates);
-        let Some(mut webhook) = self.webhooks.remove(bot_token) else {
+        let Some(mut webhook) = self.webhooks.remove(bot_token.as_bytes()) else {
             return Vec::new();
         };
         if webhook.call.take().is_some() {
@@ -413,7 +414,7 @@ impl DispatchCore {
             }
             let ticket = *ticket;
             let Some(Reverse((_, _, token))) = self.schedule.pop() else { break };
-            let Some(webhook) = self.webhooks.get_mut(&*token) else { continue };
+            let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { continue };
             if webhook.scheduled != Some(ticket) {
                 continue; // superseded by a later scheduling
             }
@@ -439,7 +440,7 @@ impl DispatchCore {
         // Events waiting in the intake count when deciding whether a full batch is left.
         self.take_in_some();
         let now = self.clock.now();
-        let Some(webhook) = self.webhooks.get_mut(&*id.bot_token) else { return };
+        let Some(webhook) = self.webhooks.get_mut(id.bot_token.as_bytes()) else { return };
         if webhook.call.take_if(|sequence| *sequence == id.sequence).is_none() {
             return;
         }
@@ -517,7 +518,7 @@ impl DispatchCore {
             return None;
         }
         while let Some(Reverse((due, ticket, token))) = self.schedule.peek() {
-            let live = self.webhooks.get(&**token).is_some_and(|webhook| webhook.scheduled == Some(*ticket));
+            let live = self.webhooks.get(token.as_bytes()).is_some_and(|webhook| webhook.scheduled == Some(*ticket));
             if live {
                 return Some(*due);
             }
@@ -540,7 +541,7 @@ impl DispatchCore {
             .map(|(_, webhook)| Arc::clone(&webhook.gate.bot_token))
             .collect();
         for token in tokens {
-            let Some(webhook) = self.webhooks.get_mut(&*token) else { continue };
+            let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { continue };
             if webhook.flush_remaining == 0 {
                 self.flushing_webhooks += 1;
             }
@@ -569,7 +570,7 @@ impl DispatchCore {
         let tokens: Vec<TokenKey> = self.webhooks.keys().cloned().collect();
         let mut undelivered = Vec::new();
         for token in tokens {
-            let Some(mut webhook) = self.webhooks.remove(token.as_str()) else { continue };
+            let Some(mut webhook) = self.webhooks.remove::<[u8]>(token.borrow()) else { continue };
             if webhook.call.take().is_some() {
                 self.calls_in_flight -= 1;
             }
@@ -604,7 +605,7 @@ impl DispatchCore {
 
     /// A snapshot of one bot's webhook.
     pub fn webhook_stats(&self, bot_token: &str) -> Option<WebhookStats> {
-        self.webhooks.get(bot_token).map(|webhook| WebhookStats {
+        self.webhooks.get(bot_token.as_bytes()).map(|webhook| WebhookStats {
             bot_token: bot_token.to_owned(),
             state: if webhook.store.disabled {
                 WebhookState::Disabled
@@ -650,7 +651,7 @@ impl DispatchCore {
         while taken < limit {
             let Some(event) = self.intake.try_recv() else { break };
             taken += 1;
-            let webhook = event.bot_token().and_then(|token| self.webhooks.get_mut(token));
+            let webhook = event.bot_token().and_then(|token| self.webhooks.get_mut(token.as_bytes()));
             let Some(webhook) = webhook else {
                 // Unreachable by the locking protocol of `remove`, which counted
                 // the event as pending among the retired counts; never lost silently.
@@ -688,7 +689,7 @@ impl DispatchCore {
     }
 
     fn schedule_at(&mut self, token: &Arc<str>, due: Instant) {
-        let Some(webhook) = self.webhooks.get_mut(&**token) else { return };
+        let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { return };
         let ticket = self.next_ticket;
         self.next_ticket = ticket.saturating_add(1);
         webhook.scheduled = Some(ticket);
@@ -703,7 +704,7 @@ impl DispatchCore {
     /// next regular push comes one interval after it. Without it (after a
     /// reconfiguration), the webhook is scheduled as if it had been idle.
     fn settle(&mut self, token: &Arc<str>, now: Instant, last_call_started: Option<Instant>) {
-        let Some(webhook) = self.webhooks.get_mut(&**token) else { return };
+        let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { return };
         if webhook.call.is_some() || webhook.store.disabled {
             return;
         }
@@ -740,7 +741,7 @@ impl DispatchCore {
 
     fn disable(&mut self, token: &Arc<str>) {
         let wall_time = self.clock.wall_time();
-        let Some(webhook) = self.webhooks.get_mut(&**token) else { return };
+        let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { return };
         webhook.store.disabled = true;
         webhook.gate.disabled.store(true, std::sync::atomic::Ordering::Relaxed);
         webhook.scheduled = None;
