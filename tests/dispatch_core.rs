@@ -505,3 +505,35 @@ fn a_bot_sender_refuses_after_close_and_hands_the_event_back() {
     let event = harness.message("bot", "late");
     assert_eq!(sender.enqueue(event.clone()), EnqueueOutcome::Closed(event));
 }
+
+#[test]
+fn a_burst_larger_than_the_intake_ring_is_taken_in_whole() {
+    // Far more events than the intake's preallocated ring holds, enqueued
+    // before the core takes any in: the overflow carries the rest.
+    const EVENTS: usize = 10_000;
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("busy").queue_capacity(EVENTS).build().unwrap());
+    for number in 0..EVENTS {
+        let event = harness.message("busy", &number.to_string());
+        assert_eq!(harness.enqueuer.enqueue(event), EnqueueOutcome::Accepted);
+    }
+    harness.core.take_in_all();
+    harness.check_balance();
+    assert_eq!(harness.core.stats().totals.pending, EVENTS as u64);
+
+    harness.advance(INTERVAL);
+    let mut delivered: Vec<usize> = Vec::new();
+    loop {
+        let pushes = harness.poll_all();
+        if pushes.is_empty() {
+            break;
+        }
+        for push in &pushes {
+            delivered.extend(texts(push).iter().map(|text| text.parse::<usize>().unwrap()));
+            harness.answer(push, 200);
+        }
+    }
+    delivered.sort_unstable();
+    assert_eq!(delivered, (0..EVENTS).collect::<Vec<_>>(), "every event delivered exactly once");
+    assert_eq!(harness.core.stats().totals.delivered, EVENTS as u64);
+}
