@@ -190,6 +190,46 @@ mod tests {
         }
     }
 
+    /// Every buffer size (each inline size's edges and the plain `Bytes`
+    /// beyond them) gives the right parts, and nothing public shows the secret.
+    #[test]
+    fn parts_are_exact_at_every_buffer_size_and_never_show_the_secret() {
+        use crate::dispatch::{CallOutcome, CallRecord};
+        use std::sync::Arc;
+        const SECRET: &str = "S3CR3T-s3cr3t";
+        let fixed = "bot".len() + "https://h.example/p".len() + "Bearer ".len() + SECRET.len();
+        for total in [fixed, 118, 119, 182, 183, 246, 247, 374, 375, 502, 503, 1000] {
+            let account = "é".repeat(total.saturating_sub(fixed) / 2) + &"a".repeat(total.saturating_sub(fixed) % 2);
+            let config =
+                WebhookConfig::builder("bot", account.as_str(), "https://h.example/p", SECRET).build().unwrap();
+            let (key, endpoint) = Endpoint::new(&config);
+            assert_eq!(key.as_str(), "bot", "{total}");
+            assert_eq!(endpoint.url.to_string(), "https://h.example/p", "{total}");
+            assert_eq!(endpoint.authorization, format!("Bearer {SECRET}").as_str(), "{total}");
+            assert!(endpoint.authorization.is_sensitive(), "{total}");
+            assert_eq!(endpoint.account_name(), account, "{total}");
+            let record = CallRecord {
+                bot_token: Arc::from(key.as_str()),
+                account_name: endpoint.account_name.clone(),
+                url: endpoint.url.clone(),
+                events: 1,
+                bytes: 2,
+                duration: std::time::Duration::ZERO,
+                outcome: CallOutcome::Delivered(http::StatusCode::OK),
+            };
+            assert_eq!(record.account_name(), account, "{total}");
+            for shown in [
+                format!("{record:?}"),
+                format!("{key:?}"),
+                format!("{:?}", endpoint.url),
+                format!("{:?}", endpoint.authorization),
+                format!("{:?}", endpoint.account_name),
+            ] {
+                assert!(!shown.contains(SECRET), "{total}: {shown}");
+            }
+        }
+    }
+
     #[test]
     fn keys_hash_and_compare_as_their_token() {
         use std::collections::HashMap;

@@ -449,6 +449,25 @@ mod tests {
         assert_eq!(Ok(events), parse_push_slow(text, 0));
     }
 
+    /// The golden vectors, which the integration tests read through the
+    /// public functions (so through this path only): the full reader must
+    /// read them too, and read the same.
+    #[test]
+    fn both_readers_read_the_golden_vectors_alike() {
+        let vectors: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tests/vectors/seed-examples.json")).unwrap();
+        let canonicals: Vec<&str> =
+            vectors.as_array().unwrap().iter().map(|vector| vector["canonical"].as_str().unwrap()).collect();
+        assert!(!canonicals.is_empty());
+        for canonical in &canonicals {
+            let fast = event(canonical).expect("in the fast path's subset");
+            assert_eq!(Ok(fast), parse_event_slow(canonical), "{canonical}");
+        }
+        let body = format!("[{}]", canonicals.join(","));
+        let fast = push(&body, 0).expect("in the fast path's subset");
+        assert_eq!(Ok(fast), parse_push_slow(&body, 0));
+    }
+
     #[test]
     fn leaves_everything_else_to_the_full_reader() {
         for text in [
