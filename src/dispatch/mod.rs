@@ -119,6 +119,12 @@ impl fmt::Display for CallOutcome {
 /// Made for every call, so it shares the webhook's strings instead of
 /// copying them: the token, and one buffer that holds the URL and the
 /// account name (read with [`account_name`](Self::account_name)).
+///
+/// That buffer also holds the webhook's `Authorization` value, so that a push
+/// touches one cache line for all of them. No method, `Debug` or `Display`
+/// reaches it, but a record keeps the buffer allocated: a host that keeps
+/// records long after a bot's secret was replaced keeps the old secret's
+/// bytes in its memory until it drops them. Copy out what you store.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CallRecord {
     /// The bot billed.
