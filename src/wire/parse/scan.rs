@@ -257,8 +257,9 @@ impl<'de> Scanner<'de> {
         }
     }
 
-    /// The character of an escape, its backslash already read. Surrogate
-    /// escapes (pairs or not) are left to the full reader.
+    /// The character of an escape, its backslash already read. A surrogate
+    /// pair (how .NET and Python escape an emoji) makes one character; a lone
+    /// surrogate is left to the full reader, which reports it.
     fn escape(&mut self) -> Option<char> {
         Some(match self.next()? {
             b'"' => '"',
@@ -269,18 +270,35 @@ impl<'de> Scanner<'de> {
             b'n' => '\n',
             b'r' => '\r',
             b't' => '\t',
-            b'u' => {
-                let digits = self.bytes.get(self.at..self.at + 4)?;
-                let mut code = 0u32;
-                for digit in digits {
-                    code = code * 16 + char::from(*digit).to_digit(16)?;
+            b'u' => match self.hex4()? {
+                high @ 0xD800..=0xDBFF => {
+                    // The low half must follow, as an escape of its own.
+                    if self.bytes.get(self.at..self.at + 2)? != b"\\u" {
+                        return None;
+                    }
+                    self.at += 2;
+                    let low = self.hex4()?;
+                    if !(0xDC00..=0xDFFF).contains(&low) {
+                        return None;
+                    }
+                    char::from_u32(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))?
                 }
-                self.at += 4;
-                // `from_u32` refuses surrogates.
-                char::from_u32(code)?
-            }
+                // `from_u32` refuses a lone low surrogate.
+                code => char::from_u32(code)?,
+            },
             _ => return None,
         })
+    }
+
+    /// The four hex digits of a `\u` escape.
+    fn hex4(&mut self) -> Option<u32> {
+        let digits = self.bytes.get(self.at..self.at + 4)?;
+        let mut code = 0u32;
+        for digit in digits {
+            code = code * 16 + char::from(*digit).to_digit(16)?;
+        }
+        self.at += 4;
+        Some(code)
     }
 }
 
@@ -441,6 +459,16 @@ mod tests {
     }
 
     #[test]
+    fn takes_surrogate_pairs_as_one_character() {
+        let text = "[{\"Type\":8,\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\",\
+                    \"Data\":\"hi \\ud83d\\ude00 \\uD83D\\uDE00!\"}]";
+        let events = push(text, 0).expect("in the fast path's subset");
+        assert_eq!(Ok(events.clone()), parse_push_slow(text, 0));
+        let Event::NewUser(new_user) = &events[0] else { panic!("{events:?}") };
+        assert_eq!(new_user.data.as_deref(), Some("hi 😀 😀!"));
+    }
+
+    #[test]
     fn takes_whitespace_nulls_and_escapes() {
         let text =
             " [\n{ \"Type\" : 8 ,\"BotToken\":\"b\\u00e9\\/\\u00E9\",\"AccountName\":\"a\",\"ConversationId\":\"c\",\
@@ -490,7 +518,11 @@ mod tests {
             "[{\"Type\":8,\"BotToken\":\"b\",\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
             "[{\"Type\":8,\"UserName\":null,\"UserName\":null,\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
             "[{\"Type\":8,\"Bot\\u0054oken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
-            "[{\"Type\":8,\"BotToken\":\"\\ud83d\\ude00\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
+            "[{\"Type\":8,\"BotToken\":\"\\ud83d\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
+            "[{\"Type\":8,\"BotToken\":\"\\ud83dx\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
+            "[{\"Type\":8,\"BotToken\":\"\\ud83d\\u0041\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
+            "[{\"Type\":8,\"BotToken\":\"\\ude00\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
+            "[{\"Type\":8,\"BotToken\":\"\\ud83d\\ud83d\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
             "[{\"Type\":8,\"BotToken\":\"\\x\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
             "[{\"Type\":8,\"BotToken\":\"\\u12\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
             "[{\"Type\":8,\"BotToken\":\"\n\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
@@ -550,6 +582,24 @@ mod tests {
             if let Ok(text) = std::str::from_utf8(&body) {
                 check_agreement(text)?;
             }
+        }
+
+        /// Strings of `\u` escapes, surrogates among them, paired or not.
+        #[test]
+        fn agrees_with_the_full_reader_on_unicode_escapes(
+            codes in prop::collection::vec(prop_oneof![
+                2 => 0xD800u32..0xDC00, 2 => 0xDC00u32..0xE000, 1 => 0u32..0x10000, 1 => Just(0x41u32)
+            ], 0..6),
+            upper in any::<bool>(),
+        ) {
+            let escapes: String = codes
+                .iter()
+                .map(|code| if upper { format!("\\u{code:04X}") } else { format!("\\u{code:04x}") })
+                .collect();
+            let text = format!(
+                "[{{\"Type\":8,\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\",\"Data\":\"{escapes}\"}}]"
+            );
+            check_agreement(&text)?;
         }
 
         /// Objects of every kind, with any key missing, `null`, odd or
