@@ -19,7 +19,9 @@ use std::sync::Arc;
 use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use crate::event::{CatalogChange, ConversationEvent, Event, EventDate, Message, MissedText, Origin, UnknownEvent};
+use crate::event::{
+    CatalogChange, ConversationEvent, Event, EventDate, EventKind, Message, MissedText, Origin, UnknownEvent,
+};
 
 use super::{ParseError, ParseOptions};
 
@@ -729,24 +731,63 @@ impl<'de> EntryFields<'de> {
     }
 
     fn build(&mut self, code: u64, extras: Vec<Extra<'_>>, recent: &[Event]) -> Result<Event, ParseError> {
-        Ok(match code {
-            0 => Event::BotMessage(self.message(recent)?),
-            1 => Event::UserMessage(self.message(recent)?),
-            2 => Event::ConversationError(self.conversation_event(recent)?),
-            3 => Event::IntentUpdated(self.catalog_change(recent)?),
-            4 => Event::IntentDeleted(self.catalog_change(recent)?),
-            5 => Event::EntityUpdated(self.catalog_change(recent)?),
-            6 => Event::EntityDeleted(self.catalog_change(recent)?),
-            7 => Event::NlpMissed(self.missed_text(recent)?),
-            8 => Event::NewUser(self.conversation_event(recent)?),
-            9 => Event::ReturningUser(self.conversation_event(recent)?),
-            10 => Event::TakeOver(self.conversation_event(recent)?),
-            11 => Event::HandOver(self.conversation_event(recent)?),
-            12 => Event::Fallback(self.conversation_event(recent)?),
-            13 => Event::WrongAnswer(self.conversation_event(recent)?),
-            _ => Event::Unknown(self.unknown(code, extras)),
-        })
+        match EventKind::from_code(code) {
+            Some(kind) => known_event(kind, self, recent),
+            None => Ok(Event::Unknown(self.unknown(code, extras))),
+        }
     }
+}
+
+impl PayloadFields for EntryFields<'_> {
+    type Error = ParseError;
+
+    fn message(&mut self, recent: &[Event]) -> Result<Message, ParseError> {
+        EntryFields::message(self, recent)
+    }
+
+    fn catalog_change(&mut self, recent: &[Event]) -> Result<CatalogChange, ParseError> {
+        EntryFields::catalog_change(self, recent)
+    }
+
+    fn missed_text(&mut self, recent: &[Event]) -> Result<MissedText, ParseError> {
+        EntryFields::missed_text(self, recent)
+    }
+
+    fn conversation_event(&mut self, recent: &[Event]) -> Result<ConversationEvent, ParseError> {
+        EntryFields::conversation_event(self, recent)
+    }
+}
+
+/// An entry's keys, as each reader holds them: one method per payload type.
+trait PayloadFields {
+    /// How a reader fails: a [`ParseError`], or nothing for the fast path,
+    /// which then leaves the push to the full reader.
+    type Error;
+    fn message(&mut self, recent: &[Event]) -> Result<Message, Self::Error>;
+    fn catalog_change(&mut self, recent: &[Event]) -> Result<CatalogChange, Self::Error>;
+    fn missed_text(&mut self, recent: &[Event]) -> Result<MissedText, Self::Error>;
+    fn conversation_event(&mut self, recent: &[Event]) -> Result<ConversationEvent, Self::Error>;
+}
+
+/// The event of `kind`, built from the payload type that kind carries: the
+/// one place both readers map `Type` codes to `Event` variants.
+fn known_event<F: PayloadFields>(kind: EventKind, fields: &mut F, recent: &[Event]) -> Result<Event, F::Error> {
+    Ok(match kind {
+        EventKind::BotMessage => Event::BotMessage(fields.message(recent)?),
+        EventKind::UserMessage => Event::UserMessage(fields.message(recent)?),
+        EventKind::ConversationError => Event::ConversationError(fields.conversation_event(recent)?),
+        EventKind::IntentUpdated => Event::IntentUpdated(fields.catalog_change(recent)?),
+        EventKind::IntentDeleted => Event::IntentDeleted(fields.catalog_change(recent)?),
+        EventKind::EntityUpdated => Event::EntityUpdated(fields.catalog_change(recent)?),
+        EventKind::EntityDeleted => Event::EntityDeleted(fields.catalog_change(recent)?),
+        EventKind::NlpMissed => Event::NlpMissed(fields.missed_text(recent)?),
+        EventKind::NewUser => Event::NewUser(fields.conversation_event(recent)?),
+        EventKind::ReturningUser => Event::ReturningUser(fields.conversation_event(recent)?),
+        EventKind::TakeOver => Event::TakeOver(fields.conversation_event(recent)?),
+        EventKind::HandOver => Event::HandOver(fields.conversation_event(recent)?),
+        EventKind::Fallback => Event::Fallback(fields.conversation_event(recent)?),
+        EventKind::WrongAnswer => Event::WrongAnswer(fields.conversation_event(recent)?),
+    })
 }
 
 /// A serde_json error as [`ParseError::InvalidJson`], without the position

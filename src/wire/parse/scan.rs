@@ -14,10 +14,10 @@
 
 use std::borrow::Cow;
 
-use crate::event::{CatalogChange, ConversationEvent, Event, EventDate, Message, MissedText, Origin};
+use crate::event::{CatalogChange, ConversationEvent, Event, EventDate, EventKind, Message, MissedText, Origin};
 use crate::wire::encode::escape_mask;
 
-use super::{classify, share, Field, KeyClass, FIELD_COUNT, RECENT_ORIGINS};
+use super::{classify, known_event, share, Field, KeyClass, PayloadFields, FIELD_COUNT, RECENT_ORIGINS};
 
 /// Reads `text` (already checked to be UTF-8) as a push, or `None` when it is
 /// not in this path's subset or not valid.
@@ -346,7 +346,7 @@ impl<'de> Fields<'de> {
     }
 
     // The same payloads as the full reader's `EntryFields` builds.
-    fn message(&mut self, recent: &[Event]) -> Option<Message> {
+    fn read_message(&mut self, recent: &[Event]) -> Option<Message> {
         let item_type = self.string(Field::ItemType);
         let sub_type = self.string(Field::SubType);
         let data = self.string(Field::Data)?;
@@ -358,7 +358,7 @@ impl<'de> Fields<'de> {
         Some(Message { origin, item_type, sub_type, data, date, conversation_id, user_name, channel })
     }
 
-    fn catalog_change(&mut self, recent: &[Event]) -> Option<CatalogChange> {
+    fn read_catalog_change(&mut self, recent: &[Event]) -> Option<CatalogChange> {
         let date = self.optional_date()?;
         let origin = self.origin(recent)?;
         let name = self.string(Field::Name)?;
@@ -366,7 +366,7 @@ impl<'de> Fields<'de> {
         Some(CatalogChange { origin, date, name, key })
     }
 
-    fn missed_text(&mut self, recent: &[Event]) -> Option<MissedText> {
+    fn read_missed_text(&mut self, recent: &[Event]) -> Option<MissedText> {
         let date = self.optional_date()?;
         let origin = self.origin(recent)?;
         let conversation_id = self.string(Field::ConversationId);
@@ -376,7 +376,7 @@ impl<'de> Fields<'de> {
         Some(MissedText { origin, date, conversation_id, user_name, channel, text })
     }
 
-    fn conversation_event(&mut self, recent: &[Event]) -> Option<ConversationEvent> {
+    fn read_conversation_event(&mut self, recent: &[Event]) -> Option<ConversationEvent> {
         let data = self.string(Field::Data);
         let date = self.optional_date()?;
         let origin = self.origin(recent)?;
@@ -388,23 +388,27 @@ impl<'de> Fields<'de> {
 
     /// The event of a known `Type`; unknown types are left to the full reader.
     fn build(mut self, code: u64, recent: &[Event]) -> Option<Event> {
-        Some(match code {
-            0 => Event::BotMessage(self.message(recent)?),
-            1 => Event::UserMessage(self.message(recent)?),
-            2 => Event::ConversationError(self.conversation_event(recent)?),
-            3 => Event::IntentUpdated(self.catalog_change(recent)?),
-            4 => Event::IntentDeleted(self.catalog_change(recent)?),
-            5 => Event::EntityUpdated(self.catalog_change(recent)?),
-            6 => Event::EntityDeleted(self.catalog_change(recent)?),
-            7 => Event::NlpMissed(self.missed_text(recent)?),
-            8 => Event::NewUser(self.conversation_event(recent)?),
-            9 => Event::ReturningUser(self.conversation_event(recent)?),
-            10 => Event::TakeOver(self.conversation_event(recent)?),
-            11 => Event::HandOver(self.conversation_event(recent)?),
-            12 => Event::Fallback(self.conversation_event(recent)?),
-            13 => Event::WrongAnswer(self.conversation_event(recent)?),
-            _ => return None,
-        })
+        known_event(EventKind::from_code(code)?, &mut self, recent).ok()
+    }
+}
+
+impl PayloadFields for Fields<'_> {
+    type Error = ();
+
+    fn message(&mut self, recent: &[Event]) -> Result<Message, ()> {
+        self.read_message(recent).ok_or(())
+    }
+
+    fn catalog_change(&mut self, recent: &[Event]) -> Result<CatalogChange, ()> {
+        self.read_catalog_change(recent).ok_or(())
+    }
+
+    fn missed_text(&mut self, recent: &[Event]) -> Result<MissedText, ()> {
+        self.read_missed_text(recent).ok_or(())
+    }
+
+    fn conversation_event(&mut self, recent: &[Event]) -> Result<ConversationEvent, ()> {
+        self.read_conversation_event(recent).ok_or(())
     }
 }
 
