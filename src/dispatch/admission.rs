@@ -170,8 +170,9 @@ impl Admission {
 
     /// Checks, bounds, counts and the send to the core, for an event of `gate`'s bot.
     ///
-    /// The caller holds the gates' read lock, or knows by other means that
-    /// `gate` is still configured (see [`BotSender`](super::BotSender)).
+    /// The caller holds the gates' read lock and has checked that `gate` is
+    /// still configured, so that `remove` and `close` cannot be between
+    /// their write lock and their drain of the intake.
     pub(crate) fn admit(&self, gate: &Gate, event: Event) -> EnqueueOutcome {
         if self.closed.load(Ordering::Acquire) {
             gate.counters.refuse(Refusal::Closed);

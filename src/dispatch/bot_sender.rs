@@ -63,10 +63,17 @@ impl BotSender {
     pub fn enqueue(&self, event: Event) -> EnqueueOutcome {
         match &self.gate {
             Some(gate) if self.is_own(&event) => {
+                // The read lock, as on the token path: `remove` and `close` take
+                // the write lock and then drain the intake, so no event can
+                // slip in after them (it would be neither handed back nor counted).
+                let consistent = self.admission.read_gates();
                 if gate.is_removed() {
+                    drop(consistent);
                     return self.admission.enqueue(event);
                 }
-                self.admission.admit(gate, event)
+                let outcome = self.admission.admit(gate, event);
+                drop(consistent);
+                outcome
             }
             _ => self.admission.enqueue(event),
         }
