@@ -55,14 +55,18 @@ impl Rng {
 
 /// The bot token of bot number `bot`: a GUID, as the platform's tokens are.
 pub fn bot_token(bot: usize) -> String {
-    let hash = (bot as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    guid((bot as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15), 'a', bot as u64)
+}
+
+/// A GUID-shaped string: digits from `hash`, `variant` as the fourth
+/// group's first digit, and `tail` readable in the last group.
+fn guid(hash: u64, variant: char, tail: u64) -> String {
     format!(
-        "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+        "{:08x}-{:04x}-4{:03x}-{variant}{:03x}-{tail:012x}",
         hash >> 32,
         (hash >> 16) & 0xffff,
         hash & 0xfff,
         (hash >> 20) & 0xfff,
-        bot
     )
 }
 
@@ -187,15 +191,7 @@ impl EventGen {
     /// A conversation id (a GUID) whose last group is `seq`, so a receiver
     /// can tell events apart; see [`event_seq`].
     fn conversation_id(&mut self, seq: u64) -> String {
-        let hash = self.rng.next_u64();
-        format!(
-            "{:08x}-{:04x}-4{:03x}-b{:03x}-{:012x}",
-            hash >> 32,
-            (hash >> 16) & 0xffff,
-            hash & 0xfff,
-            (hash >> 20) & 0xfff,
-            seq
-        )
+        guid(self.rng.next_u64(), 'b', seq)
     }
 
     /// One event of bot number `bot`, carrying `seq` (see [`event_seq`]).
