@@ -23,7 +23,7 @@ struct WireEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     item_type: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    sub_type: Option<&'a str>,
+    item_sub_type: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,7 +59,7 @@ fn to_wire(event: &Event) -> WireEvent<'_> {
     match event {
         Event::BotMessage(message) | Event::UserMessage(message) => {
             wire.item_type = message.item_type.as_deref();
-            wire.sub_type = message.sub_type.as_deref();
+            wire.item_sub_type = message.item_sub_type.as_deref();
             wire.data = Some(&message.data);
             wire.date = Some(rfc3339(message.date));
             wire.conversation_id = Some(&message.conversation_id);

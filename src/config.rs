@@ -146,6 +146,92 @@ impl std::str::FromStr for WebhookUrl {
     }
 }
 
+/// The conversation variables a webhook includes in its pushes: a list of
+/// names, checked when built (1-128 bytes each, at most 64, no duplicates).
+///
+/// Every event of a conversation then carries `Variables` with those of the
+/// listed names that the conversation has a value for, in this list's order;
+/// an empty list (the default) sends no `Variables` at all.
+///
+/// ```
+/// use eventhook::{ConfigError, IncludedVariables};
+///
+/// let names = IncludedVariables::new(["plan", "email"]).unwrap();
+/// assert_eq!(names.iter().collect::<Vec<_>>(), ["plan", "email"]);
+/// assert_eq!(
+///     IncludedVariables::new(["plan", "plan"]).unwrap_err().to_string(),
+///     r#"included variable "plan": listed twice"#
+/// );
+/// assert!(matches!(IncludedVariables::new([""]), Err(ConfigError::InvalidVariableName { .. })));
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct IncludedVariables {
+    names: Arc<[Box<str>]>,
+}
+
+impl IncludedVariables {
+    /// The most names a webhook may list.
+    pub const MAX_NAMES: usize = 64;
+    /// The longest name, in bytes.
+    pub const MAX_NAME_BYTES: usize = 128;
+
+    /// Checks `names` and keeps them in order.
+    pub fn new<I, S>(names: I) -> Result<IncludedVariables, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        if names.len() > Self::MAX_NAMES {
+            return Err(ConfigError::TooManyVariables { count: names.len(), limit: Self::MAX_NAMES });
+        }
+        for (index, name) in names.iter().enumerate() {
+            let invalid = |reason| ConfigError::InvalidVariableName { name: shortened(name), reason };
+            if name.is_empty() {
+                return Err(invalid("it is empty"));
+            }
+            if name.len() > Self::MAX_NAME_BYTES {
+                return Err(invalid("it is longer than 128 bytes"));
+            }
+            // At most 64 names: a scan is cheaper than a set.
+            if names[..index].contains(name) {
+                return Err(invalid("listed twice"));
+            }
+        }
+        Ok(IncludedVariables { names: names.into_iter().map(String::into_boxed_str).collect() })
+    }
+
+    /// The names, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.names.iter().map(|name| &**name)
+    }
+
+    /// How many names are listed.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether no name is listed (pushes then carry no `Variables`).
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+impl fmt::Debug for IncludedVariables {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// `text` cut to a length fit for an error message.
+fn shortened(text: &str) -> String {
+    const MAX_CHARS: usize = 40;
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 /// The bot's plan. The platform ignores the webhook of a bot on the free plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -186,6 +272,7 @@ pub struct WebhookConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) queue_capacity: usize,
     pub(crate) accept_any_2xx: bool,
+    pub(crate) included_variables: IncludedVariables,
 }
 
 impl WebhookConfig {
@@ -223,6 +310,7 @@ impl WebhookConfig {
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             queue_capacity: Self::DEFAULT_QUEUE_CAPACITY,
             accept_any_2xx: false,
+            included_variables: Vec::new(),
         }
     }
 
@@ -284,6 +372,10 @@ impl WebhookConfig {
     pub fn accept_any_2xx(&self) -> bool {
         self.accept_any_2xx
     }
+    /// The conversation variables each event of a conversation carries.
+    pub fn included_variables(&self) -> &IncludedVariables {
+        &self.included_variables
+    }
 }
 
 /// Holds the secret text until `build` checks it, without ever printing it.
@@ -313,6 +405,7 @@ pub struct WebhookConfigBuilder {
     request_timeout: Duration,
     queue_capacity: usize,
     accept_any_2xx: bool,
+    included_variables: Vec<String>,
 }
 
 impl WebhookConfigBuilder {
@@ -362,6 +455,27 @@ impl WebhookConfigBuilder {
         self.accept_any_2xx = enabled;
         self
     }
+    /// The conversation variables to include in every event of a
+    /// conversation, in this order (default: none). Checked in `build`, as
+    /// [`IncludedVariables::new`] checks them.
+    ///
+    /// ```
+    /// use eventhook::WebhookConfig;
+    ///
+    /// let config = WebhookConfig::builder("bot-token", "Matelab Srl", "https://hooks.example.com/events", "s3cr3t")
+    ///     .include_variables(["plan", "email"])
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(config.included_variables().len(), 2);
+    /// ```
+    pub fn include_variables<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.included_variables = names.into_iter().map(Into::into).collect();
+        self
+    }
 
     /// Checks every setting and returns the configuration, or the first
     /// problem found.
@@ -383,6 +497,7 @@ impl WebhookConfigBuilder {
         at_least("max_batch_events", self.max_batch_events >= 1, "1")?;
         at_least("max_batch_bytes", self.max_batch_bytes >= 1024, "1024")?;
         at_least("queue_capacity", self.queue_capacity >= 1, "1")?;
+        let included_variables = IncludedVariables::new(self.included_variables)?;
         Ok(WebhookConfig {
             bot_token: Arc::from(self.bot_token),
             account_name: Arc::from(self.account_name),
@@ -397,6 +512,7 @@ impl WebhookConfigBuilder {
             request_timeout: self.request_timeout,
             queue_capacity: self.queue_capacity,
             accept_any_2xx: self.accept_any_2xx,
+            included_variables,
         })
     }
 }
@@ -429,6 +545,22 @@ pub enum ConfigError {
         setting: &'static str,
         /// Its smallest allowed value.
         minimum: &'static str,
+    },
+    /// A name in the webhook's included variables is unusable.
+    #[error("included variable {name:?}: {reason}")]
+    InvalidVariableName {
+        /// The name as given (shortened when long).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The webhook lists more included variables than allowed.
+    #[error("{count} included variables listed; at most {limit} are allowed")]
+    TooManyVariables {
+        /// How many were listed.
+        count: usize,
+        /// The most allowed.
+        limit: usize,
     },
     /// A dispatcher part is missing (for example no transport without the `reqwest` feature).
     #[error("no {part} was given and no default is compiled in (enable the {feature:?} feature or set one)")]
@@ -507,5 +639,29 @@ mod tests {
         let config = pending.build().unwrap();
         assert!(!format!("{config:?}").contains("secret-value"));
         assert_eq!(config.push_interval(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn included_variables_are_checked_and_the_bad_one_named() {
+        let config = builder().include_variables(["plan", "e-mail", "名前"]).build().unwrap();
+        assert_eq!(config.included_variables().iter().collect::<Vec<_>>(), ["plan", "e-mail", "名前"]);
+        assert!(builder().build().unwrap().included_variables().is_empty());
+
+        let long = "x".repeat(129);
+        for (names, expected) in [
+            (vec!["plan".to_owned(), String::new()], r#"included variable "": it is empty"#.to_owned()),
+            (vec![long.clone()], format!("included variable \"{}...\": it is longer than 128 bytes", &long[..40])),
+            (vec!["a".to_owned(), "b".to_owned(), "a".to_owned()], r#"included variable "a": listed twice"#.to_owned()),
+            (
+                (0..65).map(|index| format!("v{index}")).collect(),
+                "65 included variables listed; at most 64 are allowed".to_owned(),
+            ),
+        ] {
+            let error = builder().include_variables(names).build().unwrap_err();
+            assert_eq!(error.to_string(), expected);
+        }
+        // The bounds themselves are allowed.
+        let most: Vec<String> = (0..64).map(|index| format!("{index:0>128}")).collect();
+        assert_eq!(builder().include_variables(most).build().unwrap().included_variables().len(), 64);
     }
 }

@@ -40,13 +40,13 @@ pub mod wire;
 
 pub use alert::{AlertSink, NoAlerts, WebhookDisabledAlert};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{BotSecret, ConfigError, Plan, WebhookConfig, WebhookConfigBuilder, WebhookUrl};
+pub use config::{BotSecret, ConfigError, IncludedVariables, Plan, WebhookConfig, WebhookConfigBuilder, WebhookUrl};
 pub use dispatch::{
     DeliveryObserver, Dispatcher, EnqueueOutcome, ReturningUserGate, WebhookDispatcher, WebhookDispatcherBuilder,
 };
 pub use event::{
     CatalogChange, ChatContext, ConversationEvent, DateError, Event, EventDate, EventFactory, EventFlags, EventKind,
-    Message, MissedText, Origin, UnknownEvent,
+    Message, MissedText, Origin, UnknownEvent, Variables,
 };
 pub use runtime::Runtime;
 pub use transport::{Transport, TransportError, TransportErrorKind};

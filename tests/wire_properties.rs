@@ -4,7 +4,10 @@
 
 use chrono::{FixedOffset, NaiveDate, TimeZone};
 use eventhook::wire;
-use eventhook::{CatalogChange, ConversationEvent, Event, EventDate, Message, MissedText, Origin, UnknownEvent};
+use eventhook::{
+    CatalogChange, ConversationEvent, Event, EventDate, IncludedVariables, Message, MissedText, Origin, UnknownEvent,
+    Variables,
+};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -54,21 +57,47 @@ fn date() -> impl Strategy<Value = EventDate> {
     )
 }
 
+/// Variable names, often from a small set so that webhooks' lists hit them.
+fn variable_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::sample::select(vec!["plan", "email", "locale", "Plan", "é"]).prop_map(String::from),
+        1 => text().prop_filter("names are not empty", |name| !name.is_empty()),
+    ]
+}
+
+/// A conversation's variables: none half of the time.
+fn variables() -> impl Strategy<Value = Variables> {
+    prop_oneof![
+        1 => Just(Variables::new()),
+        1 => prop::collection::vec((variable_name(), text()), 1..5).prop_map(Variables::from_iter),
+    ]
+}
+
+/// A webhook's list of included names.
+fn included_variables() -> impl Strategy<Value = IncludedVariables> {
+    prop::collection::vec(variable_name(), 0..5).prop_map(|mut names| {
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|name| name.len() <= 128 && seen.insert(name.clone()));
+        IncludedVariables::new(names).expect("distinct names of 1-128 bytes")
+    })
+}
+
 fn origin() -> impl Strategy<Value = Origin> {
     (text(), text()).prop_map(|(bot_token, account_name)| Origin::new(bot_token, account_name))
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    (origin(), optional_text(), optional_text(), text(), date(), text(), optional_text(), text()).prop_map(
-        |(origin, item_type, sub_type, data, date, conversation_id, user_name, channel)| Message {
+    (origin(), optional_text(), optional_text(), text(), date(), text(), optional_text(), text(), variables()).prop_map(
+        |(origin, item_type, item_sub_type, data, date, conversation_id, user_name, channel, variables)| Message {
             origin,
             item_type,
-            sub_type,
+            item_sub_type,
             data,
             date,
             conversation_id,
             user_name,
             channel,
+            variables,
         },
     )
 }
@@ -83,29 +112,30 @@ fn catalog_change() -> impl Strategy<Value = CatalogChange> {
 }
 
 fn missed_text() -> impl Strategy<Value = MissedText> {
-    (origin(), prop::option::of(date()), optional_text(), optional_text(), optional_text(), text()).prop_map(
-        |(origin, date, conversation_id, user_name, channel, text)| MissedText {
+    (origin(), prop::option::of(date()), optional_text(), optional_text(), optional_text(), text(), variables())
+        .prop_map(|(origin, date, conversation_id, user_name, channel, text, variables)| MissedText {
+            // Variables belong to a conversation: a miss outside one has none.
+            variables: if conversation_id.is_some() { variables } else { Variables::new() },
             origin,
             date,
             conversation_id,
             user_name,
             channel,
             text,
-        },
-    )
+        })
 }
 
 fn conversation_event() -> impl Strategy<Value = ConversationEvent> {
-    (origin(), optional_text(), prop::option::of(date()), text(), optional_text(), optional_text()).prop_map(
-        |(origin, data, date, conversation_id, user_name, channel)| ConversationEvent {
+    (origin(), optional_text(), prop::option::of(date()), text(), optional_text(), optional_text(), variables())
+        .prop_map(|(origin, data, date, conversation_id, user_name, channel, variables)| ConversationEvent {
             origin,
             data,
             date,
             conversation_id,
             user_name,
             channel,
-        },
-    )
+            variables,
+        })
 }
 
 /// JSON values; `floats` is off where values must survive a round trip
@@ -169,8 +199,10 @@ fn event() -> impl Strategy<Value = Event> {
 }
 
 /// The object serde_json itself would write: each present key in contract
-/// order, its value written by `serde_json::to_string`.
-fn reference_encoding(event: &Event) -> String {
+/// order, its value written by `serde_json::to_string`; `Variables` holds the
+/// event's variables that `included` selects (all of them for `None`), in the
+/// list's order.
+fn reference_encoding(event: &Event, included: Option<&IncludedVariables>) -> String {
     fn text(value: &str) -> Option<String> {
         Some(serde_json::to_string(value).unwrap())
     }
@@ -181,11 +213,27 @@ fn reference_encoding(event: &Event) -> String {
         value.map(|date| format!("\"{date}\""))
     }
     let none = || None;
-    // Type, ItemType, SubType, Data, Date, BotToken, AccountName, ConversationId, UserName, Channel, Text, Name, Key
-    let values: [Option<String>; 12] = match event {
+    let variables_json = |variables: &Variables| {
+        let selected: Vec<(&str, &str)> = match included {
+            None => variables.iter().collect(),
+            Some(names) => names.iter().filter_map(|name| variables.get(name).map(|value| (name, value))).collect(),
+        };
+        (!selected.is_empty()).then(|| {
+            let members: Vec<String> = selected
+                .iter()
+                .map(|(name, value)| {
+                    format!("{}:{}", serde_json::to_string(name).unwrap(), serde_json::to_string(value).unwrap())
+                })
+                .collect();
+            format!("{{{}}}", members.join(","))
+        })
+    };
+    // Type, ItemType, ItemSubType, Data, Date, BotToken, AccountName, ConversationId, UserName, Channel, Text, Name,
+    // Key, Variables
+    let values: [Option<String>; 13] = match event {
         Event::BotMessage(message) | Event::UserMessage(message) => [
             optional(&message.item_type),
-            optional(&message.sub_type),
+            optional(&message.item_sub_type),
             text(&message.data),
             date(Some(message.date)),
             text(&message.origin.bot_token),
@@ -196,6 +244,7 @@ fn reference_encoding(event: &Event) -> String {
             none(),
             none(),
             none(),
+            variables_json(&message.variables),
         ],
         Event::IntentUpdated(change)
         | Event::IntentDeleted(change)
@@ -213,6 +262,7 @@ fn reference_encoding(event: &Event) -> String {
             none(),
             text(&change.name),
             text(&change.key),
+            none(),
         ],
         Event::NlpMissed(missed) => [
             none(),
@@ -227,6 +277,7 @@ fn reference_encoding(event: &Event) -> String {
             text(&missed.text),
             none(),
             none(),
+            missed.conversation_id.as_ref().and_then(|_| variables_json(&missed.variables)),
         ],
         Event::ConversationError(conversation)
         | Event::NewUser(conversation)
@@ -247,6 +298,7 @@ fn reference_encoding(event: &Event) -> String {
             none(),
             none(),
             none(),
+            variables_json(&conversation.variables),
         ],
         Event::Unknown(unknown) => {
             let mut out = format!("{{\"Type\":{}", unknown.code);
@@ -262,7 +314,7 @@ fn reference_encoding(event: &Event) -> String {
     };
     let keys = [
         "ItemType",
-        "SubType",
+        "ItemSubType",
         "Data",
         "Date",
         "BotToken",
@@ -273,6 +325,7 @@ fn reference_encoding(event: &Event) -> String {
         "Text",
         "Name",
         "Key",
+        "Variables",
     ];
     let mut out = format!("{{\"Type\":{}", event.code());
     for (key, value) in keys.iter().zip(values) {
@@ -289,8 +342,40 @@ proptest! {
         let mut out = Vec::new();
         wire::encode_event(&event, &mut out);
         let encoded = String::from_utf8(out).unwrap();
-        prop_assert_eq!(&encoded, &reference_encoding(&event));
+        prop_assert_eq!(&encoded, &reference_encoding(&event, None));
         prop_assert!(serde_json::from_str::<Value>(&encoded).is_ok());
+    }
+
+    /// What a webhook sends: only its listed names, in its order, and no
+    /// `Variables` at all when none of them has a value.
+    #[test]
+    fn webhooks_send_the_variables_they_list(event in event(), included in included_variables()) {
+        let mut out = Vec::new();
+        wire::encode_event_including(&event, &included, &mut out);
+        let encoded = String::from_utf8(out).unwrap();
+        prop_assert_eq!(&encoded, &reference_encoding(&event, Some(&included)));
+        // A receiver reads back exactly the selected variables, in order.
+        let parsed = wire::parse_event(encoded.as_bytes()).unwrap();
+        let variables = |event: &Event| match event {
+            Event::BotMessage(message) | Event::UserMessage(message) => message.variables.clone(),
+            Event::NlpMissed(missed) => missed.variables.clone(),
+            Event::ConversationError(conversation)
+            | Event::NewUser(conversation)
+            | Event::ReturningUser(conversation)
+            | Event::TakeOver(conversation)
+            | Event::HandOver(conversation)
+            | Event::Fallback(conversation)
+            | Event::WrongAnswer(conversation) => conversation.variables.clone(),
+            _ => Variables::new(),
+        };
+        let expected: Variables = included
+            .iter()
+            .filter_map(|name| variables(&event).get(name).map(|value| (name.to_owned(), value.to_owned())))
+            .collect();
+        prop_assert_eq!(variables(&parsed), expected);
+        if included.is_empty() {
+            prop_assert!(!encoded.contains("\"Variables\""));
+        }
     }
 
     #[test]
@@ -344,8 +429,8 @@ proptest! {
     fn arbitrary_objects_with_a_type_never_panic(
         code in prop_oneof![0u64..16, any::<u64>()],
         pairs in prop::collection::vec((prop::sample::select(vec![
-            "ItemType", "SubType", "Data", "Date", "BotToken", "AccountName", "ConversationId", "UserName",
-            "Channel", "Text", "Name", "Key", "Other",
+            "ItemType", "ItemSubType", "Data", "Date", "BotToken", "AccountName", "ConversationId", "UserName",
+            "Channel", "Text", "Name", "Key", "Variables", "Other",
         ]), json(true)), 0..14),
     ) {
         let mut object = serde_json::Map::new();

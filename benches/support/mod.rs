@@ -217,7 +217,7 @@ impl EventGen {
                 message.item_type = Some("Text".to_owned());
             }
             if self.rng.chance(10) {
-                message.sub_type = Some("QuickReply".to_owned());
+                message.item_sub_type = Some("QuickReply".to_owned());
             }
             return Event::BotMessage(message);
         }

@@ -30,7 +30,7 @@ use super::token_hash::BuildTokenHasher;
 use super::{CallOutcome, CallRecord, DroppedEvents, EnqueueOutcome};
 use crate::alert::WebhookDisabledAlert;
 use crate::clock::Clock;
-use crate::config::{Plan, WebhookConfig};
+use crate::config::{IncludedVariables, Plan, WebhookConfig};
 use crate::event::Event;
 use crate::transport::TransportError;
 use crate::wire;
@@ -106,6 +106,7 @@ struct Settings {
     max_batch_bytes: usize,
     push_interval: Duration,
     request_timeout: Duration,
+    included_variables: IncludedVariables,
 }
 
 // Read through the same accessors as a `WebhookConfig` where that is shorter.
@@ -119,6 +120,7 @@ impl Settings {
             max_batch_bytes: config.max_batch_bytes(),
             push_interval: config.push_interval(),
             request_timeout: config.request_timeout(),
+            included_variables: config.included_variables().clone(),
         }
     }
 
@@ -667,7 +669,7 @@ impl DispatchCore {
                 Some(DropReason::Reconfigured)
             } else {
                 encoded.clear();
-                wire::encode_event(&event, &mut encoded);
+                wire::encode_event_including(&event, &webhook.config.included_variables, &mut encoded);
                 (array_length(1, encoded.len()) > webhook.config.max_batch_bytes()).then_some(DropReason::TooLarge)
             };
             if let Some(reason) = drop_reason {

@@ -2,10 +2,25 @@
 
 use std::sync::Arc;
 
-use super::{CatalogChange, ConversationEvent, EventDate, Message, MissedText, Origin};
+use super::{CatalogChange, ConversationEvent, EventDate, Message, MissedText, Origin, Variables};
 use crate::clock::{Clock, SystemClock};
 
 /// The conversation an event belongs to, as a bot engine has it at hand.
+///
+/// Give it the conversation's current variables, all of them: each webhook
+/// sends only the names its settings list. Events built from the context
+/// share its variables rather than copying them.
+///
+/// ```
+/// use eventhook::{ChatContext, EventFactory};
+///
+/// let chat = ChatContext::new("conversation-42", "TelegramChannel")
+///     .user_name("Ada")
+///     .variable("plan", "gold")
+///     .variable("email", "ada@example.com");
+/// let message = EventFactory::new("bot-token", "Matelab Srl").message(&chat, "Hello there!");
+/// assert_eq!(message.variables.get("plan"), Some("gold"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ChatContext {
     /// `ConversationId`.
@@ -14,18 +29,39 @@ pub struct ChatContext {
     pub channel: String,
     /// `UserName`, when known.
     pub user_name: Option<String>,
+    /// The conversation's variables, names to current values as text.
+    pub variables: Variables,
 }
 
 impl ChatContext {
     /// The conversation `conversation_id` on `channel`.
     pub fn new(conversation_id: impl Into<String>, channel: impl Into<String>) -> ChatContext {
-        ChatContext { conversation_id: conversation_id.into(), channel: channel.into(), user_name: None }
+        ChatContext {
+            conversation_id: conversation_id.into(),
+            channel: channel.into(),
+            user_name: None,
+            variables: Variables::new(),
+        }
     }
 
     /// Sets the user's name.
     #[must_use]
     pub fn user_name(mut self, user_name: impl Into<String>) -> ChatContext {
         self.user_name = Some(user_name.into());
+        self
+    }
+
+    /// Sets the conversation's variables, replacing any set before.
+    #[must_use]
+    pub fn variables(mut self, variables: Variables) -> ChatContext {
+        self.variables = variables;
+        self
+    }
+
+    /// Sets one variable to its current value (see [`Variables::insert`]).
+    #[must_use]
+    pub fn variable(mut self, name: impl Into<String>, value: impl Into<String>) -> ChatContext {
+        self.variables.insert(name, value);
         self
     }
 }
@@ -92,6 +128,7 @@ impl EventFactory {
         let mut message =
             Message::new(self.origin.clone(), chat.conversation_id.clone(), chat.channel.clone(), data, self.now());
         message.user_name = chat.user_name.clone();
+        message.variables = chat.variables.clone();
         message
     }
 
@@ -101,6 +138,7 @@ impl EventFactory {
             .date(self.now())
             .channel(chat.channel.clone());
         event.user_name = chat.user_name.clone();
+        event.variables = chat.variables.clone();
         event
     }
 

@@ -11,12 +11,14 @@ mod date;
 mod factory;
 mod flags;
 mod kind;
+mod variables;
 
 pub(crate) use date::MAX_DATE_LEN;
 pub use date::{DateError, EventDate};
 pub use factory::{ChatContext, EventFactory};
 pub use flags::EventFlags;
 pub use kind::{EventKind, UnknownKindCode};
+pub use variables::Variables;
 
 /// Who produced an event: on every event (`BotToken`, `AccountName`).
 ///
@@ -62,8 +64,8 @@ pub struct Message {
     pub origin: Origin,
     /// `ItemType`: the item's visual type, e.g. `Text`.
     pub item_type: Option<String>,
-    /// `SubType`: the subtype of the visual type.
-    pub sub_type: Option<String>,
+    /// `ItemSubType`: the subtype of the visual type.
+    pub item_sub_type: Option<String>,
     /// `Data`: the message text; for a button click, its text and its payload.
     pub data: String,
     /// `Date`: when the message was sent.
@@ -74,6 +76,8 @@ pub struct Message {
     pub user_name: Option<String>,
     /// `Channel`: the channel that carried it, e.g. `TelegramChannel`.
     pub channel: String,
+    /// `Variables`: the conversation's variables (a webhook sends those its settings list).
+    pub variables: Variables,
 }
 
 impl Message {
@@ -88,12 +92,13 @@ impl Message {
         Message {
             origin,
             item_type: None,
-            sub_type: None,
+            item_sub_type: None,
             data: data.into(),
             date,
             conversation_id: conversation_id.into(),
             user_name: None,
             channel: channel.into(),
+            variables: Variables::new(),
         }
     }
 
@@ -104,10 +109,10 @@ impl Message {
         self
     }
 
-    /// Sets `SubType`.
+    /// Sets `ItemSubType`.
     #[must_use]
-    pub fn sub_type(mut self, sub_type: impl Into<String>) -> Message {
-        self.sub_type = Some(sub_type.into());
+    pub fn item_sub_type(mut self, item_sub_type: impl Into<String>) -> Message {
+        self.item_sub_type = Some(item_sub_type.into());
         self
     }
 
@@ -115,6 +120,13 @@ impl Message {
     #[must_use]
     pub fn user_name(mut self, user_name: impl Into<String>) -> Message {
         self.user_name = Some(user_name.into());
+        self
+    }
+
+    /// Sets the conversation's variables.
+    #[must_use]
+    pub fn variables(mut self, variables: Variables) -> Message {
+        self.variables = variables;
         self
     }
 }
@@ -161,12 +173,22 @@ pub struct MissedText {
     pub channel: Option<String>,
     /// `Text`: the text that was not recognised.
     pub text: String,
+    /// `Variables`: the conversation's variables; sent only with a `ConversationId`.
+    pub variables: Variables,
 }
 
 impl MissedText {
     /// A miss of `text`, with no date or conversation.
     pub fn new(origin: Origin, text: impl Into<String>) -> MissedText {
-        MissedText { origin, date: None, conversation_id: None, user_name: None, channel: None, text: text.into() }
+        MissedText {
+            origin,
+            date: None,
+            conversation_id: None,
+            user_name: None,
+            channel: None,
+            text: text.into(),
+            variables: Variables::new(),
+        }
     }
 
     /// Sets `Date`.
@@ -176,12 +198,13 @@ impl MissedText {
         self
     }
 
-    /// Sets `ConversationId`, `Channel` and `UserName` from a chat.
+    /// Sets `ConversationId`, `Channel`, `UserName` and the variables from a chat.
     #[must_use]
     pub fn in_chat(mut self, chat: &ChatContext) -> MissedText {
         self.conversation_id = Some(chat.conversation_id.clone());
         self.channel = Some(chat.channel.clone());
         self.user_name = chat.user_name.clone();
+        self.variables = chat.variables.clone();
         self
     }
 }
@@ -201,6 +224,8 @@ pub struct ConversationEvent {
     pub user_name: Option<String>,
     /// `Channel`, when known.
     pub channel: Option<String>,
+    /// `Variables`: the conversation's variables (a webhook sends those its settings list).
+    pub variables: Variables,
 }
 
 impl ConversationEvent {
@@ -213,6 +238,7 @@ impl ConversationEvent {
             conversation_id: conversation_id.into(),
             user_name: None,
             channel: None,
+            variables: Variables::new(),
         }
     }
 
@@ -241,6 +267,13 @@ impl ConversationEvent {
     #[must_use]
     pub fn user_name(mut self, user_name: impl Into<String>) -> ConversationEvent {
         self.user_name = Some(user_name.into());
+        self
+    }
+
+    /// Sets the conversation's variables.
+    #[must_use]
+    pub fn variables(mut self, variables: Variables) -> ConversationEvent {
+        self.variables = variables;
         self
     }
 }

@@ -2,9 +2,20 @@
 //! sent, so it writes straight into the output buffer with no intermediate
 //! value, no formatter and no allocation beyond the buffer's growth.
 
+use crate::config::IncludedVariables;
 use crate::event::{
-    CatalogChange, ConversationEvent, Event, EventDate, Message, MissedText, Payload, UnknownEvent, MAX_DATE_LEN,
+    CatalogChange, ConversationEvent, Event, EventDate, Message, MissedText, Payload, UnknownEvent, Variables,
+    MAX_DATE_LEN,
 };
+
+/// Which of an event's variables to write.
+#[derive(Clone, Copy)]
+pub(crate) enum Selection<'a> {
+    /// All of them, in the event's order: what a receiver read is written back.
+    All,
+    /// Only the names a webhook lists that have a value, in the list's order.
+    Listed(&'a IncludedVariables),
+}
 
 /// What each byte becomes inside a JSON string: 0 for itself, otherwise the
 /// letter after the backslash (`u` for a `\u00XX` escape). Same choices as
@@ -131,9 +142,49 @@ fn date_field(out: &mut Vec<u8>, date: Option<EventDate>) {
     }
 }
 
-fn write_message(out: &mut Vec<u8>, message: &Message) {
+/// Writes `,"Variables":{...}` with the selected variables, or nothing when
+/// none is selected: an event without variables costs one emptiness check.
+fn variables_field(out: &mut Vec<u8>, variables: &Variables, selection: Selection<'_>) {
+    if variables.is_empty() {
+        return;
+    }
+    let start = out.len();
+    out.extend_from_slice(b",\"Variables\":{");
+    let mut written = 0;
+    let mut write = |out: &mut Vec<u8>, name: &str, value: &str| {
+        if written > 0 {
+            out.push(b',');
+        }
+        write_string(out, name);
+        out.push(b':');
+        write_string(out, value);
+        written += 1;
+    };
+    match selection {
+        Selection::All => {
+            for (name, value) in variables.iter() {
+                write(out, name, value);
+            }
+        }
+        Selection::Listed(names) => {
+            for name in names.iter() {
+                if let Some(value) = variables.get(name) {
+                    write(out, name, value);
+                }
+            }
+        }
+    }
+    if written == 0 {
+        // None of the listed names has a value: the key is left out.
+        out.truncate(start);
+    } else {
+        out.push(b'}');
+    }
+}
+
+fn write_message(out: &mut Vec<u8>, message: &Message, selection: Selection<'_>) {
     optional_string_field(out, b",\"ItemType\":", message.item_type.as_ref());
-    optional_string_field(out, b",\"SubType\":", message.sub_type.as_ref());
+    optional_string_field(out, b",\"ItemSubType\":", message.item_sub_type.as_ref());
     string_field(out, b",\"Data\":", &message.data);
     date_field(out, Some(message.date));
     string_field(out, b",\"BotToken\":", &message.origin.bot_token);
@@ -141,6 +192,7 @@ fn write_message(out: &mut Vec<u8>, message: &Message) {
     string_field(out, b",\"ConversationId\":", &message.conversation_id);
     optional_string_field(out, b",\"UserName\":", message.user_name.as_ref());
     string_field(out, b",\"Channel\":", &message.channel);
+    variables_field(out, &message.variables, selection);
 }
 
 fn write_catalog_change(out: &mut Vec<u8>, change: &CatalogChange) {
@@ -151,7 +203,7 @@ fn write_catalog_change(out: &mut Vec<u8>, change: &CatalogChange) {
     string_field(out, b",\"Key\":", &change.key);
 }
 
-fn write_missed_text(out: &mut Vec<u8>, missed: &MissedText) {
+fn write_missed_text(out: &mut Vec<u8>, missed: &MissedText, selection: Selection<'_>) {
     date_field(out, missed.date);
     string_field(out, b",\"BotToken\":", &missed.origin.bot_token);
     string_field(out, b",\"AccountName\":", &missed.origin.account_name);
@@ -159,9 +211,13 @@ fn write_missed_text(out: &mut Vec<u8>, missed: &MissedText) {
     optional_string_field(out, b",\"UserName\":", missed.user_name.as_ref());
     optional_string_field(out, b",\"Channel\":", missed.channel.as_ref());
     string_field(out, b",\"Text\":", &missed.text);
+    // Variables belong to a conversation: a miss outside one carries none.
+    if missed.conversation_id.is_some() {
+        variables_field(out, &missed.variables, selection);
+    }
 }
 
-fn write_conversation_event(out: &mut Vec<u8>, conversation: &ConversationEvent) {
+fn write_conversation_event(out: &mut Vec<u8>, conversation: &ConversationEvent, selection: Selection<'_>) {
     optional_string_field(out, b",\"Data\":", conversation.data.as_ref());
     date_field(out, conversation.date);
     string_field(out, b",\"BotToken\":", &conversation.origin.bot_token);
@@ -169,6 +225,7 @@ fn write_conversation_event(out: &mut Vec<u8>, conversation: &ConversationEvent)
     string_field(out, b",\"ConversationId\":", &conversation.conversation_id);
     optional_string_field(out, b",\"UserName\":", conversation.user_name.as_ref());
     optional_string_field(out, b",\"Channel\":", conversation.channel.as_ref());
+    variables_field(out, &conversation.variables, selection);
 }
 
 fn write_unknown(out: &mut Vec<u8>, unknown: &UnknownEvent) {
@@ -185,15 +242,15 @@ fn write_unknown(out: &mut Vec<u8>, unknown: &UnknownEvent) {
     }
 }
 
-/// See [`crate::wire::encode_event`].
-pub(crate) fn encode_event(event: &Event, out: &mut Vec<u8>) {
+/// See [`crate::wire::encode_event`] and [`crate::wire::encode_event_including`].
+pub(crate) fn encode_event(event: &Event, selection: Selection<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"Type\":");
     write_integer(out, event.code());
     match event.payload() {
-        Payload::Message(message) => write_message(out, message),
+        Payload::Message(message) => write_message(out, message, selection),
         Payload::CatalogChange(change) => write_catalog_change(out, change),
-        Payload::MissedText(missed) => write_missed_text(out, missed),
-        Payload::Conversation(conversation) => write_conversation_event(out, conversation),
+        Payload::MissedText(missed) => write_missed_text(out, missed, selection),
+        Payload::Conversation(conversation) => write_conversation_event(out, conversation, selection),
         Payload::Unknown(unknown) => write_unknown(out, unknown),
     }
     out.push(b'}');
@@ -202,15 +259,15 @@ pub(crate) fn encode_event(event: &Event, out: &mut Vec<u8>) {
 /// A typical encoded event's size, to size the push buffer once for most pushes.
 const TYPICAL_EVENT_BYTES: usize = 320;
 
-/// See [`crate::wire::encode_push`].
-pub(crate) fn encode_push(events: &[Event]) -> Vec<u8> {
+/// See [`crate::wire::encode_push`] and [`crate::wire::encode_push_including`].
+pub(crate) fn encode_push(events: &[Event], selection: Selection<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(events.len().saturating_mul(TYPICAL_EVENT_BYTES).saturating_add(2));
     out.push(b'[');
     for (index, event) in events.iter().enumerate() {
         if index > 0 {
             out.push(b',');
         }
-        encode_event(event, &mut out);
+        encode_event(event, selection, &mut out);
     }
     out.push(b']');
     out

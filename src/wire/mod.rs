@@ -2,7 +2,7 @@
 //!
 //! A push body is a JSON array of event objects. Each object has PascalCase
 //! keys in this order, a key whose value is absent being left out (never
-//! `null`): `Type`, `ItemType`, `SubType`, `Data`, `Date`, `BotToken`,
+//! `null`): `Type`, `ItemType`, `ItemSubType`, `Data`, `Date`, `BotToken`,
 //! `AccountName`, `ConversationId`, `UserName`, `Channel`, `Text`, `Name`,
 //! `Key`. `Type` is the [`EventKind`](crate::EventKind) code; `Date` is an
 //! [`EventDate`](crate::EventDate).
@@ -59,7 +59,9 @@
 
 use std::fmt;
 
+use crate::config::IncludedVariables;
 use crate::event::Event;
+use encode::Selection;
 
 mod encode;
 mod parse;
@@ -85,7 +87,31 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// assert_eq!(out, br#"{"Type":7,"BotToken":"bot-1","AccountName":"Acme","Text":"say \"hi\""}"#);
 /// ```
 pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
-    encode::encode_event(event, out);
+    encode::encode_event(event, Selection::All, out);
+}
+
+/// Appends the JSON object of `event` as a webhook that includes `included`
+/// sends it: its `Variables` hold only the listed names the event has a
+/// value for, in the list's order, and are left out when none has one.
+/// This is what the dispatcher writes for each event it queues.
+///
+/// ```
+/// use eventhook::wire::encode_event_including;
+/// use eventhook::{ChatContext, Event, EventFactory, IncludedVariables};
+///
+/// let chat = ChatContext::new("c-1", "WebChannel").variable("email", "ada@example.com").variable("plan", "gold");
+/// let event = Event::NewUser(EventFactory::new("bot-1", "Acme").conversation(&chat));
+///
+/// let mut out = Vec::new();
+/// encode_event_including(&event, &IncludedVariables::new(["plan", "locale"]).unwrap(), &mut out);
+/// assert!(out.ends_with(br#""Variables":{"plan":"gold"}}"#));
+///
+/// out.clear();
+/// encode_event_including(&event, &IncludedVariables::default(), &mut out);
+/// assert!(!out.windows(9).any(|window| window == b"Variables"));
+/// ```
+pub fn encode_event_including(event: &Event, included: &IncludedVariables, out: &mut Vec<u8>) {
+    encode::encode_event(event, Selection::Listed(included), out);
 }
 
 /// The JSON array body of a push carrying `events`: `[]` when there are none.
@@ -94,7 +120,20 @@ pub fn encode_event(event: &Event, out: &mut Vec<u8>) {
 /// assert_eq!(eventhook::wire::encode_push(&[]), b"[]");
 /// ```
 pub fn encode_push(events: &[Event]) -> Vec<u8> {
-    encode::encode_push(events)
+    encode::encode_push(events, Selection::All)
+}
+
+/// The JSON array body of a push carrying `events` for a webhook that
+/// includes `included` (see [`encode_event_including`]).
+///
+/// ```
+/// use eventhook::wire::encode_push_including;
+/// use eventhook::IncludedVariables;
+///
+/// assert_eq!(encode_push_including(&[], &IncludedVariables::default()), b"[]");
+/// ```
+pub fn encode_push_including(events: &[Event], included: &IncludedVariables) -> Vec<u8> {
+    encode::encode_push(events, Selection::Listed(included))
 }
 
 /// Parses a push body (an array of events, or one event object) with the
@@ -272,6 +311,22 @@ pub enum ParseError {
         /// The key.
         key: String,
     },
+    /// A member of `Variables` is not a string.
+    InvalidVariable {
+        /// The entry's index.
+        entry: Option<usize>,
+        /// The variable's name.
+        name: String,
+        /// The type found.
+        found: JsonType,
+    },
+    /// A name appears twice in `Variables`.
+    DuplicateVariable {
+        /// The entry's index.
+        entry: Option<usize>,
+        /// The variable's name.
+        name: String,
+    },
 }
 
 impl ParseError {
@@ -288,7 +343,9 @@ impl ParseError {
             | ParseError::MissingKey { entry, .. }
             | ParseError::WrongJsonType { entry, .. }
             | ParseError::InvalidDate { entry, .. }
-            | ParseError::DuplicateKey { entry, .. } => *entry,
+            | ParseError::DuplicateKey { entry, .. }
+            | ParseError::InvalidVariable { entry, .. }
+            | ParseError::DuplicateVariable { entry, .. } => *entry,
         }
     }
 
@@ -300,6 +357,7 @@ impl ParseError {
             | ParseError::WrongJsonType { key, .. }
             | ParseError::InvalidDate { key, .. } => Some(key),
             ParseError::DuplicateKey { key, .. } => Some(key),
+            ParseError::InvalidVariable { .. } | ParseError::DuplicateVariable { .. } => Some("Variables"),
             _ => None,
         }
     }
@@ -346,6 +404,14 @@ impl fmt::Display for ParseError {
             ),
             ParseError::DuplicateKey { entry, key } => {
                 write!(formatter, "{}duplicate key {key:?}", EntryPrefix(*entry))
+            }
+            ParseError::InvalidVariable { entry, name, found } => write!(
+                formatter,
+                "{}key \"Variables\": variable {name:?}: expected a string, found {found}",
+                EntryPrefix(*entry)
+            ),
+            ParseError::DuplicateVariable { entry, name } => {
+                write!(formatter, "{}key \"Variables\": duplicate variable {name:?}", EntryPrefix(*entry))
             }
         }
     }

@@ -20,7 +20,7 @@ use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess,
 use serde_json::Value;
 
 use crate::event::{
-    CatalogChange, ConversationEvent, Event, EventDate, EventKind, Message, MissedText, Origin, UnknownEvent,
+    CatalogChange, ConversationEvent, Event, EventDate, EventKind, Message, MissedText, Origin, UnknownEvent, Variables,
 };
 
 use super::{ParseError, ParseOptions};
@@ -78,12 +78,12 @@ impl fmt::Display for JsonType {
     }
 }
 
-/// The 12 string keys of the contract besides `Type`, in wire order.
+/// The 12 string keys of the contract besides `Type` and `Variables`, in wire order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 enum Field {
     ItemType,
-    SubType,
+    ItemSubType,
     Data,
     Date,
     BotToken,
@@ -102,7 +102,7 @@ impl Field {
     const fn name(self) -> &'static str {
         match self {
             Field::ItemType => "ItemType",
-            Field::SubType => "SubType",
+            Field::ItemSubType => "ItemSubType",
             Field::Data => "Data",
             Field::Date => "Date",
             Field::BotToken => "BotToken",
@@ -118,7 +118,7 @@ impl Field {
 
     const ALL: [Field; FIELD_COUNT] = [
         Field::ItemType,
-        Field::SubType,
+        Field::ItemSubType,
         Field::Data,
         Field::Date,
         Field::BotToken,
@@ -138,6 +138,8 @@ impl Field {
 enum KeyClass {
     Type,
     Known(Field),
+    /// `Variables`, the one object-valued key of the contract.
+    Variables,
     /// A key outside the contract; its name is in [`KeySeed::other`].
     Other,
 }
@@ -153,12 +155,13 @@ fn classify(bytes: &[u8]) -> KeyClass {
         (4, Some(b'D'), Some(b'a')) => ("Data", KeyClass::Known(Field::Data)),
         (4, Some(b'D'), Some(b'e')) => ("Date", KeyClass::Known(Field::Date)),
         (4, Some(b'N'), _) => ("Name", KeyClass::Known(Field::Name)),
-        (7, Some(b'S'), _) => ("SubType", KeyClass::Known(Field::SubType)),
         (7, Some(b'C'), _) => ("Channel", KeyClass::Known(Field::Channel)),
         (8, Some(b'I'), _) => ("ItemType", KeyClass::Known(Field::ItemType)),
         (8, Some(b'B'), _) => ("BotToken", KeyClass::Known(Field::BotToken)),
         (8, Some(b'U'), _) => ("UserName", KeyClass::Known(Field::UserName)),
+        (9, Some(b'V'), _) => ("Variables", KeyClass::Variables),
         (11, Some(b'A'), _) => ("AccountName", KeyClass::Known(Field::AccountName)),
+        (11, Some(b'I'), _) => ("ItemSubType", KeyClass::Known(Field::ItemSubType)),
         (14, Some(b'C'), _) => ("ConversationId", KeyClass::Known(Field::ConversationId)),
         _ => return KeyClass::Other,
     };
@@ -295,6 +298,105 @@ impl<'de> Visitor<'de> for FieldVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         serde::Deserialize::deserialize(de::value::MapAccessDeserializer::new(map)).map(FieldValue::Other)
+    }
+}
+
+/// The value of `Variables`, read before the entry's `Type` is known: an
+/// object's members in the order read (a `Value` would sort them), or
+/// whatever else was found, kept for unknown types and error messages.
+enum VariablesValue<'de> {
+    Object(Vec<(Cow<'de, str>, FieldValue<'de>)>),
+    Other(FieldValue<'de>),
+}
+
+impl VariablesValue<'_> {
+    /// As an unknown event keeps it (a name given twice keeps its last value).
+    fn into_value(self) -> Value {
+        match self {
+            VariablesValue::Object(members) => Value::Object(
+                members.into_iter().map(|(name, value)| (name.into_owned(), value.into_value())).collect(),
+            ),
+            VariablesValue::Other(value) => value.into_value(),
+        }
+    }
+}
+
+struct VariablesSeed;
+
+impl<'de> DeserializeSeed<'de> for VariablesSeed {
+    type Value = VariablesValue<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(VariablesVisitor)
+    }
+}
+
+struct VariablesVisitor;
+
+/// Everything but an object is kept as [`FieldVisitor`] reads it.
+macro_rules! forward_to_field_visitor {
+    ($($visit:ident($($argument:ident: $type:ty),*);)*) => {
+        $(fn $visit<E: de::Error>(self, $($argument: $type),*) -> Result<Self::Value, E> {
+            FieldVisitor.$visit($($argument),*).map(VariablesValue::Other)
+        })*
+    };
+}
+
+impl<'de> Visitor<'de> for VariablesVisitor {
+    type Value = VariablesValue<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    forward_to_field_visitor! {
+        visit_borrowed_str(text: &'de str);
+        visit_str(text: &str);
+        visit_string(text: String);
+        visit_unit();
+        visit_bool(value: bool);
+        visit_i64(value: i64);
+        visit_u64(value: u64);
+        visit_f64(value: f64);
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        FieldVisitor.visit_seq(seq).map(VariablesValue::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members = Vec::new();
+        while let Some(name) = map.next_key_seed(NameSeed)? {
+            members.push((name, map.next_value_seed(FieldSeed)?));
+        }
+        Ok(VariablesValue::Object(members))
+    }
+}
+
+/// An object member's name, borrowed from the body when it has no escapes.
+struct NameSeed;
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, name: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(name))
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(name.to_owned()))
     }
 }
 
@@ -494,7 +596,13 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let entry = self.entry;
         let mut code: Option<u64> = None;
-        let mut fields = EntryFields { entry, values: Default::default(), positions: [0; FIELD_COUNT] };
+        let mut fields = EntryFields {
+            entry,
+            values: Default::default(),
+            positions: [0; FIELD_COUNT],
+            variables: None,
+            variables_position: 0,
+        };
         let mut extras: Vec<Extra<'de>> = Vec::new();
         // Names of the keys outside the contract, for the duplicate check: a
         // set, not a scan of `extras`, so that an object with many keys cannot
@@ -524,6 +632,13 @@ impl<'de> Visitor<'de> for EntryVisitor<'_> {
                     }
                     *slot = Some(map.next_value_seed(FieldSeed)?);
                     fields.positions[field as usize] = position;
+                }
+                KeyClass::Variables => {
+                    if fields.variables.is_some() {
+                        return fail(self.failure, ParseError::DuplicateKey { entry, key: VARIABLES.to_owned() });
+                    }
+                    fields.variables = Some(map.next_value_seed(VariablesSeed)?);
+                    fields.variables_position = position;
                 }
                 KeyClass::Other => {
                     let name = other_name.take().unwrap_or_default();
@@ -580,12 +695,17 @@ fn share(text: &str, recent: &[Event], pick: impl Fn(&Origin) -> &Arc<str>) -> A
     known.map_or_else(|| Arc::from(text), Arc::clone)
 }
 
+/// The key of the conversation variables.
+const VARIABLES: &str = "Variables";
+
 /// The contract's keys of one entry, buffered until `Type` is known.
 struct EntryFields<'de> {
     entry: Option<usize>,
     values: [Option<FieldValue<'de>>; FIELD_COUNT],
     /// Where each key came in the object, to keep the read order for unknown types.
     positions: [usize; FIELD_COUNT],
+    variables: Option<VariablesValue<'de>>,
+    variables_position: usize,
 }
 
 impl<'de> EntryFields<'de> {
@@ -651,6 +771,34 @@ impl<'de> EntryFields<'de> {
         }
     }
 
+    /// `Variables`: absent and `null` give none; every member must be a
+    /// string, and no name may come twice.
+    fn variables(&mut self) -> Result<Variables, ParseError> {
+        let entry = self.entry;
+        let members = match self.variables.take() {
+            None | Some(VariablesValue::Other(FieldValue::Null)) => return Ok(Variables::new()),
+            Some(VariablesValue::Other(other)) => {
+                let (expected, found) = (JsonType::Object, other.json_type());
+                return Err(ParseError::WrongJsonType { entry, key: VARIABLES, expected, found });
+            }
+            Some(VariablesValue::Object(members)) => members,
+        };
+        // A set, so that an object of many names cannot make this quadratic.
+        let mut names = HashSet::with_capacity(members.len());
+        let mut variables = Vec::with_capacity(members.len());
+        for (name, value) in members {
+            let FieldValue::String(value) = value else {
+                let found = value.json_type();
+                return Err(ParseError::InvalidVariable { entry, name: name.into_owned(), found });
+            };
+            if !names.insert(name.clone()) {
+                return Err(ParseError::DuplicateVariable { entry, name: name.into_owned() });
+            }
+            variables.push((name.into_owned(), value.into_owned()));
+        }
+        Ok(Variables::from_distinct(variables))
+    }
+
     /// `BotToken` and `AccountName`, sharing the strings of `recent` entries where equal.
     #[inline]
     fn origin(&mut self, recent: &[Event]) -> Result<Origin, ParseError> {
@@ -678,14 +826,15 @@ impl<'de> EntryFields<'de> {
     // Keys are checked in wire order so the first error reported is stable.
     fn message(&mut self, recent: &[Event]) -> Result<Message, ParseError> {
         let item_type = self.optional(Field::ItemType)?;
-        let sub_type = self.optional(Field::SubType)?;
+        let item_sub_type = self.optional(Field::ItemSubType)?;
         let data = self.required(Field::Data)?;
         let date = self.required_date()?;
         let origin = self.origin(recent)?;
         let conversation_id = self.required(Field::ConversationId)?;
         let user_name = self.optional(Field::UserName)?;
         let channel = self.required(Field::Channel)?;
-        Ok(Message { origin, item_type, sub_type, data, date, conversation_id, user_name, channel })
+        let variables = self.variables()?;
+        Ok(Message { origin, item_type, item_sub_type, data, date, conversation_id, user_name, channel, variables })
     }
 
     fn catalog_change(&mut self, recent: &[Event]) -> Result<CatalogChange, ParseError> {
@@ -703,7 +852,9 @@ impl<'de> EntryFields<'de> {
         let user_name = self.optional(Field::UserName)?;
         let channel = self.optional(Field::Channel)?;
         let text = self.required(Field::Text)?;
-        Ok(MissedText { origin, date, conversation_id, user_name, channel, text })
+        // Variables belong to a conversation; outside one the key is ignored.
+        let variables = if conversation_id.is_some() { self.variables()? } else { Variables::new() };
+        Ok(MissedText { origin, date, conversation_id, user_name, channel, text, variables })
     }
 
     fn conversation_event(&mut self, recent: &[Event]) -> Result<ConversationEvent, ParseError> {
@@ -713,7 +864,8 @@ impl<'de> EntryFields<'de> {
         let conversation_id = self.required(Field::ConversationId)?;
         let user_name = self.optional(Field::UserName)?;
         let channel = self.optional(Field::Channel)?;
-        Ok(ConversationEvent { origin, data, date, conversation_id, user_name, channel })
+        let variables = self.variables()?;
+        Ok(ConversationEvent { origin, data, date, conversation_id, user_name, channel, variables })
     }
 
     /// Every key but `Type`, in the order read, values unchecked.
@@ -725,6 +877,9 @@ impl<'de> EntryFields<'de> {
                 self.take(field).map(|value| (position, field.name().to_owned(), value.into_value()))
             })
             .collect();
+        if let Some(variables) = self.variables.take() {
+            fields.push((self.variables_position, VARIABLES.to_owned(), variables.into_value()));
+        }
         fields.extend(extras.into_iter().map(|extra| (extra.position, extra.name.into_owned(), extra.value)));
         fields.sort_unstable_by_key(|(position, _, _)| *position);
         UnknownEvent { code, fields: fields.into_iter().map(|(_, name, value)| (name, value)).collect() }

@@ -14,7 +14,9 @@
 
 use std::borrow::Cow;
 
-use crate::event::{CatalogChange, ConversationEvent, Event, EventDate, EventKind, Message, MissedText, Origin};
+use crate::event::{
+    CatalogChange, ConversationEvent, Event, EventDate, EventKind, Message, MissedText, Origin, Variables,
+};
 use crate::wire::encode::escape_mask;
 
 use super::{classify, known_event, share, Field, KeyClass, PayloadFields, FIELD_COUNT, RECENT_ORIGINS};
@@ -133,6 +135,13 @@ impl<'de> Scanner<'de> {
                         fields.values[field as usize] = Some(text);
                     }
                 }
+                KeyClass::Variables => {
+                    if fields.variables_seen {
+                        return None;
+                    }
+                    fields.variables_seen = true;
+                    fields.variables = self.variables_value()?;
+                }
                 // Outside the contract: the full reader decides what to keep.
                 KeyClass::Other => return None,
             }
@@ -187,16 +196,60 @@ impl<'de> Scanner<'de> {
     fn field_value(&mut self) -> Option<Option<Cow<'de, str>>> {
         match self.next()? {
             b'"' => self.string().map(Some),
-            b'n' => {
-                let rest = self.bytes.get(self.at..self.at + 3)?;
-                if rest != b"ull" {
-                    return None;
-                }
-                self.at += 3;
-                Some(None)
-            }
+            b'n' => self.field_value_null().map(|()| None),
             _ => None,
         }
+    }
+
+    /// The value of `Variables`: an object of up to [`MAX_FAST_VARIABLES`]
+    /// distinct names with string values, or `null` (none); anything else
+    /// is left to the full reader.
+    fn variables_value(&mut self) -> Option<Vec<(String, String)>> {
+        let mut variables = Vec::new();
+        match self.next()? {
+            b'n' => {
+                self.field_value_null()?;
+                return Some(variables);
+            }
+            b'{' => {}
+            _ => return None,
+        }
+        self.skip_whitespace();
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(variables);
+        }
+        loop {
+            self.expect(b'"')?;
+            let name = self.string()?;
+            self.skip_whitespace();
+            self.expect(b':')?;
+            self.skip_whitespace();
+            self.expect(b'"')?;
+            let value = self.string()?;
+            // Few names, so a scan; many are the full reader's (it uses a set).
+            if variables.len() == MAX_FAST_VARIABLES || variables.iter().any(|(known, _)| *known == name) {
+                return None;
+            }
+            variables.push((name.into_owned(), value.into_owned()));
+            self.skip_whitespace();
+            match self.next()? {
+                b',' => self.skip_whitespace(),
+                b'}' => return Some(variables),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The rest of `null`, its `n` already read.
+    #[inline]
+    fn field_value_null(&mut self) -> Option<()> {
+        let rest = self.bytes.get(self.at..self.at + 3)?;
+        if rest != b"ull" {
+            return None;
+        }
+        self.at += 3;
+        Some(())
     }
 
     /// A string, its opening quote already read: borrowed from the body when
@@ -310,7 +363,13 @@ struct Fields<'de> {
     values: [Option<Cow<'de, str>>; FIELD_COUNT],
     /// One bit per [`Field`] seen, for the duplicate check.
     seen: u16,
+    /// `Variables`, distinct names in order; empty when absent or `null`.
+    variables: Vec<(String, String)>,
+    variables_seen: bool,
 }
+
+/// The most variables this path reads in one event: webhooks list at most 64.
+const MAX_FAST_VARIABLES: usize = 64;
 
 impl<'de> Fields<'de> {
     #[inline]
@@ -338,6 +397,10 @@ impl<'de> Fields<'de> {
         }
     }
 
+    fn variables(&mut self) -> Variables {
+        Variables::from_distinct(std::mem::take(&mut self.variables))
+    }
+
     #[inline]
     fn origin(&mut self, recent: &[Event]) -> Option<Origin> {
         let bot_token = share(&self.take(Field::BotToken)?, recent, |origin| &origin.bot_token);
@@ -348,14 +411,15 @@ impl<'de> Fields<'de> {
     // The same payloads as the full reader's `EntryFields` builds.
     fn read_message(&mut self, recent: &[Event]) -> Option<Message> {
         let item_type = self.string(Field::ItemType);
-        let sub_type = self.string(Field::SubType);
+        let item_sub_type = self.string(Field::ItemSubType);
         let data = self.string(Field::Data)?;
         let date = self.required_date()?;
         let origin = self.origin(recent)?;
         let conversation_id = self.string(Field::ConversationId)?;
         let user_name = self.string(Field::UserName);
         let channel = self.string(Field::Channel)?;
-        Some(Message { origin, item_type, sub_type, data, date, conversation_id, user_name, channel })
+        let variables = self.variables();
+        Some(Message { origin, item_type, item_sub_type, data, date, conversation_id, user_name, channel, variables })
     }
 
     fn read_catalog_change(&mut self, recent: &[Event]) -> Option<CatalogChange> {
@@ -373,7 +437,8 @@ impl<'de> Fields<'de> {
         let user_name = self.string(Field::UserName);
         let channel = self.string(Field::Channel);
         let text = self.string(Field::Text)?;
-        Some(MissedText { origin, date, conversation_id, user_name, channel, text })
+        let variables = if conversation_id.is_some() { self.variables() } else { Variables::new() };
+        Some(MissedText { origin, date, conversation_id, user_name, channel, text, variables })
     }
 
     fn read_conversation_event(&mut self, recent: &[Event]) -> Option<ConversationEvent> {
@@ -383,7 +448,8 @@ impl<'de> Fields<'de> {
         let conversation_id = self.string(Field::ConversationId)?;
         let user_name = self.string(Field::UserName);
         let channel = self.string(Field::Channel);
-        Some(ConversationEvent { origin, data, date, conversation_id, user_name, channel })
+        let variables = self.variables();
+        Some(ConversationEvent { origin, data, date, conversation_id, user_name, channel, variables })
     }
 
     /// The event of a known `Type`; unknown types are left to the full reader.
@@ -431,7 +497,19 @@ mod tests {
             ),
             Event::NlpMissed(MissedText::new(origin.clone(), "what?").date(date)),
             Event::IntentDeleted(CatalogChange::new(origin.clone(), "greet", "k\u{2028}")),
-            Event::HandOver(ConversationEvent::new(origin, "conv-9").data("to: Bob").date(date).channel("Web")),
+            Event::HandOver(
+                ConversationEvent::new(origin.clone(), "conv-9")
+                    .data("to: Bob")
+                    .date(date)
+                    .channel("Web")
+                    .variables(Variables::new().with("plan", "gold").with("caf\u{e9} \"x\"", "\n\u{1}😀")),
+            ),
+            Event::BotMessage(
+                Message::new(origin, "conv-9", "WebChannel", "Pick", date)
+                    .item_type("Card")
+                    .item_sub_type("Carousel")
+                    .variables(Variables::new().with("email", "ada@example.com")),
+            ),
         ]
     }
 
@@ -498,6 +576,9 @@ mod tests {
         let body = format!("[{}]", canonicals.join(","));
         let fast = push(&body, 0).expect("in the fast path's subset");
         assert_eq!(Ok(fast), parse_push_slow(&body, 0));
+        let body = include_str!("../../../tests/vectors/push-example.json");
+        let fast = push(body, 0).expect("in the fast path's subset");
+        assert_eq!(Ok(fast), parse_push_slow(body, 0));
     }
 
     #[test]
@@ -537,6 +618,14 @@ mod tests {
             "[{\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\"}]",
             "[{\"Type\":0,\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\",\"Channel\":\"x\",\
              \"Data\":\"d\",\"Date\":\"2019-07-10\"}]",
+            "[{\"Type\":8,\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\",\"Variables\":{\"a\":1}}]",
+            "[{\"Type\":8,\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\",\"Variables\":{\"a\":null}}]",
+            "[{\"Type\":8,\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\",\"Variables\":[]}]",
+            "[{\"Type\":8,\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\",\"Variables\":\"a\"}]",
+            "[{\"Type\":8,\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\",\"Variables\":{\"a\":\"1\",\"a\":\"2\"}}]",
+            "[{\"Type\":8,\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\",\"Variables\":{\"a\":\"1\",}}]",
+            "[{\"Type\":8,\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\",\"Variables\":{},\"Variables\":{}}]",
+            "[{\"Type\":8,\"BotToken\":\"b\",\"AccountName\":\"a\",\"ConversationId\":\"c\",\"Variables\":{\"a\" \"1\"}}]",
         ] {
             assert_eq!(push(text, 0), None, "{text}");
         }
@@ -614,7 +703,11 @@ mod tests {
             variants in prop::collection::vec(0u8..40, FIELD_COUNT),
             texts in prop::collection::vec("[a-z\u{e9}\"\\\\\n]{0,6}", FIELD_COUNT),
             extra in prop::sample::select(vec![None, None, None, None, None, Some("Other"), Some("Type"), Some("Data")]),
-            order in Just((0..FIELD_COUNT + 2).collect::<Vec<usize>>()).prop_shuffle(),
+            variables in prop::sample::select(vec![
+                "", "", "null", "{}", r#"{"plan":"gold"}"#, r#"{ "b" : "1" , "a":"\u00e9\n" }"#, r#"{"a":"1","a":"2"}"#,
+                r#"{"a":1}"#, r#"{"a":null}"#, "[]", r#""x""#, r#"{"a":"1",}"#, r#"{"a""#,
+            ]),
+            order in Just((0..FIELD_COUNT + 3).collect::<Vec<usize>>()).prop_shuffle(),
             space in prop::sample::select(vec!["", " ", "\n\t "]),
             array in any::<bool>(),
         ) {
@@ -629,6 +722,7 @@ mod tests {
                 .collect();
             members.push(format!("\"Type\":{code}"));
             members.push(extra.map(|key| format!("\"{key}\":\"x\"")).unwrap_or_default());
+            members.push(if variables.is_empty() { String::new() } else { format!("\"Variables\":{space}{variables}") });
             let members: Vec<&String> = order.iter().map(|index| &members[*index]).filter(|member| !member.is_empty()).collect();
             let object = format!("{{{space}{}{space}}}", members.iter().map(|member| member.as_str()).collect::<Vec<_>>().join(&format!("{space},{space}")));
             let text = if array { format!("[{object},{space}{object}]") } else { object };
