@@ -2,7 +2,9 @@
 //!
 //! Starts a webhook receiver on 127.0.0.1 (an ephemeral port), configures two
 //! bots, enqueues a realistic conversation, and prints what the receiver got,
-//! verified and parsed. Then makes the receiver fail until the webhook is
+//! verified and parsed (with an entry of each push shown as it was on the
+//! wire: a card's `ItemSubType`, the conversation `Variables` the webhook
+//! includes). Then makes the receiver fail until the webhook is
 //! disabled (the 11th failed call) and alerted, re-enables it by configuring
 //! it again, and shows delivery resume.
 //!
@@ -113,6 +115,23 @@ struct Hook {
     receiver: WebhookReceiver,
     failing: Arc<AtomicBool>,
     received: Arc<Mutex<Vec<Event>>>,
+    /// Whether this bot's first pushes have been shown entry by entry yet.
+    shown: Arc<AtomicBool>,
+}
+
+/// The entries of a push worth showing as they were on the wire: one with an
+/// `ItemSubType` and one with `Variables` (or the first, when none has either).
+fn notable(events: &[Event]) -> Vec<&Event> {
+    let has_subtype = |event: &&Event| matches!(event, Event::BotMessage(message) if message.item_sub_type.is_some());
+    let has_variables = |event: &&Event| !event.variables().is_empty();
+    let mut shown: Vec<&Event> = events.iter().find(has_subtype).into_iter().collect();
+    if !shown.iter().any(has_variables) {
+        shown.extend(events.iter().find(has_variables));
+    }
+    if shown.is_empty() {
+        shown.extend(events.first());
+    }
+    shown
 }
 
 async fn receive(State(hook): State<Hook>, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
@@ -129,17 +148,31 @@ async fn receive(State(hook): State<Hook>, headers: HeaderMap, body: Bytes) -> (
     }
     let bot = events.first().and_then(Event::bot_token).unwrap_or("?").to_owned();
     println!("  receiver: verified push from {bot}: {} events {kinds:?}", events.len());
+    if !hook.shown.swap(true, Ordering::SeqCst) {
+        for event in notable(&events) {
+            // The crate's encoder writes back exactly the bytes it read.
+            let mut entry = Vec::new();
+            eventhook::wire::encode_event(event, &mut entry);
+            println!("    on the wire: {}", String::from_utf8_lossy(&entry));
+        }
+    }
     hook.received.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(events);
     (StatusCode::OK, String::new())
 }
 
-/// A realistic conversation of `count` events for one bot.
+/// A realistic conversation of `count` events for one bot. The engine gives
+/// the conversation's variables, all of them; each webhook sends those it lists.
 fn conversation(bot: &EventFactory, conversation_id: &str, count: usize) -> Vec<Event> {
-    let chat = ChatContext::new(conversation_id, "TelegramChannel").user_name("Ada Lovelace");
+    let chat = ChatContext::new(conversation_id, "TelegramChannel")
+        .user_name("Ada Lovelace")
+        .variable("plan", "gold")
+        .variable("email", "ada@example.com")
+        .variable("cart_total", "129.90");
     let script = [
         Event::NewUser(bot.conversation(&chat)),
         Event::UserMessage(bot.message(&chat, "Hello there!")),
         Event::BotMessage(bot.message(&chat, "Hey you, I'm your chatbot! Want to track an order?").item_type("Text")),
+        Event::BotMessage(bot.message(&chat, "Pick an order").item_type("Card").item_sub_type("Carousel")),
         Event::UserMessage(bot.message(&chat, "Yes, track my order|TRACK_ORDER").item_type("Button")),
         Event::UserMessage(bot.message(&chat, "wo ist mein Paket? 📦")),
         Event::NlpMissed(bot.missed_text(&chat, "wo ist mein Paket? 📦")),
@@ -226,6 +259,7 @@ async fn run_local(options: &Options) -> Result<(), Box<dyn std::error::Error>> 
             receiver: WebhookReceiver::new(BotSecret::new(secret)?),
             failing: Arc::clone(&failing),
             received: Arc::clone(&received),
+            shown: Arc::new(AtomicBool::new(false)),
         };
         app = app.merge(Router::new().route(&format!("/hooks/{bot}"), post(receive)).with_state(hook));
     }
@@ -241,9 +275,10 @@ async fn run_local(options: &Options) -> Result<(), Box<dyn std::error::Error>> 
     let alerts = Arc::new(PrintAlerts::default());
     let billing = Arc::new(Billing::default());
     let dispatcher: Arc<dyn Dispatcher> = Arc::new(build_dispatcher(true, Arc::clone(&alerts), Arc::clone(&billing))?);
-    let config = |bot: &str, secret: &str, events: EventFlags| {
+    let config = |bot: &str, secret: &str, events: EventFlags, variables: &[&str]| {
         WebhookConfig::builder(bot, "Matelab Srl", format!("http://{address}/hooks/{bot}"), secret)
             .events(events)
+            .include_variables(variables.iter().copied())
             .push_interval(options.interval)
             .request_timeout(Duration::from_secs(2))
             .build()
@@ -254,10 +289,12 @@ async fn run_local(options: &Options) -> Result<(), Box<dyn std::error::Error>> 
         EventKind::Fallback,
         EventKind::HandOver,
     ]);
-    dispatcher.configure(config(bots[0].0, bots[0].1, EventFlags::all())?)?;
-    dispatcher.configure(config(bots[1].0, bots[1].1, sales_selection)?)?;
+    let support_variables = ["plan", "email"];
+    dispatcher.configure(config(bots[0].0, bots[0].1, EventFlags::all(), &support_variables)?)?;
+    dispatcher.configure(config(bots[1].0, bots[1].1, sales_selection, &[])?)?;
     println!(
-        "2. Configured {} (every event) and {} ({:?}), push interval {:?}.",
+        "2. Configured {} (every event, including variables {support_variables:?}) and {} ({:?}, no variables), \
+         push interval {:?}.",
         bots[0].0, bots[1].0, sales_selection, options.interval
     );
 
@@ -298,7 +335,7 @@ async fn run_local(options: &Options) -> Result<(), Box<dyn std::error::Error>> 
 
     println!("6. The owner fixes the receiver and saves the bot's settings again: re-enabled.");
     failing.store(false, Ordering::SeqCst);
-    dispatcher.configure(config(bots[0].0, bots[0].1, EventFlags::all())?)?;
+    dispatcher.configure(config(bots[0].0, bots[0].1, EventFlags::all(), &support_variables)?)?;
     let before = received.lock().map_or(0, |events| events.len());
     let _ = dispatcher.enqueue(Event::UserMessage(factory.message(&chat, "Is anyone there?")));
     if !wait_until(Duration::from_secs(5), || received.lock().map_or(0, |events| events.len()) > before).await {
@@ -327,6 +364,7 @@ async fn run_local(options: &Options) -> Result<(), Box<dyn std::error::Error>> 
 async fn run_external(options: &Options, url: &str, secret: &str) -> Result<(), Box<dyn std::error::Error>> {
     let bot = "quickstart-bot";
     let config = WebhookConfig::builder(bot, "Quickstart Account", url, secret)
+        .include_variables(["plan", "email"])
         .push_interval(options.interval)
         .request_timeout(Duration::from_secs(5))
         .build()?;

@@ -79,7 +79,13 @@ fn summary(events: &[Event]) -> String {
     }
     let kinds: Vec<String> = kinds.iter().map(|(kind, count)| format!("{kind} x{count}")).collect();
     let bots: Vec<&str> = bots.keys().copied().collect();
-    format!("push: {} events; kinds: {}; bots: {}", events.len(), kinds.join(", "), bots.join(", "))
+    let with_variables = events.iter().filter(|event| !event.variables().is_empty()).count();
+    format!(
+        "push: {} events; kinds: {}; bots: {}; {with_variables} with variables",
+        events.len(),
+        kinds.join(", "),
+        bots.join(", ")
+    )
 }
 
 async fn events(push: Result<VerifiedPush, PushRejection>) -> Result<StatusCode, PushRejection> {

@@ -588,3 +588,48 @@ fn bot_senders_racing_remove_and_close_lose_and_double_count_nothing() {
     assert_eq!(totals.accepted, accepted, "{totals:?}");
     assert_eq!(handed_back + undelivered, accepted, "every accepted event came back once");
 }
+
+/// Each webhook sends, per event, the names it lists that the conversation
+/// had a value for when the event was enqueued, in its list's order; a
+/// webhook that lists none sends no `Variables` at all.
+#[test]
+fn pushes_carry_the_listed_variables_as_they_were_at_enqueue() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("listing").include_variables(["plan", "email", "locale"]).build().unwrap());
+    harness.configure(Harness::config("silent").build().unwrap());
+
+    let mut chat = eventhook::ChatContext::new("conversation-1", "TelegramChannel")
+        .variable("email", "ada@example.com")
+        .variable("plan", "gold")
+        .variable("other", "not listed");
+    let mut enqueued = Vec::new();
+    for bot in ["listing", "silent"] {
+        let event = eventhook::Event::UserMessage(harness.factory(bot).message(&chat, "first"));
+        enqueued.push(event.clone());
+        assert_eq!(harness.enqueue(event), EnqueueOutcome::Accepted);
+    }
+    // The conversation moves on: events already enqueued keep their values.
+    chat.variables.insert("plan", "platinum");
+    let later = eventhook::Event::NewUser(harness.factory("listing").conversation(&chat));
+    assert_eq!(harness.enqueue(later), EnqueueOutcome::Accepted);
+
+    let mut pushes = harness.next_pushes();
+    if pushes.len() < 2 {
+        pushes.extend(harness.next_pushes());
+    }
+    let body = |bot: &str| {
+        let push = pushes.iter().find(|push| push.id.bot_token() == bot).expect("a push per webhook");
+        String::from_utf8(push.request.body().clone()).unwrap()
+    };
+    let listing = body("listing");
+    assert!(
+        listing.contains(r#","Channel":"TelegramChannel","Variables":{"plan":"gold","email":"ada@example.com"}}"#),
+        "{listing}"
+    );
+    assert!(listing.ends_with(r#","Variables":{"plan":"platinum","email":"ada@example.com"}}]"#), "{listing}");
+    assert!(!listing.contains("not listed"), "{listing}");
+    let silent = body("silent");
+    let unlisted = eventhook::wire::encode_push_including(&enqueued[1..], &eventhook::IncludedVariables::default());
+    assert_eq!(silent.as_bytes(), unlisted.as_slice());
+    assert!(!silent.contains("Variables"), "{silent}");
+}

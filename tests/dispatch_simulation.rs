@@ -16,10 +16,10 @@ const BOTS: usize = 4;
 
 #[derive(Debug, Clone)]
 enum Step {
-    Enqueue { bot: usize, count: usize },
+    Enqueue { bot: usize, count: usize, shape: usize },
     Advance { millis: u64 },
     Answer { pick: usize, outcome: Outcome },
-    Reconfigure { bot: usize, selective: bool, batch: usize },
+    Reconfigure { bot: usize, selective: bool, batch: usize, list: usize },
     Remove { bot: usize },
     Flush,
 }
@@ -42,15 +42,24 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Outcome::Reset),
     ];
     prop_oneof![
-        4 => (0..BOTS, 1..20usize).prop_map(|(bot, count)| Step::Enqueue { bot, count }),
+        4 => (0..BOTS, 1..20usize, any::<usize>()).prop_map(|(bot, count, shape)| Step::Enqueue { bot, count, shape }),
         3 => (0..40_000u64).prop_map(|millis| Step::Advance { millis }),
         4 => (any::<usize>(), outcome).prop_map(|(pick, outcome)| Step::Answer { pick, outcome }),
-        1 => (0..BOTS, any::<bool>(), 1..8usize)
-            .prop_map(|(bot, selective, batch)| Step::Reconfigure { bot, selective, batch }),
+        1 => (0..BOTS, any::<bool>(), 1..8usize, 0..LISTS.len())
+            .prop_map(|(bot, selective, batch, list)| Step::Reconfigure { bot, selective, batch, list }),
         1 => (0..BOTS).prop_map(|bot| Step::Remove { bot }),
         1 => Just(Step::Flush),
     ]
 }
+
+/// The variable lists webhooks are configured with.
+const LISTS: [&[&str]; 4] = [&[], &["plan"], &["email", "plan", "locale"], &["locale"]];
+
+/// The conversations' variables events are enqueued with.
+const CONVERSATION_VARIABLES: [&[(&str, &str)]; 4] =
+    [&[], &[("plan", "gold")], &[("plan", "gold"), ("email", "ada@example.com")], &[("other", "x")]];
+
+const SUBTYPES: [Option<&str>; 3] = [None, Some("Carousel"), Some("QuickReply")];
 
 fn bot_name(bot: usize) -> String {
     format!("bot-{bot}")
@@ -65,6 +74,22 @@ fn id_of(event: &Event) -> String {
     }
 }
 
+/// What the receiver must see of an event beyond its id: its subtype and variables.
+#[derive(Debug, Clone, PartialEq)]
+struct Shape {
+    item_sub_type: Option<String>,
+    variables: Vec<(String, String)>,
+}
+
+fn shape_of(event: &Event) -> Shape {
+    let item_sub_type = match event {
+        Event::UserMessage(message) => message.item_sub_type.clone(),
+        _ => None,
+    };
+    let variables = event.variables().iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect();
+    Shape { item_sub_type, variables }
+}
+
 struct Simulation {
     harness: Harness,
     in_flight: Vec<Push>,
@@ -72,6 +97,10 @@ struct Simulation {
     accepted: HashSet<String>,
     delivered: HashSet<String>,
     dropped: HashSet<String>,
+    /// Each webhook's list of included variables, as configured now.
+    lists: [usize; BOTS],
+    /// What each accepted event must look like when it arrives or comes back.
+    shapes: HashMap<String, Shape>,
 }
 
 impl Simulation {
@@ -83,6 +112,7 @@ impl Simulation {
                     .max_batch_events(5)
                     .push_interval(Duration::from_secs(10))
                     .queue_capacity(60)
+                    .include_variables(LISTS[bot % LISTS.len()].iter().copied())
                     .build()
                     .unwrap(),
             );
@@ -94,7 +124,25 @@ impl Simulation {
             accepted: HashSet::new(),
             delivered: HashSet::new(),
             dropped: HashSet::new(),
+            lists: std::array::from_fn(|bot| bot % LISTS.len()),
+            shapes: HashMap::new(),
         }
+    }
+
+    /// The event as its webhook will send it: subtype kept, variables filtered by the webhook's list.
+    fn expected_shape(&self, bot: usize, event: &Event) -> Shape {
+        let mut shape = shape_of(event);
+        let available = std::mem::take(&mut shape.variables);
+        shape.variables = LISTS[self.lists[bot]]
+            .iter()
+            .filter_map(|name| available.iter().find(|(known, _)| known == name).cloned())
+            .collect();
+        shape
+    }
+
+    fn check_shape(&self, event: &Event) {
+        let id = id_of(event);
+        assert_eq!(Some(&shape_of(event)), self.shapes.get(&id), "{id}: subtype or variables changed");
     }
 
     fn hand_back(&mut self, events: Vec<Event>) {
@@ -103,6 +151,7 @@ impl Simulation {
             assert!(self.accepted.contains(&id), "handed back an event never accepted: {id}");
             assert!(self.dropped.insert(id.clone()), "handed back twice: {id}");
             assert!(!self.delivered.contains(&id), "handed back after delivery: {id}");
+            self.check_shape(&event);
         }
     }
 
@@ -117,17 +166,24 @@ impl Simulation {
 
     fn run(&mut self, step: Step) {
         match step {
-            Step::Enqueue { bot, count } => {
-                for _ in 0..count {
+            Step::Enqueue { bot, count, shape } => {
+                for index in 0..count {
                     let id = format!("event-{}", self.next_id);
                     self.next_id += 1;
                     let factory = self.harness.factory(&bot_name(bot));
+                    let variables = CONVERSATION_VARIABLES[(shape + index) % CONVERSATION_VARIABLES.len()];
+                    let chat = eventhook::ChatContext::new("c", "Web")
+                        .variables(variables.iter().copied().collect::<eventhook::Variables>());
                     let event = if self.next_id.is_multiple_of(3) {
-                        Event::NlpMissed(factory.missed_text(&eventhook::ChatContext::new("c", "Web"), id.clone()))
+                        Event::NlpMissed(factory.missed_text(&chat, id.clone()))
                     } else {
-                        Event::UserMessage(factory.message(&eventhook::ChatContext::new("c", "Web"), id.clone()))
+                        let mut message = factory.message(&chat, id.clone());
+                        message.item_sub_type = SUBTYPES[(shape / 7 + index) % SUBTYPES.len()].map(str::to_owned);
+                        Event::UserMessage(message)
                     };
+                    let expected = self.expected_shape(bot, &event);
                     if self.harness.enqueue(event).is_accepted() {
+                        self.shapes.insert(id.clone(), expected);
                         self.accepted.insert(id);
                     }
                 }
@@ -151,11 +207,12 @@ impl Simulation {
                             assert!(self.accepted.contains(&id), "delivered an event never accepted: {id}");
                             assert!(self.delivered.insert(id.clone()), "delivered twice: {id}");
                             assert!(!self.dropped.contains(&id), "delivered after being handed back: {id}");
+                            self.check_shape(&event);
                         }
                     }
                 }
             }
-            Step::Reconfigure { bot, selective, batch } => {
+            Step::Reconfigure { bot, selective, batch, list } => {
                 let events = if selective { EventFlags::from(EventKind::UserMessage) } else { EventFlags::all() };
                 self.harness.configure(
                     Harness::config(&bot_name(bot))
@@ -163,9 +220,11 @@ impl Simulation {
                         .max_batch_events(batch)
                         .push_interval(Duration::from_secs(10))
                         .queue_capacity(60)
+                        .include_variables(LISTS[list].iter().copied())
                         .build()
                         .unwrap(),
                 );
+                self.lists[bot] = list;
             }
             Step::Remove { bot } => {
                 let name = bot_name(bot);
@@ -174,6 +233,7 @@ impl Simulation {
                 self.in_flight.retain(|push| push.id.bot_token() != name);
                 self.hand_back(returned);
                 self.harness.configure(Harness::config(&name).max_batch_events(5).build().unwrap());
+                self.lists[bot] = 0;
             }
             Step::Flush => self.harness.core.begin_flush(),
         }

@@ -356,23 +356,11 @@ proptest! {
         prop_assert_eq!(&encoded, &reference_encoding(&event, Some(&included)));
         // A receiver reads back exactly the selected variables, in order.
         let parsed = wire::parse_event(encoded.as_bytes()).unwrap();
-        let variables = |event: &Event| match event {
-            Event::BotMessage(message) | Event::UserMessage(message) => message.variables.clone(),
-            Event::NlpMissed(missed) => missed.variables.clone(),
-            Event::ConversationError(conversation)
-            | Event::NewUser(conversation)
-            | Event::ReturningUser(conversation)
-            | Event::TakeOver(conversation)
-            | Event::HandOver(conversation)
-            | Event::Fallback(conversation)
-            | Event::WrongAnswer(conversation) => conversation.variables.clone(),
-            _ => Variables::new(),
-        };
         let expected: Variables = included
             .iter()
-            .filter_map(|name| variables(&event).get(name).map(|value| (name.to_owned(), value.to_owned())))
+            .filter_map(|name| event.variables().get(name).map(|value| (name.to_owned(), value.to_owned())))
             .collect();
-        prop_assert_eq!(variables(&parsed), expected);
+        prop_assert_eq!(parsed.variables(), &expected);
         if included.is_empty() {
             prop_assert!(!encoded.contains("\"Variables\""));
         }

@@ -408,6 +408,26 @@ impl Event {
         }
     }
 
+    /// `Variables`: the conversation's variables, empty for kinds outside a
+    /// conversation and for unknown events.
+    ///
+    /// ```
+    /// use eventhook::{ChatContext, Event, EventFactory};
+    ///
+    /// let chat = ChatContext::new("c-1", "WebChannel").variable("plan", "gold");
+    /// let event = Event::HandOver(EventFactory::new("bot-1", "Acme").conversation(&chat));
+    /// assert_eq!(event.variables().get("plan"), Some("gold"));
+    /// ```
+    pub fn variables(&self) -> &Variables {
+        static NONE: Variables = Variables::new();
+        match self.payload() {
+            Payload::Message(message) => &message.variables,
+            Payload::MissedText(missed) if missed.conversation_id.is_some() => &missed.variables,
+            Payload::Conversation(conversation) => &conversation.variables,
+            Payload::MissedText(_) | Payload::CatalogChange(_) | Payload::Unknown(_) => &NONE,
+        }
+    }
+
     /// `Date`, when the event has one.
     pub fn date(&self) -> Option<EventDate> {
         match self.payload() {

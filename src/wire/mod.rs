@@ -4,8 +4,11 @@
 //! keys in this order, a key whose value is absent being left out (never
 //! `null`): `Type`, `ItemType`, `ItemSubType`, `Data`, `Date`, `BotToken`,
 //! `AccountName`, `ConversationId`, `UserName`, `Channel`, `Text`, `Name`,
-//! `Key`. `Type` is the [`EventKind`](crate::EventKind) code; `Date` is an
-//! [`EventDate`](crate::EventDate).
+//! `Key`, `Variables`. `Type` is the [`EventKind`](crate::EventKind) code;
+//! `Date` is an [`EventDate`](crate::EventDate); `Variables`, carried by the
+//! events of a conversation (those with a `ConversationId`), is an object of
+//! string values ([`Variables`](crate::Variables)), in the order the webhook's
+//! settings list the names ([`encode_event_including`]).
 //!
 //! # Writing
 //!
@@ -30,9 +33,11 @@
 //! array of one. It is a tolerant reader, so that receivers keep working when
 //! the platform adds to the format:
 //!
-//! - keys are matched exactly (case-sensitive); keys outside the thirteen
-//!   above, and keys of the thirteen that the event's kind does not carry
-//!   (e.g. `Name` on a message), are ignored, whatever their value;
+//! - keys are matched exactly (case-sensitive); keys outside the fourteen
+//!   above (`SubType`, the name an earlier contract gave `ItemSubType`, among
+//!   them), and keys of the fourteen that the event's kind does not carry
+//!   (e.g. `Name` on a message, `Variables` outside a conversation), are
+//!   ignored, whatever their value;
 //! - `null` for an optional key means the key is absent;
 //! - a `Type` of 14 or more gives [`Event::Unknown`]
 //!   with every other key and value in the order read, unchecked, and never
@@ -40,8 +45,9 @@
 //!
 //! It is strict about what it does use: a missing or invalid `Type`, a
 //! missing required key, a key of the wrong JSON type (including `null` for a
-//! required key), an invalid `Date` and a key given twice are errors naming the
-//! entry and the key ([`ParseError`]). The body size is checked before
+//! required key), an invalid `Date`, a key given twice and a `Variables` member
+//! that is not a string (or a name given twice in it) are errors naming the
+//! entry and the key, and the variable ([`ParseError`]). The body size is checked before
 //! anything else ([`ParseOptions`]).
 //!
 //! ```
