@@ -223,6 +223,40 @@ impl fmt::Debug for IncludedVariables {
     }
 }
 
+/// The longest bot token, in bytes.
+pub(crate) const MAX_BOT_TOKEN_BYTES: usize = 256;
+/// The longest account name, in bytes: every event carries it, and an event
+/// must fit the smallest batch (1 KiB) with room for its own fields.
+pub(crate) const MAX_ACCOUNT_NAME_BYTES: usize = 256;
+
+fn check_bot_token(token: &str) -> Result<(), ConfigError> {
+    let invalid = |reason| ConfigError::InvalidBotToken { token: shortened(token), reason };
+    if token.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if token.len() > MAX_BOT_TOKEN_BYTES {
+        return Err(invalid("it is longer than 256 bytes"));
+    }
+    if token.chars().any(|character| character.is_whitespace() || character.is_control()) {
+        return Err(invalid("it holds whitespace or a control character"));
+    }
+    Ok(())
+}
+
+fn check_account_name(name: &str) -> Result<(), ConfigError> {
+    let invalid = |reason| ConfigError::InvalidAccountName { name: shortened(name), reason };
+    if name.trim().is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if name.len() > MAX_ACCOUNT_NAME_BYTES {
+        return Err(invalid("it is longer than 256 bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid("it holds a control character (such as CR or LF)"));
+    }
+    Ok(())
+}
+
 /// `text` cut to a length fit for an error message.
 fn shortened(text: &str) -> String {
     const MAX_CHARS: usize = 40;
@@ -327,6 +361,23 @@ impl WebhookConfig {
     /// The account that owns the bot (named in alerts).
     pub fn account_name(&self) -> &str {
         &self.account_name
+    }
+
+    /// An [`EventFactory`](crate::EventFactory) for this webhook's bot: its
+    /// events carry this token and account name, so both have one source
+    /// (the settings the bot owner saved) and cannot disagree.
+    ///
+    /// ```
+    /// use eventhook::{ChatContext, WebhookConfig};
+    ///
+    /// let config = WebhookConfig::builder("bot-1", "Matelab Srl", "https://hooks.example.com/e", "s3cr3t").build()?;
+    /// let bot = config.event_factory();
+    /// let message = bot.message(&ChatContext::new("c-1", "WebChannel"), "hi");
+    /// assert_eq!(&*message.origin.account_name, "Matelab Srl");
+    /// # Ok::<(), eventhook::ConfigError>(())
+    /// ```
+    pub fn event_factory(&self) -> crate::EventFactory {
+        crate::EventFactory::new(Arc::clone(&self.bot_token), Arc::clone(&self.account_name))
     }
     /// Where pushes go.
     pub fn url(&self) -> &WebhookUrl {
@@ -480,9 +531,8 @@ impl WebhookConfigBuilder {
     /// Checks every setting and returns the configuration, or the first
     /// problem found.
     pub fn build(self) -> Result<WebhookConfig, ConfigError> {
-        if self.bot_token.is_empty() {
-            return Err(ConfigError::EmptyBotToken);
-        }
+        check_bot_token(&self.bot_token)?;
+        check_account_name(&self.account_name)?;
         let url = WebhookUrl::parse(&self.url)?;
         let secret = BotSecret::new(self.secret.0)?;
         let at_least = |setting: &'static str, ok: bool, minimum: &'static str| {
@@ -535,9 +585,24 @@ pub enum ConfigError {
         /// What is wrong with it (never the secret itself).
         reason: &'static str,
     },
-    /// The bot token is empty.
-    #[error("the bot token is empty")]
-    EmptyBotToken,
+    /// The bot token is unusable: empty, too long, or holding whitespace or
+    /// control characters (it is sent on every event and named in logs).
+    #[error("invalid bot token {token:?}: {reason}")]
+    InvalidBotToken {
+        /// The token as given (shortened when long).
+        token: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The account name is unusable: empty, too long for a batch, or holding
+    /// control characters.
+    #[error("invalid account name {name:?}: {reason}")]
+    InvalidAccountName {
+        /// The name as given (shortened when long).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A numeric setting is below its minimum.
     #[error("{setting} must be at least {minimum}")]
     OutOfRange {
@@ -632,13 +697,47 @@ mod tests {
         ));
         assert_eq!(
             WebhookConfig::builder("", "a", "https://example.com", "s").build().unwrap_err(),
-            ConfigError::EmptyBotToken
+            ConfigError::InvalidBotToken { token: String::new(), reason: "it is empty" }
         );
         let pending = builder();
         assert!(!format!("{pending:?}").contains("secret-value"));
         let config = pending.build().unwrap();
         assert!(!format!("{config:?}").contains("secret-value"));
         assert_eq!(config.push_interval(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn bot_tokens_and_account_names_are_checked_and_named() {
+        let token = |token: &str| WebhookConfig::builder(token, "Account", "https://example.com/h", "s").build();
+        for (bad, expected) in [
+            ("bot 1", r#"invalid bot token "bot 1": it holds whitespace or a control character"#.to_owned()),
+            (
+                "bot\r\nX: 1",
+                r#"invalid bot token "bot\r\nX: 1": it holds whitespace or a control character"#.to_owned(),
+            ),
+            ("bot\t", r#"invalid bot token "bot\t": it holds whitespace or a control character"#.to_owned()),
+            (&"b".repeat(257), format!("invalid bot token \"{}...\": it is longer than 256 bytes", "b".repeat(40))),
+        ] {
+            assert_eq!(token(bad).unwrap_err().to_string(), expected);
+        }
+        assert!(token(&"b".repeat(256)).is_ok());
+        assert!(token("6f1c0e6a-2d4b-4c8e-9a57-1d2e3f4a5b6c").is_ok());
+
+        let account = |name: &str| WebhookConfig::builder("bot", name, "https://example.com/h", "s").build();
+        for (bad, reason) in [
+            ("", "it is empty"),
+            ("  ", "it is empty"),
+            ("Matelab\r\nSrl", "it holds a control character (such as CR or LF)"),
+            (&"a".repeat(10 * 1024 * 1024), "it is longer than 256 bytes"),
+        ] {
+            let error = account(bad).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::InvalidAccountName { reason: found, .. } if found == reason),
+                "{error}"
+            );
+            assert!(error.to_string().len() < 200, "the error stays short: {error}");
+        }
+        assert!(account("Matelab Srl — Società à r.l.").is_ok());
     }
 
     #[test]

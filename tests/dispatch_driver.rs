@@ -201,3 +201,88 @@ async fn enqueue_from_many_threads_at_once() {
     wait_until(|| dispatcher.stats().totals.delivered == 8_000).await;
     let _ = dispatcher.shutdown(Duration::from_secs(1)).await;
 }
+
+/// An observer that takes its time, as one writing to a billing database does.
+#[derive(Debug, Default)]
+struct SlowObserver {
+    calls: std::sync::atomic::AtomicU64,
+}
+
+impl DeliveryObserver for SlowObserver {
+    fn call_made(&self, _call: &CallRecord) {
+        std::thread::sleep(Duration::from_millis(5));
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A flush that could not deliver says which webhooks hold the events and
+/// why, and by the time it returns the observer has heard of every call,
+/// however slow it is and whichever thread runs the driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_names_the_webhook_and_the_observer_has_heard_every_call() {
+    for round in 0..10 {
+        let transport =
+            Arc::new(ScriptedTransport { script: Mutex::new(vec![Some(503); 3].into()), ..Default::default() });
+        let observer = Arc::new(SlowObserver::default());
+        let dispatcher = WebhookDispatcher::builder()
+            .transport(transport)
+            .runtime(Arc::new(TestRuntime))
+            .observer(observer.clone())
+            .build()
+            .unwrap();
+        dispatcher.configure(config("bot").push_interval(Duration::from_secs(3600)).build().unwrap()).unwrap();
+        for event in messages("bot", 4) {
+            assert!(dispatcher.enqueue(event).is_accepted());
+        }
+        let error = dispatcher.flush(Duration::from_secs(5)).await.unwrap_err();
+        let heard = observer.calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(heard, dispatcher.stats().totals.calls, "round {round}: the observer is behind the flush");
+        let eventhook::dispatch::FlushError::Incomplete { pending, webhooks } = &error else {
+            panic!("round {round}: {error:?}")
+        };
+        assert_eq!(*pending, 4);
+        assert_eq!(webhooks.len(), 1);
+        assert_eq!(webhooks[0].bot_token, "bot");
+        assert_eq!(webhooks[0].undelivered, 4);
+        assert_eq!(webhooks[0].last_failure.as_deref(), Some("answered 503 Service Unavailable"));
+        assert_eq!(
+            error.to_string(),
+            "flush ended with 4 events still pending after failed calls: \
+             bot: 4 undelivered, last failure: answered 503 Service Unavailable"
+        );
+        let report = dispatcher.shutdown(Duration::from_millis(1)).await;
+        assert_eq!(report.undelivered.len(), 4);
+        assert_eq!(report.stalled.len(), 1, "{report:?}");
+        assert_eq!(report.stalled[0].bot_token, "bot");
+        assert!(report.stalled[0].last_failure.is_some());
+    }
+}
+
+/// Every dispatcher, the test doubles included, hands out per-bot senders
+/// through the one handle a bot engine holds.
+#[tokio::test]
+async fn every_dispatcher_hands_out_bot_senders_through_the_trait() {
+    let (real, transport, _recorder) = setup(Vec::new());
+    real.configure(config("bot").build().unwrap()).unwrap();
+    let recording = eventhook::dispatch::RecordingDispatcher::new();
+    let dispatchers: Vec<Arc<dyn Dispatcher>> =
+        vec![Arc::new(real), Arc::new(recording.clone()), Arc::new(eventhook::dispatch::NoopDispatcher)];
+    let event = messages("bot", 1).remove(0);
+    let mut outcomes = Vec::new();
+    for dispatcher in &dispatchers {
+        let sender = dispatcher.bot_sender("bot");
+        assert_eq!(sender.bot_token(), "bot");
+        outcomes.push(sender.enqueue(event.clone()));
+    }
+    assert_eq!(
+        outcomes,
+        [
+            eventhook::dispatch::EnqueueOutcome::Accepted,
+            eventhook::dispatch::EnqueueOutcome::Accepted,
+            eventhook::dispatch::EnqueueOutcome::NoWebhook
+        ]
+    );
+    assert_eq!(recording.events(), [event], "the recorder's sender records into the recorder");
+    wait_until(|| transport.requests.lock().unwrap().len() == 1).await;
+    let _ = dispatchers[0].shutdown(Duration::from_secs(1)).await;
+}

@@ -417,7 +417,12 @@ impl fmt::Display for GuardRefusal {
             }
             write!(formatter, "{refusal}")?;
         }
-        Ok(())
+        // Said where the failure shows (stats, flush errors, alerts), for the
+        // host that points a webhook at its own machine or network on purpose.
+        formatter.write_str(
+            " (the outgoing-address guard refuses private networks by default; \
+             ReqwestTransport::builder().allow_private_networks(true) allows them)",
+        )
     }
 }
 
@@ -495,7 +500,9 @@ mod tests {
         let refusal = GuardRefusal { host: "localhost".to_owned(), refusals };
         assert_eq!(
             refusal.to_string(),
-            "refused to connect to localhost: 127.0.0.1 is a loopback address; ::1 is a loopback address"
+            "refused to connect to localhost: 127.0.0.1 is a loopback address; ::1 is a loopback address \
+             (the outgoing-address guard refuses private networks by default; \
+             ReqwestTransport::builder().allow_private_networks(true) allows them)"
         );
     }
 
@@ -519,9 +526,11 @@ mod tests {
         let refusal = allowed_addresses(AddressGuard::new(), "internal.example".to_owned(), private)
             .err()
             .map(|refusal| refusal.to_string());
-        assert_eq!(
-            refusal.as_deref(),
-            Some("refused to connect to internal.example: 10.0.0.5 is a private address; fd00::1 is a unique local address")
+        assert!(
+            refusal.as_deref().is_some_and(|refusal| refusal.starts_with(
+                "refused to connect to internal.example: 10.0.0.5 is a private address; fd00::1 is a unique local address ("
+            )),
+            "{refusal:?}"
         );
 
         let nothing = allowed_addresses(AddressGuard::new(), "empty.example".to_owned(), Vec::new());

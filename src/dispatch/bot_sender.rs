@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::admission::{Admission, Gate};
-use super::EnqueueOutcome;
+use super::{Dispatcher, EnqueueOutcome};
 use crate::event::Event;
 
 /// Enqueues one bot's events without looking the bot up on every call.
@@ -20,28 +20,42 @@ use crate::event::Event;
 /// A sender made before the bot's webhook was configured, or kept after it
 /// was removed, still works: it then finds the webhook by token each time.
 ///
-/// Made by [`WebhookDispatcher::bot_sender`](super::WebhookDispatcher::bot_sender)
-/// or [`Enqueuer::bot_sender`](super::Enqueuer::bot_sender).
+/// Made by [`Dispatcher::bot_sender`] (every dispatcher has one, the test
+/// doubles included), or by [`Enqueuer::bot_sender`](super::Enqueuer::bot_sender)
+/// for a host that drives the sans-IO core itself. A dispatcher of the
+/// host's own makes one with [`BotSender::through`].
 ///
 /// ```
 /// use std::sync::Arc;
-/// use eventhook::dispatch::{CoreLimits, DispatchCore, EnqueueOutcome};
-/// use eventhook::{ChatContext, Event, EventFactory, ManualClock, WebhookConfig};
+/// use eventhook::dispatch::{Dispatcher, RecordingDispatcher};
+/// use eventhook::{ChatContext, Event, EventFactory};
 ///
-/// let (mut core, enqueuer) = DispatchCore::new(Arc::new(ManualClock::new()), CoreLimits::default());
-/// core.configure(WebhookConfig::builder("bot-1", "Account", "https://example.com/hook", "secret").build().unwrap());
+/// // The same code runs on the real dispatcher; here, on the recording one.
+/// let dispatcher: Arc<dyn Dispatcher> = Arc::new(RecordingDispatcher::new());
 ///
-/// let sender = enqueuer.bot_sender("bot-1");
-/// let chat = ChatContext::new("conversation", "TelegramChannel");
-/// let event = Event::UserMessage(EventFactory::new("bot-1", "Account").message(&chat, "hi"));
-/// assert_eq!(sender.enqueue(event), EnqueueOutcome::Accepted);
+/// // Once per bot, when the engine loads it:
+/// let sender = dispatcher.bot_sender("bot-1");
+/// let bot = EventFactory::new("bot-1", "Matelab Srl");
+/// // For every event of that bot:
+/// let chat = ChatContext::new("conversation-9", "TelegramChannel");
+/// assert!(sender.enqueue(Event::UserMessage(bot.message(&chat, "Hello!"))).is_accepted());
 /// ```
 #[derive(Clone)]
 pub struct BotSender {
-    admission: Arc<Admission>,
     bot_token: Arc<str>,
-    /// The bot's gate when the sender was made; `None` if it had no webhook then.
-    gate: Option<Arc<Gate>>,
+    route: Route,
+}
+
+#[derive(Clone)]
+enum Route {
+    /// Straight into a dispatch core's admission.
+    Admission {
+        admission: Arc<Admission>,
+        /// The bot's gate when the sender was made; `None` if it had no webhook then.
+        gate: Option<Arc<Gate>>,
+    },
+    /// Through another dispatcher's `enqueue`.
+    Dispatcher(Arc<dyn Dispatcher>),
 }
 
 impl BotSender {
@@ -49,7 +63,24 @@ impl BotSender {
         let gate = admission.gate(bot_token);
         // Its own copy, not the gate's: it lives with the engine's per-bot state,
         // so checking an event's token reads memory the engine has at hand.
-        BotSender { admission, bot_token: Arc::from(bot_token), gate }
+        BotSender { bot_token: Arc::from(bot_token), route: Route::Admission { admission, gate } }
+    }
+
+    /// A sender for `bot_token` that enqueues through `dispatcher`: how a
+    /// [`Dispatcher`] other than the crate's makes its
+    /// [`bot_sender`](Dispatcher::bot_sender).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use eventhook::dispatch::{BotSender, Dispatcher, EnqueueOutcome, NoopDispatcher};
+    /// use eventhook::{Event, MissedText, Origin};
+    ///
+    /// let sender = BotSender::through(Arc::new(NoopDispatcher), "bot-1");
+    /// let event = Event::NlpMissed(MissedText::new(Origin::new("bot-1", "Account"), "?"));
+    /// assert_eq!(sender.enqueue(event), EnqueueOutcome::NoWebhook);
+    /// ```
+    pub fn through(dispatcher: Arc<dyn Dispatcher>, bot_token: &str) -> BotSender {
+        BotSender { bot_token: Arc::from(bot_token), route: Route::Dispatcher(dispatcher) }
     }
 
     /// The bot this sender is for.
@@ -61,21 +92,25 @@ impl BotSender {
     ///
     /// Never blocks and never panics.
     pub fn enqueue(&self, event: Event) -> EnqueueOutcome {
-        match &self.gate {
+        let (admission, gate) = match &self.route {
+            Route::Admission { admission, gate } => (admission, gate),
+            Route::Dispatcher(dispatcher) => return dispatcher.enqueue(event),
+        };
+        match gate {
             Some(gate) if self.is_own(&event) => {
                 // The read lock, as on the token path: `remove` and `close` take
                 // the write lock and then drain the intake, so no event can
                 // slip in after them (it would be neither handed back nor counted).
-                let consistent = self.admission.read_gates();
+                let consistent = admission.read_gates();
                 if gate.is_removed() {
                     drop(consistent);
-                    return self.admission.enqueue(event);
+                    return admission.enqueue(event);
                 }
-                let outcome = self.admission.admit(gate, event);
+                let outcome = admission.admit(gate, event);
                 drop(consistent);
                 outcome
             }
-            _ => self.admission.enqueue(event),
+            _ => admission.enqueue(event),
         }
     }
 
@@ -90,10 +125,12 @@ impl BotSender {
 
 impl fmt::Debug for BotSender {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("BotSender")
-            .field("bot_token", &self.bot_token)
-            .field("configured", &self.gate.is_some())
-            .finish_non_exhaustive()
+        let mut debug = formatter.debug_struct("BotSender");
+        debug.field("bot_token", &self.bot_token);
+        match &self.route {
+            Route::Admission { gate, .. } => debug.field("configured", &gate.is_some()),
+            Route::Dispatcher(dispatcher) => debug.field("through", dispatcher),
+        };
+        debug.finish_non_exhaustive()
     }
 }

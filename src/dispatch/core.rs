@@ -24,7 +24,7 @@ use super::admission::{Admission, Gate};
 use super::bot_sender::BotSender;
 use super::endpoint::{Endpoint, TokenKey};
 use super::intake::{self, IntakeReceiver};
-use super::stats::{CallCounts, DispatcherStats, DropReason, EventCounts, WebhookState, WebhookStats};
+use super::stats::{CallCounts, DispatcherStats, DropReason, EventCounts, StalledWebhook, WebhookState, WebhookStats};
 use super::store::{array_length, WebhookStore};
 use super::token_hash::BuildTokenHasher;
 use super::{CallOutcome, CallRecord, DroppedEvents, EnqueueOutcome};
@@ -47,7 +47,8 @@ const INTAKE_SHARE: usize = 1024;
 pub struct CoreLimits {
     /// The most events pending (queued or in flight) over all webhooks.
     pub max_pending_events: usize,
-    /// The most calls under way at once over all webhooks.
+    /// The most calls under way at once over all webhooks (0 is taken as 1:
+    /// the [`WebhookDispatcher`](super::WebhookDispatcher)'s builder refuses it).
     pub max_concurrent_pushes: usize,
 }
 
@@ -164,6 +165,16 @@ struct Webhook {
 impl Webhook {
     fn counts(&self) -> EventCounts {
         self.gate.counters.snapshot_with(self.store.in_flight(), &self.calls)
+    }
+
+    fn state(&self) -> WebhookState {
+        if self.store.disabled {
+            WebhookState::Disabled
+        } else if self.config.plan == Plan::Free {
+            WebhookState::FreePlan
+        } else {
+            WebhookState::Active
+        }
     }
 
     fn batch_limits(&self) -> (usize, usize) {
@@ -609,17 +620,30 @@ impl DispatchCore {
     pub fn webhook_stats(&self, bot_token: &str) -> Option<WebhookStats> {
         self.webhooks.get(bot_token.as_bytes()).map(|webhook| WebhookStats {
             bot_token: bot_token.to_owned(),
-            state: if webhook.store.disabled {
-                WebhookState::Disabled
-            } else if webhook.config.plan == Plan::Free {
-                WebhookState::FreePlan
-            } else {
-                WebhookState::Active
-            },
+            state: webhook.state(),
             counts: webhook.counts(),
             failures_in_row: webhook.store.failures_in_row,
             last_failure: webhook.store.last_failure.as_deref().map(str::to_owned),
         })
+    }
+
+    /// The webhooks that still hold undelivered events, with their last failure.
+    pub fn stalled_webhooks(&self) -> Vec<StalledWebhook> {
+        let mut stalled: Vec<StalledWebhook> = self
+            .webhooks
+            .values()
+            .filter_map(|webhook| {
+                let counts = webhook.counts();
+                let undelivered = counts.pending + counts.in_flight;
+                (undelivered > 0).then(|| {
+                    let bot_token = webhook.gate.bot_token.to_string();
+                    let last_failure = webhook.store.last_failure.as_deref().map(str::to_owned);
+                    StalledWebhook { bot_token, state: webhook.state(), undelivered, last_failure }
+                })
+            })
+            .collect();
+        stalled.sort_by(|left, right| left.bot_token.cmp(&right.bot_token));
+        stalled
     }
 
     /// A snapshot of every webhook, in total (including removed ones).

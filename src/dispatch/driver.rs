@@ -14,7 +14,7 @@ use futures::FutureExt;
 
 use super::core::{CoreLimits, DispatchCore, Enqueuer, Notice, Push, PushId};
 use super::{
-    DeliveryObserver, Dispatcher, DispatcherClosed, DispatcherStats, EnqueueOutcome, FlushError, NoObserver,
+    BotSender, DeliveryObserver, Dispatcher, DispatcherClosed, DispatcherStats, EnqueueOutcome, FlushError, NoObserver,
     ShutdownReport, WebhookStats,
 };
 use crate::alert::{AlertSink, NoAlerts};
@@ -131,6 +131,7 @@ async fn drive(shared: Arc<Shared>) {
     let mut timer: Option<(Instant, BoxFuture<'static, ()>)> = None;
     while !shared.stop.load(Ordering::Acquire) {
         let mut notices = Vec::new();
+        let mut flushed = Vec::new();
         let wake_at = {
             let mut core = shared.lock_core();
             while let Some(push) = core.poll_push() {
@@ -141,13 +142,15 @@ async fn drive(shared: Arc<Shared>) {
             }
             if core.is_flush_complete() {
                 let mut waiters = shared.flush_waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                for waiter in waiters.drain(..) {
-                    let _ = waiter.send(());
-                }
+                flushed.append(&mut waiters);
             }
             core.next_wakeup()
         };
+        // The observer hears of every call a flush waited for before the flush returns.
         shared.deliver(notices);
+        for waiter in flushed {
+            let _ = waiter.send(());
+        }
         match wake_at {
             Some(at) if timer.as_ref().is_some_and(|(set_for, _)| *set_for == at) => {}
             Some(at) => {
@@ -215,29 +218,6 @@ impl WebhookDispatcher {
         WebhookDispatcherBuilder::default()
     }
 
-    /// A [`BotSender`](super::BotSender) for `bot_token`: what a bot engine keeps in each
-    /// bot's state to enqueue that bot's events without a lookup per event.
-    ///
-    /// ```no_run
-    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// use eventhook::dispatch::{Dispatcher, WebhookDispatcher};
-    /// use eventhook::{ChatContext, Event, EventFactory, WebhookConfig};
-    ///
-    /// let dispatcher = WebhookDispatcher::builder().build()?;
-    /// dispatcher.configure(WebhookConfig::builder("bot-1", "Matelab Srl", "https://example.com/hook", "secret").build()?)?;
-    ///
-    /// // Once per bot, when the engine loads it:
-    /// let sender = dispatcher.bot_sender("bot-1");
-    /// let factory = EventFactory::new("bot-1", "Matelab Srl");
-    /// // For every event of that bot:
-    /// let chat = ChatContext::new("conversation-9", "TelegramChannel");
-    /// assert!(sender.enqueue(Event::UserMessage(factory.message(&chat, "Hello!"))).is_accepted());
-    /// # Ok(()) }
-    /// ```
-    pub fn bot_sender(&self, bot_token: &str) -> super::BotSender {
-        self.shared.enqueuer.bot_sender(bot_token)
-    }
-
     async fn run_flush(&self, timeout: Duration) -> Result<(), FlushError> {
         let (sender, receiver) = oneshot::channel();
         {
@@ -258,9 +238,9 @@ impl WebhookDispatcher {
         let totals = core.stats().totals;
         let pending = totals.pending + totals.in_flight;
         if !completed {
-            Err(FlushError::TimedOut { pending })
+            Err(FlushError::TimedOut { pending, webhooks: core.stalled_webhooks() })
         } else if core.flush_failures() > 0 {
-            Err(FlushError::Incomplete { pending })
+            Err(FlushError::Incomplete { pending, webhooks: core.stalled_webhooks() })
         } else {
             Ok(())
         }
@@ -278,6 +258,10 @@ impl Drop for WebhookDispatcher {
 impl Dispatcher for WebhookDispatcher {
     fn enqueue(&self, event: Event) -> EnqueueOutcome {
         self.shared.enqueuer.enqueue(event)
+    }
+
+    fn bot_sender(&self, bot_token: &str) -> BotSender {
+        self.shared.enqueuer.bot_sender(bot_token)
     }
 
     fn configure(&self, config: WebhookConfig) -> Result<(), DispatcherClosed> {
@@ -323,14 +307,15 @@ impl Dispatcher for WebhookDispatcher {
         let _ = self.run_flush(timeout).await;
         self.shared.stop.store(true, Ordering::Release);
         self.shared.ring();
-        let (undelivered, stats, notices) = {
+        let (undelivered, stalled, stats, notices) = {
             let mut core = self.shared.lock_core();
+            let stalled = core.stalled_webhooks();
             let undelivered = core.take_undelivered();
             let notices: Vec<Notice> = std::iter::from_fn(|| core.poll_notice()).collect();
-            (undelivered, core.stats(), notices)
+            (undelivered, stalled, core.stats(), notices)
         };
         self.shared.deliver(notices);
-        ShutdownReport { undelivered, stats }
+        ShutdownReport { undelivered, stalled, stats }
     }
 }
 
@@ -400,19 +385,36 @@ impl WebhookDispatcherBuilder {
         self.clock = clock;
         self
     }
-    /// The most events pending over all webhooks (default 1,000,000).
+    /// The most events pending over all webhooks (default 1,000,000; at least 1).
     pub fn max_pending_events(mut self, events: usize) -> Self {
         self.limits.max_pending_events = events;
         self
     }
-    /// The most calls under way at once (default 64).
+    /// The most calls under way at once (default 64; at least 1).
     pub fn max_concurrent_pushes(mut self, calls: usize) -> Self {
         self.limits.max_concurrent_pushes = calls;
         self
     }
 
-    /// Starts the dispatcher's task on the runtime and returns its handle.
+    /// Checks the limits, starts the dispatcher's task on the runtime and
+    /// returns its handle.
+    ///
+    /// ```
+    /// use eventhook::{ConfigError, WebhookDispatcher};
+    ///
+    /// let error = WebhookDispatcher::builder().max_pending_events(0).build().unwrap_err();
+    /// assert_eq!(error, ConfigError::OutOfRange { setting: "max_pending_events", minimum: "1" });
+    /// assert_eq!(error.to_string(), "max_pending_events must be at least 1");
+    /// ```
     pub fn build(self) -> Result<WebhookDispatcher, ConfigError> {
+        for (setting, value) in [
+            ("max_pending_events", self.limits.max_pending_events),
+            ("max_concurrent_pushes", self.limits.max_concurrent_pushes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::OutOfRange { setting, minimum: "1" });
+            }
+        }
         let transport = match self.transport {
             Some(transport) => transport,
             None => default_transport()?,

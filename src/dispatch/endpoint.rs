@@ -197,14 +197,19 @@ mod tests {
         use crate::dispatch::{CallOutcome, CallRecord};
         use std::sync::Arc;
         const SECRET: &str = "S3CR3T-s3cr3t";
-        let fixed = "bot".len() + "https://h.example/p".len() + "Bearer ".len() + SECRET.len();
+        const URL: &str = "https://h.example/p";
+        // The shortest buffer: a one-byte account name.
+        let fixed = "bot".len() + URL.len() + "Bearer ".len() + SECRET.len() + 1;
         for total in [fixed, 118, 119, 182, 183, 246, 247, 374, 375, 502, 503, 1000] {
-            let account = "é".repeat(total.saturating_sub(fixed) / 2) + &"a".repeat(total.saturating_sub(fixed) % 2);
-            let config =
-                WebhookConfig::builder("bot", account.as_str(), "https://h.example/p", SECRET).build().unwrap();
+            // The account name takes what it may (256 bytes at most), the URL's path the rest.
+            let extra = total - fixed;
+            let in_account = extra.min(255);
+            let account = "a".to_owned() + &"é".repeat(in_account / 2) + &"a".repeat(in_account % 2);
+            let url = format!("{URL}{}", "x".repeat(extra - in_account));
+            let config = WebhookConfig::builder("bot", account.as_str(), url.as_str(), SECRET).build().unwrap();
             let (key, endpoint) = Endpoint::new(&config);
             assert_eq!(key.as_str(), "bot", "{total}");
-            assert_eq!(endpoint.url.to_string(), "https://h.example/p", "{total}");
+            assert_eq!(endpoint.url.to_string(), url, "{total}");
             assert_eq!(endpoint.authorization, format!("Bearer {SECRET}").as_str(), "{total}");
             assert!(endpoint.authorization.is_sensitive(), "{total}");
             assert_eq!(endpoint.account_name(), account, "{total}");

@@ -39,7 +39,7 @@ pub use driver::{WebhookDispatcher, WebhookDispatcherBuilder};
 pub use noop::NoopDispatcher;
 pub use recording::RecordingDispatcher;
 pub use returning_user::ReturningUserGate;
-pub use stats::{DispatcherStats, DropReason, EventCounts, Refusal, WebhookState, WebhookStats};
+pub use stats::{DispatcherStats, DropReason, EventCounts, Refusal, StalledWebhook, WebhookState, WebhookStats};
 
 use crate::config::{WebhookConfig, WebhookUrl};
 use crate::event::Event;
@@ -213,25 +213,66 @@ pub struct NoObserver;
 
 impl DeliveryObserver for NoObserver {}
 
-/// Why a flush did not deliver everything.
+/// Why a flush did not deliver everything, naming the webhooks that still
+/// hold events and why their last call failed.
+///
+/// ```
+/// use eventhook::dispatch::{FlushError, StalledWebhook, WebhookState};
+///
+/// let error = FlushError::Incomplete {
+///     pending: 140,
+///     webhooks: vec![StalledWebhook {
+///         bot_token: "bot-1".to_owned(),
+///         state: WebhookState::Active,
+///         undelivered: 140,
+///         last_failure: Some("answered 500 Internal Server Error".to_owned()),
+///     }],
+/// };
+/// assert_eq!(
+///     error.to_string(),
+///     "flush ended with 140 events still pending after failed calls: \
+///      bot-1: 140 undelivered, last failure: answered 500 Internal Server Error"
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FlushError {
     /// The deadline passed first.
-    #[error("flush timed out with {pending} events still pending")]
+    #[error("flush timed out with {pending} events still pending{}", Stalled(webhooks))]
     TimedOut {
         /// Events pending or in flight when it gave up.
         pending: u64,
+        /// The webhooks that still hold them.
+        webhooks: Vec<StalledWebhook>,
     },
     /// Some calls failed; their events wait for the next interval.
-    #[error("flush ended with {pending} events still pending after failed calls")]
+    #[error("flush ended with {pending} events still pending after failed calls{}", Stalled(webhooks))]
     Incomplete {
         /// Events pending or in flight at the end.
         pending: u64,
+        /// The webhooks that still hold them.
+        webhooks: Vec<StalledWebhook>,
     },
     /// The dispatcher is shut down.
     #[error("the dispatcher is shut down")]
     Closed,
+}
+
+/// `: a; b; c` for the first few stalled webhooks, `and N more` after them.
+struct Stalled<'a>(&'a [StalledWebhook]);
+
+impl fmt::Display for Stalled<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 3;
+        for (index, webhook) in self.0.iter().take(SHOWN).enumerate() {
+            formatter.write_str(if index == 0 { ": " } else { "; " })?;
+            write!(formatter, "{webhook}")?;
+        }
+        if self.0.len() > SHOWN {
+            write!(formatter, "; and {} more webhooks", self.0.len() - SHOWN)?;
+        }
+        Ok(())
+    }
 }
 
 /// The dispatcher is shut down and takes no more settings.
@@ -240,11 +281,31 @@ pub enum FlushError {
 pub struct DispatcherClosed;
 
 /// What [`Dispatcher::shutdown`] hands back.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// ```no_run
+/// # async fn example(dispatcher: &dyn eventhook::Dispatcher) {
+/// use std::time::Duration;
+///
+/// let report = dispatcher.shutdown(Duration::from_secs(10)).await;
+/// for webhook in &report.stalled {
+///     eprintln!("not delivered: {webhook}"); // e.g. "bot-1: 140 undelivered, last failure: ..."
+/// }
+/// // Keep what could not be sent, e.g. to enqueue it again after a restart.
+/// let to_keep: Vec<Vec<u8>> = report.undelivered.iter().map(|event| {
+///     let mut json = Vec::new();
+///     eventhook::wire::encode_event(event, &mut json);
+///     json
+/// }).collect();
+/// # let _ = to_keep;
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ShutdownReport {
     /// Every event not delivered, for the host to persist (at-least-once:
     /// events of a call abandoned at the deadline may also have arrived).
     pub undelivered: Vec<Event>,
+    /// The webhooks those events were for, and why their last call failed.
+    pub stalled: Vec<StalledWebhook>,
     /// The final counts.
     pub stats: DispatcherStats,
 }
@@ -273,6 +334,12 @@ pub struct ShutdownReport {
 pub trait Dispatcher: Send + Sync + fmt::Debug {
     /// Offers an event to its bot's webhook. Never blocks, never panics.
     fn enqueue(&self, event: Event) -> EnqueueOutcome;
+
+    /// A sender for one bot's events, which a bot engine keeps in that bot's
+    /// state: it answers exactly like [`enqueue`](Self::enqueue), and on the
+    /// [`WebhookDispatcher`] skips finding the bot's webhook by token on
+    /// every call. See [`BotSender`].
+    fn bot_sender(&self, bot_token: &str) -> BotSender;
 
     /// Sets up or replaces a bot's webhook (replacing re-enables a disabled one).
     fn configure(&self, config: WebhookConfig) -> Result<(), DispatcherClosed>;

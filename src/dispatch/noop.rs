@@ -1,10 +1,13 @@
 //! A dispatcher that sends nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Dispatcher, DispatcherClosed, DispatcherStats, EnqueueOutcome, FlushError, ShutdownReport, WebhookStats};
+use super::{
+    BotSender, Dispatcher, DispatcherClosed, DispatcherStats, EnqueueOutcome, FlushError, ShutdownReport, WebhookStats,
+};
 use crate::config::WebhookConfig;
 use crate::event::Event;
 
@@ -25,6 +28,10 @@ pub struct NoopDispatcher;
 impl Dispatcher for NoopDispatcher {
     fn enqueue(&self, _event: Event) -> EnqueueOutcome {
         EnqueueOutcome::NoWebhook
+    }
+
+    fn bot_sender(&self, bot_token: &str) -> BotSender {
+        BotSender::through(Arc::new(NoopDispatcher), bot_token)
     }
 
     fn configure(&self, _config: WebhookConfig) -> Result<(), DispatcherClosed> {
@@ -48,6 +55,6 @@ impl Dispatcher for NoopDispatcher {
     }
 
     async fn shutdown(&self, _timeout: Duration) -> ShutdownReport {
-        ShutdownReport { undelivered: Vec::new(), stats: DispatcherStats::default() }
+        ShutdownReport::default()
     }
 }

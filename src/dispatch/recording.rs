@@ -1,16 +1,21 @@
 //! A dispatcher that keeps what it is given, for the host's own tests.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Dispatcher, DispatcherClosed, DispatcherStats, EnqueueOutcome, FlushError, ShutdownReport, WebhookStats};
+use super::{
+    BotSender, Dispatcher, DispatcherClosed, DispatcherStats, EnqueueOutcome, FlushError, ShutdownReport, WebhookStats,
+};
 use crate::config::WebhookConfig;
 use crate::event::Event;
 
 /// A [`Dispatcher`] that accepts and keeps every event, and every
 /// configuration, so a host can assert what its bot engine enqueued.
+///
+/// Its clones, and its [`bot_sender`](Dispatcher::bot_sender)s, record into
+/// the same lists.
 ///
 /// ```
 /// use eventhook::dispatch::{Dispatcher, RecordingDispatcher};
@@ -23,10 +28,10 @@ use crate::event::Event;
 /// assert_eq!(recorder.take_events().len(), 1);
 /// assert!(recorder.events().is_empty());
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RecordingDispatcher {
-    events: Mutex<Vec<Event>>,
-    configs: Mutex<Vec<WebhookConfig>>,
+    events: Arc<Mutex<Vec<Event>>>,
+    configs: Arc<Mutex<Vec<WebhookConfig>>>,
 }
 
 impl RecordingDispatcher {
@@ -58,6 +63,10 @@ impl Dispatcher for RecordingDispatcher {
         EnqueueOutcome::Accepted
     }
 
+    fn bot_sender(&self, bot_token: &str) -> BotSender {
+        BotSender::through(Arc::new(self.clone()), bot_token)
+    }
+
     fn configure(&self, config: WebhookConfig) -> Result<(), DispatcherClosed> {
         self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(config);
         Ok(())
@@ -84,6 +93,6 @@ impl Dispatcher for RecordingDispatcher {
     }
 
     async fn shutdown(&self, _timeout: Duration) -> ShutdownReport {
-        ShutdownReport { undelivered: Vec::new(), stats: DispatcherStats::default() }
+        ShutdownReport::default()
     }
 }

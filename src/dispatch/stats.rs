@@ -208,7 +208,17 @@ impl Counters {
 /// `accepted == delivered + pending + in_flight + dropped_total()`
 /// (a snapshot taken while the dispatcher moves events may be off by the
 /// events being moved at that instant).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// `Debug` labels every count, drops and refusals by their reason:
+///
+/// ```
+/// use eventhook::dispatch::EventCounts;
+///
+/// let text = format!("{:?}", EventCounts::default());
+/// assert!(text.contains("dropped: {disabled: 0, removed: 0, too_large: 0, reconfigured: 0, shutdown: 0}"), "{text}");
+/// assert!(text.contains("refused: {not_selected: 0, free_plan: 0,"), "{text}");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct EventCounts {
     /// Events `enqueue` accepted.
     pub accepted: u64,
@@ -224,6 +234,39 @@ pub struct EventCounts {
     pub calls: u64,
     /// Calls that failed.
     pub calls_failed: u64,
+}
+
+/// Counts by reason, shown as `{name: count, ...}`.
+struct ByReason<'a, R> {
+    reasons: &'a [R],
+    counts: &'a [u64],
+    name: fn(R) -> &'static str,
+}
+
+impl<R: Copy> fmt::Debug for ByReason<'_, R> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = formatter.debug_map();
+        for (reason, count) in self.reasons.iter().zip(self.counts) {
+            map.key(&format_args!("{}", (self.name)(*reason))).value(count);
+        }
+        map.finish()
+    }
+}
+
+impl fmt::Debug for EventCounts {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("EventCounts")
+            .field("accepted", &self.accepted)
+            .field("delivered", &self.delivered)
+            .field("pending", &self.pending)
+            .field("in_flight", &self.in_flight)
+            .field("dropped", &ByReason { reasons: &DropReason::ALL, counts: &self.dropped, name: DropReason::name })
+            .field("refused", &ByReason { reasons: &Refusal::ALL, counts: &self.refused, name: Refusal::name })
+            .field("calls", &self.calls)
+            .field("calls_failed", &self.calls_failed)
+            .finish()
+    }
 }
 
 impl EventCounts {
@@ -287,6 +330,30 @@ pub struct WebhookStats {
     pub failures_in_row: u32,
     /// Why the last failed call failed, if any call failed.
     pub last_failure: Option<String>,
+}
+
+/// A webhook that still holds undelivered events, and why: what a flush or a
+/// shutdown that could not deliver everything names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StalledWebhook {
+    /// The bot.
+    pub bot_token: String,
+    /// Its state.
+    pub state: WebhookState,
+    /// Events pending or in flight.
+    pub undelivered: u64,
+    /// Why its last failed call failed, if one did.
+    pub last_failure: Option<String>,
+}
+
+impl fmt::Display for StalledWebhook {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}: {} undelivered", self.bot_token, self.undelivered)?;
+        match &self.last_failure {
+            Some(failure) => write!(formatter, ", last failure: {failure}"),
+            None => formatter.write_str(", no call failed yet"),
+        }
+    }
 }
 
 /// A snapshot of the whole dispatcher.

@@ -101,6 +101,10 @@ impl std::fmt::Debug for EventFactory {
 
 impl EventFactory {
     /// A factory for the bot `bot_token` of `account_name`, dating events by the system clock.
+    ///
+    /// A bot engine that holds the bot's [`WebhookConfig`](crate::WebhookConfig)
+    /// can use [`WebhookConfig::event_factory`](crate::WebhookConfig::event_factory)
+    /// instead, so the token and account name come from one place.
     pub fn new(bot_token: impl Into<Arc<str>>, account_name: impl Into<Arc<str>>) -> EventFactory {
         EventFactory { origin: Origin::new(bot_token, account_name), clock: Arc::new(SystemClock) }
     }
