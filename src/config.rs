@@ -166,7 +166,9 @@ impl std::str::FromStr for WebhookUrl {
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct IncludedVariables {
-    names: Arc<[Box<str>]>,
+    /// `None` when empty: most webhooks list none, and each configured
+    /// webhook keeps its list, so an empty one costs a null pointer.
+    names: Option<Arc<Box<[Box<str>]>>>,
 }
 
 impl IncludedVariables {
@@ -198,22 +200,27 @@ impl IncludedVariables {
                 return Err(invalid("listed twice"));
             }
         }
-        Ok(IncludedVariables { names: names.into_iter().map(String::into_boxed_str).collect() })
+        let names: Box<[Box<str>]> = names.into_iter().map(String::into_boxed_str).collect();
+        Ok(IncludedVariables { names: (!names.is_empty()).then(|| Arc::new(names)) })
+    }
+
+    fn as_slice(&self) -> &[Box<str>] {
+        self.names.as_deref().map_or(&[], |names| &names[..])
     }
 
     /// The names, in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
-        self.names.iter().map(|name| &**name)
+        self.as_slice().iter().map(|name| &**name)
     }
 
     /// How many names are listed.
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.as_slice().len()
     }
 
     /// Whether no name is listed (pushes then carry no `Variables`).
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.names.is_none()
     }
 }
 

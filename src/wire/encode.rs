@@ -145,7 +145,8 @@ fn date_field(out: &mut Vec<u8>, date: Option<EventDate>) {
 /// Writes `,"Variables":{...}` with the selected variables, or nothing when
 /// none is selected: an event without variables costs one emptiness check.
 fn variables_field(out: &mut Vec<u8>, variables: &Variables, selection: Selection<'_>) {
-    if variables.is_empty() {
+    let none_listed = matches!(selection, Selection::Listed(names) if names.is_empty());
+    if variables.is_empty() || none_listed {
         return;
     }
     let start = out.len();
