@@ -11,7 +11,7 @@
 //! ```sh
 //! cargo run --example quickstart
 //! cargo run --example quickstart -- --interval-ms 200 --events 20
-//! cargo run --example quickstart -- --url http://127.0.0.1:8080/ --secret s3cr3t   # your own receiver
+//! cargo run --example quickstart -- --url http://127.0.0.1:8080/events --secret s3cr3t   # your own receiver
 //! ```
 
 use std::collections::BTreeMap;

@@ -8,7 +8,7 @@
 //! Prefer `EVENTHOOK_SECRET`: a command-line argument is visible to other
 //! local users in the process list.
 //!
-//! It prints one line when listening, then one summary line per verified
+//! It answers POSTs on `/events`. It prints one line when listening, then one summary line per verified
 //! push, and answers `200 OK` to verified pushes; `401`, `413` or `400`
 //! otherwise, as [`VerifiedPush`] does.
 
@@ -115,7 +115,7 @@ async fn main() -> ExitCode {
         }
     };
     let receiver = WebhookReceiver::new(options.secret);
-    let app = Router::new().route("/", post(events)).with_state(receiver);
+    let app = Router::new().route("/events", post(events)).with_state(receiver);
     let listener = match tokio::net::TcpListener::bind(options.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -124,7 +124,7 @@ async fn main() -> ExitCode {
         }
     };
     let address = listener.local_addr().unwrap_or(options.listen);
-    println!("listening on http://{address}/ (POST events here)");
+    println!("listening on http://{address}/events (POST events here)");
     if let Err(error) = axum::serve(listener, app).await {
         eprintln!("error: {error}");
         return ExitCode::FAILURE;

@@ -261,3 +261,19 @@ async fn an_unknown_type_is_kept_and_the_push_accepted() {
     })
     .await;
 }
+
+/// A body that is one event object, not an array, is a push of that one event.
+#[tokio::test]
+async fn a_bare_event_object_is_a_push_of_one() {
+    bounded(async {
+        let server = Server::start(64 * 1024).await;
+        let event = sample_events().remove(3);
+        let mut body = Vec::new();
+        eventhook::wire::encode_event(&event, &mut body);
+        assert_eq!(body.first(), Some(&b'{'));
+        let (status, _, _) = post_body(&server, Some(&bearer()), body).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(server.pushes(), vec![vec![event]]);
+    })
+    .await;
+}
