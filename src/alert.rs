@@ -29,6 +29,25 @@ pub trait AlertSink: Send + Sync + fmt::Debug + 'static {
 }
 
 /// What an [`AlertSink`] is told when a webhook is disabled. Holds no secret.
+///
+/// Its `Display` is a message ready for the account (the platform sends it
+/// by e-mail):
+///
+/// ```
+/// use eventhook::WebhookDisabledAlert;
+///
+/// let alert = WebhookDisabledAlert {
+///     bot_token: "bot-1".to_owned(),
+///     account_name: "Matelab Srl".to_owned(),
+///     url: "https://hooks.example.com/events".to_owned(),
+///     failures_in_row: 11,
+///     last_failure: "answered 500 Internal Server Error".to_owned(),
+///     disabled_at: "2019-07-10T15:47:58Z".parse().unwrap(),
+/// };
+/// let mail = alert.to_string();
+/// assert!(mail.starts_with("events webhook of bot bot-1 (account \"Matelab Srl\") disabled at 2019-07-10T15:47:58+00:00"));
+/// assert!(mail.ends_with("Save the bot's settings again to re-enable it."));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookDisabledAlert {
     /// The bot whose webhook was disabled.

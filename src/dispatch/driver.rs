@@ -325,6 +325,34 @@ impl Dispatcher for WebhookDispatcher {
 /// runtime (with the `reqwest` and `tokio` features), no alerts beyond the
 /// stats, the system clock, at most 1,000,000 pending events and 64
 /// concurrent calls.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use eventhook::adapters::ReqwestTransport;
+/// use eventhook::{AlertSink, WebhookDisabledAlert, WebhookDispatcher};
+///
+/// #[derive(Debug)]
+/// struct MailAccount;
+///
+/// impl AlertSink for MailAccount {
+///     fn webhook_disabled(&self, alert: &WebhookDisabledAlert) {
+///         // Hand it to the platform's mailer; return quickly.
+///         eprintln!("to {}: {alert}", alert.account_name);
+///     }
+/// }
+///
+/// // Inside a tokio runtime.
+/// let dispatcher = WebhookDispatcher::builder()
+///     .transport(Arc::new(ReqwestTransport::builder().build()?))
+///     .alert_sink(Arc::new(MailAccount))
+///     .max_pending_events(200_000) // memory bound over all bots
+///     .max_concurrent_pushes(32)
+///     .build()?;
+/// # let _ = dispatcher;
+/// # Ok(())
+/// # }
+/// ```
 #[must_use]
 pub struct WebhookDispatcherBuilder {
     transport: Option<Arc<dyn Transport>>,

@@ -46,6 +46,35 @@ use crate::event::Event;
 use crate::transport::TransportError;
 
 /// What [`Dispatcher::enqueue`] did with an event.
+///
+/// Every refusal is also counted in the stats under its [`Refusal`]. Only
+/// `QueueFull` and `Closed` hand the event back: the bot's webhook exists
+/// and wants it, so keep it (or count it lost); the other refusals mean the
+/// webhook does not want it, and dropping it is right.
+///
+/// ```
+/// use eventhook::dispatch::{Dispatcher, EnqueueOutcome, RecordingDispatcher};
+/// use eventhook::{ChatContext, Event, EventFactory};
+///
+/// fn offer(dispatcher: &dyn Dispatcher, event: Event, spill: &mut Vec<Event>) {
+///     match dispatcher.enqueue(event) {
+///         EnqueueOutcome::Accepted => {}
+///         // Handed back: the queue is full or the dispatcher is shutting down.
+///         EnqueueOutcome::QueueFull(event) | EnqueueOutcome::Closed(event) => spill.push(event),
+///         // Not wanted by the bot's webhook: nothing to keep.
+///         EnqueueOutcome::NotSelected
+///         | EnqueueOutcome::FreePlan
+///         | EnqueueOutcome::NoWebhook
+///         | EnqueueOutcome::WebhookDisabled => {}
+///     }
+/// }
+///
+/// let mut spill = Vec::new();
+/// let bot = EventFactory::new("bot-1", "Matelab Srl");
+/// let event = Event::NewUser(bot.conversation(&ChatContext::new("c-1", "WebChannel")));
+/// offer(&RecordingDispatcher::new(), event, &mut spill);
+/// assert!(spill.is_empty());
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[must_use = "an event refused as QueueFull or Closed is handed back and lost if ignored"]
 pub enum EnqueueOutcome {

@@ -318,6 +318,31 @@ pub enum WebhookState {
 }
 
 /// A snapshot of one webhook.
+///
+/// ```no_run
+/// # fn example(dispatcher: &dyn eventhook::Dispatcher) {
+/// use eventhook::dispatch::{DropReason, Refusal, WebhookState};
+///
+/// if let Some(stats) = dispatcher.webhook_stats("bot-1") {
+///     let counts = stats.counts;
+///     println!(
+///         "{:?}: {} delivered of {} accepted, {} waiting, {} dropped ({} too large), {} calls ({} failed)",
+///         stats.state,
+///         counts.delivered,
+///         counts.accepted,
+///         counts.pending + counts.in_flight,
+///         counts.dropped_total(),
+///         counts.dropped(DropReason::TooLarge),
+///         counts.calls,
+///         counts.calls_failed,
+///     );
+///     println!("{} not selected by the webhook's settings", counts.refused(Refusal::NotSelected));
+///     if stats.state == WebhookState::Disabled {
+///         println!("disabled; last failure: {:?}", stats.last_failure);
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookStats {
     /// The bot.

@@ -303,6 +303,28 @@ impl UnknownEvent {
 /// Build events with an [`EventFactory`] (which stamps `Date` from a clock),
 /// or from the payload types' constructors. On the wire an event is one JSON
 /// object of a push's array; see [`wire`](crate::wire).
+///
+/// ```
+/// use eventhook::{ChatContext, Event, EventFactory, EventKind};
+///
+/// let bot = EventFactory::new("bot-1", "Matelab Srl");
+/// let chat = ChatContext::new("conversation-42", "TelegramChannel").user_name("Ada");
+/// let event = Event::HandOver(bot.conversation(&chat).data("to the support team"));
+///
+/// // What a receiver usually looks at, whatever the kind:
+/// assert_eq!(event.kind(), Some(EventKind::HandOver));
+/// assert_eq!(event.code(), 11);
+/// assert_eq!(event.bot_token(), Some("bot-1"));
+/// assert!(event.date().is_some());
+///
+/// // And the payload, by kind:
+/// match &event {
+///     Event::UserMessage(message) | Event::BotMessage(message) => println!("said: {}", message.data),
+///     Event::HandOver(handover) => assert_eq!(handover.data.as_deref(), Some("to the support team")),
+///     Event::Unknown(unknown) => println!("a newer kind, Type {}", unknown.code),
+///     _ => {}
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// `Type` 0: a chatbot chat message (bot or human operator).

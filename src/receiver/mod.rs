@@ -151,7 +151,33 @@ fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
 
 /// Why a push was refused, with the HTTP status to answer.
 ///
-/// Never holds the bot secret or the received token.
+/// Never holds the bot secret or the received token. A framework other than
+/// axum answers with [`status`](Self::status) and
+/// [`public_message`](Self::public_message), and logs the error itself:
+///
+/// ```
+/// use eventhook::receiver::WebhookReceiver;
+/// use eventhook::BotSecret;
+/// use http::{HeaderMap, HeaderValue, StatusCode};
+///
+/// let receiver = WebhookReceiver::new(BotSecret::new("s3cr3t").unwrap());
+/// // What any HTTP framework hands its handler: the headers and the body.
+/// fn handle(receiver: &WebhookReceiver, headers: &HeaderMap, body: &[u8]) -> (StatusCode, String) {
+///     match receiver.receive(headers, body) {
+///         Ok(events) => (StatusCode::OK, format!("{} events", events.len())),
+///         Err(error) => {
+///             eprintln!("refused push: {error}"); // the full reason, for your logs
+///             (error.status(), error.public_message())
+///         }
+///     }
+/// }
+///
+/// let mut headers = HeaderMap::new();
+/// assert_eq!(handle(&receiver, &headers, b"[]").0, StatusCode::UNAUTHORIZED);
+/// headers.insert("authorization", HeaderValue::from_static("Bearer s3cr3t"));
+/// assert_eq!(handle(&receiver, &headers, b"[]"), (StatusCode::OK, "0 events".to_owned()));
+/// assert_eq!(handle(&receiver, &headers, b"[{}]").0, StatusCode::BAD_REQUEST);
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReceiveError {
