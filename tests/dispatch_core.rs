@@ -129,6 +129,61 @@ fn a_full_batch_left_after_a_success_is_pushed_at_once() {
     assert!(delivered.iter().enumerate().all(|(index, text)| *text == index.to_string()), "order kept");
 }
 
+/// The retry storm of issue 11: a backlog of full batches to a failing
+/// receiver was retried at network speed and disabled in milliseconds.
+#[test]
+fn a_failed_call_with_a_full_batch_pending_is_retried_one_interval_later() {
+    for failure in [
+        Ok(http::StatusCode::INTERNAL_SERVER_ERROR),
+        Err(TransportError::new(TransportErrorKind::Io, "connection reset by peer")),
+    ] {
+        let mut harness = Harness::new();
+        harness.configure(Harness::config("busy").max_batch_events(5).build().unwrap());
+        for index in 0..12 {
+            let _ = harness.enqueue(harness.message("busy", &index.to_string()));
+        }
+        let mut started = Vec::new();
+        for _ in 0..=MAX_FAILURES_IN_ROW {
+            let push = harness.next_push();
+            assert_eq!(push.events, 5, "a full batch each time");
+            started.push(eventhook::Clock::now(&*harness.clock));
+            harness.core.on_push_result(&push.id, failure.clone());
+            harness.collect_notices();
+            harness.check_balance();
+            assert!(harness.poll_all().is_empty(), "no attempt before the next interval");
+        }
+        let gaps: Vec<_> = started.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        assert!(gaps.iter().all(|gap| *gap == INTERVAL), "{failure:?}: one interval between attempts: {gaps:?}");
+        assert_eq!(
+            started[started.len() - 1] - started[0],
+            INTERVAL * MAX_FAILURES_IN_ROW,
+            "11 failures, 10 intervals"
+        );
+        let stats = harness.core.webhook_stats("busy").unwrap();
+        assert_eq!((stats.state, stats.counts.calls), (WebhookState::Disabled, 11));
+        assert_eq!(stats.counts.dropped(DropReason::Disabled), 12);
+    }
+}
+
+/// After a success the backlog rule applies again: a failure pauses the
+/// drain for one interval, the next success resumes it at once.
+#[test]
+fn a_backlog_drains_at_once_again_after_the_retry_succeeds() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("busy").max_batch_events(5).build().unwrap());
+    for index in 0..15 {
+        let _ = harness.enqueue(harness.message("busy", &index.to_string()));
+    }
+    let push = harness.next_push();
+    harness.answer(&push, 503);
+    assert!(harness.poll_all().is_empty());
+    let retry = harness.next_push();
+    harness.answer(&retry, 200);
+    let at_once = harness.poll_all();
+    assert_eq!(at_once.len(), 1, "the next full batch leaves without waiting");
+    assert_eq!(texts(&at_once[0]), ["5", "6", "7", "8", "9"]);
+}
+
 #[test]
 fn the_last_partial_batch_waits_for_the_interval() {
     let mut harness = Harness::new();

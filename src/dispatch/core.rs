@@ -193,6 +193,17 @@ impl Webhook {
     }
 }
 
+/// What just happened to a webhook that [`DispatchCore::settle`] schedules.
+#[derive(Clone, Copy)]
+enum Settled {
+    /// It was configured (again); scheduled as if it had been idle.
+    Reconfigured,
+    /// A call that started at `started` succeeded.
+    Delivered { started: Instant },
+    /// A call that started at `started` failed.
+    Failed { started: Instant },
+}
+
 /// Spreads first pushes over the interval, the same way for the same bot.
 fn phase(bot_token: &str, interval: Duration) -> Duration {
     // FNV-1a: deterministic across processes, unlike std's RandomState.
@@ -362,7 +373,7 @@ impl DispatchCore {
             }
         }
         drop(gates);
-        self.settle(&token, now, None);
+        self.settle(&token, now, Settled::Reconfigured);
     }
 
     /// Removes a bot's webhook and returns its undelivered events (counted
@@ -500,7 +511,8 @@ impl DispatchCore {
             return;
         }
         let token = Arc::clone(&id.bot_token);
-        self.settle(&token, now, Some(started));
+        let settled = if delivered { Settled::Delivered { started } } else { Settled::Failed { started } };
+        self.settle(&token, now, settled);
     }
 
     /// Takes in newly enqueued events, then says when the core next has a
@@ -697,13 +709,14 @@ impl DispatchCore {
     }
 
     /// Schedules a webhook that has no call under way, after a call or a
-    /// reconfiguration: at once when a whole batch waits (a backlog drains
-    /// at network speed) or a flush is under way, else on its grid.
+    /// reconfiguration: at once when a flush is under way, or when a whole
+    /// batch waits after a success or a reconfiguration (a backlog drains at
+    /// network speed), else on its grid.
     ///
-    /// `last_call_started` is when the call that just ended started: the
-    /// next regular push comes one interval after it. Without it (after a
-    /// reconfiguration), the webhook is scheduled as if it had been idle.
-    fn settle(&mut self, token: &Arc<str>, now: Instant, last_call_started: Option<Instant>) {
+    /// After a failed call the next attempt always waits an interval, full
+    /// batch or not: the platform disables a webhook after 11 failures in a
+    /// row, and that must take about 11 intervals, not 11 round trips.
+    fn settle(&mut self, token: &Arc<str>, now: Instant, settled: Settled) {
         let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { return };
         if webhook.call.is_some() || webhook.store.disabled {
             return;
@@ -728,12 +741,16 @@ impl DispatchCore {
             return;
         }
         let (max_events, max_bytes) = webhook.batch_limits();
-        let due = if webhook.flush_remaining > 0 || webhook.store.has_full_batch(max_events, max_bytes) {
+        let backlog = !matches!(settled, Settled::Failed { .. }) && webhook.store.has_full_batch(max_events, max_bytes);
+        let due = if webhook.flush_remaining > 0 || backlog {
             now
         } else {
-            match last_call_started {
-                Some(started) => now.max(started + webhook.config.push_interval()),
-                None => webhook.due_time_after_idle(now),
+            match settled {
+                // The next regular push comes one interval after the call that just ended started.
+                Settled::Delivered { started } | Settled::Failed { started } => {
+                    now.max(started + webhook.config.push_interval())
+                }
+                Settled::Reconfigured => webhook.due_time_after_idle(now),
             }
         };
         self.schedule_at(token, due);
