@@ -643,3 +643,64 @@ fn bot_senders_racing_remove_and_close_lose_and_double_count_nothing() {
     assert_eq!(totals.accepted, accepted, "{totals:?}");
     assert_eq!(handed_back + undelivered, accepted, "every accepted event came back once");
 }
+
+/// Issue 11: a capacity of 10,000 held 10,500 events, the bound left the
+/// batch in flight out.
+#[test]
+fn the_queue_bound_counts_the_batch_in_flight() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").queue_capacity(10).max_batch_events(5).build().unwrap());
+    for index in 0..10 {
+        assert_eq!(harness.enqueue(harness.message("bot", &index.to_string())), EnqueueOutcome::Accepted);
+    }
+    let push = harness.next_push();
+    assert_eq!(push.events, 5);
+    let counts = harness.core.webhook_stats("bot").unwrap().counts;
+    assert_eq!((counts.pending, counts.in_flight), (5, 5));
+    assert!(matches!(harness.enqueue(harness.message("bot", "one too many")), EnqueueOutcome::QueueFull(_)));
+    harness.answer(&push, 200);
+    assert_eq!(harness.enqueue(harness.message("bot", "room again")), EnqueueOutcome::Accepted);
+    let counts = harness.core.webhook_stats("bot").unwrap().counts;
+    assert_eq!((counts.accepted, counts.delivered, counts.pending, counts.refused(Refusal::QueueFull)), (11, 5, 6, 1));
+}
+
+/// Issue 11: a snapshot taken while `enqueue` ran could be off by one.
+/// Producers accept and refuse (a small queue fills) while snapshots are taken.
+#[test]
+fn snapshots_taken_during_enqueue_balance() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").queue_capacity(50).build().unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producers: Vec<_> = (0..2)
+        .map(|_| {
+            let enqueuer = harness.enqueuer.clone();
+            let event = harness.message("bot", "x");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = enqueuer.enqueue(event.clone());
+                }
+            })
+        })
+        .collect();
+    let mut snapshots = 0;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(300) {
+        let totals = harness.core.stats().totals;
+        assert!(totals.is_balanced(), "snapshot {snapshots}: {totals:?}");
+        let counts = harness.core.webhook_stats("bot").unwrap().counts;
+        assert!(counts.is_balanced(), "snapshot {snapshots}: {counts:?}");
+        snapshots += 1;
+        if snapshots % 64 == 0 {
+            // Deliver now and then, so that the queue keeps accepting.
+            harness.advance(INTERVAL);
+            let _ = harness.answer_all(200);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for producer in producers {
+        producer.join().unwrap();
+    }
+    let totals = harness.core.stats().totals;
+    assert!(totals.accepted > 0 && totals.refused(Refusal::QueueFull) > 0, "both paths ran: {totals:?}");
+}

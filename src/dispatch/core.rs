@@ -479,6 +479,7 @@ impl DispatchCore {
             outcome: outcome.clone(),
         }));
         if delivered {
+            webhook.gate.counters.release_delivered(events as u64);
             webhook.calls.delivered += events as u64;
             self.admission.release(events);
             webhook.store.failures_in_row = 0;
@@ -490,7 +491,6 @@ impl DispatchCore {
                 }
             }
         } else {
-            webhook.gate.counters.in_flight_to_pending(events as u64);
             webhook.calls.calls_failed += 1;
             webhook.store.failures_in_row += 1;
             webhook.store.last_failure = Some(outcome.to_string().into());
@@ -615,8 +615,11 @@ impl DispatchCore {
         self.calls_in_flight
     }
 
-    /// A snapshot of one bot's webhook.
+    /// A snapshot of one bot's webhook. It balances (see [`EventCounts`]):
+    /// it waits for any `enqueue` half-way through its counting.
     pub fn webhook_stats(&self, bot_token: &str) -> Option<WebhookStats> {
+        // `enqueue` raises two counters under the read lock; the core moves events only under `&mut self`.
+        let _no_enqueue_half_way = self.admission.write_gates();
         self.webhooks.get(bot_token.as_bytes()).map(|webhook| WebhookStats {
             bot_token: bot_token.to_owned(),
             state: if webhook.store.disabled {
@@ -632,8 +635,12 @@ impl DispatchCore {
         })
     }
 
-    /// A snapshot of every webhook, in total (including removed ones).
+    /// A snapshot of every webhook, in total (including removed ones). It
+    /// balances (see [`EventCounts`]): it waits for any `enqueue` half-way
+    /// through its counting.
     pub fn stats(&self) -> DispatcherStats {
+        // As in `webhook_stats`.
+        let _no_enqueue_half_way = self.admission.write_gates();
         let mut totals: EventCounts = self.admission.retired.snapshot();
         let mut disabled_webhooks = 0;
         for webhook in self.webhooks.values() {
@@ -667,7 +674,7 @@ impl DispatchCore {
             let Some(webhook) = webhook else {
                 // Unreachable by the locking protocol of `remove`, which counted
                 // the event as pending among the retired counts; never lost silently.
-                self.admission.retired.pending_to_dropped(1, DropReason::Removed);
+                self.admission.retired.held_to_dropped(1, DropReason::Removed);
                 self.admission.release(1);
                 continue;
             };
@@ -683,7 +690,7 @@ impl DispatchCore {
                 (array_length(1, encoded.len()) > webhook.config.max_batch_bytes()).then_some(DropReason::TooLarge)
             };
             if let Some(reason) = drop_reason {
-                gate.counters.pending_to_dropped(1, reason);
+                gate.counters.held_to_dropped(1, reason);
                 self.admission.release(1);
                 push_dropped(&mut self.notices, &gate.bot_token, reason, vec![event]);
                 continue;
@@ -729,7 +736,7 @@ impl DispatchCore {
             let events = webhook.store.take_waiting();
             let count = events.len();
             if count > 0 {
-                webhook.gate.counters.pending_to_dropped(count as u64, DropReason::Reconfigured);
+                webhook.gate.counters.held_to_dropped(count as u64, DropReason::Reconfigured);
                 self.admission.release(count);
                 let decoded = decode(&events);
                 push_dropped(&mut self.notices, token, DropReason::Reconfigured, decoded);
@@ -772,7 +779,7 @@ impl DispatchCore {
         };
         let events = webhook.store.take_all();
         let count = events.len();
-        webhook.gate.counters.pending_to_dropped(count as u64, DropReason::Disabled);
+        webhook.gate.counters.held_to_dropped(count as u64, DropReason::Disabled);
         self.admission.release(count);
         if count > 0 {
             push_dropped(&mut self.notices, token, DropReason::Disabled, decode(&events));
@@ -781,11 +788,8 @@ impl DispatchCore {
     }
 
     fn take_all_events(&mut self, webhook: &mut Webhook, reason: DropReason) -> Vec<Event> {
-        let in_flight = webhook.store.in_flight();
         let events = webhook.store.take_all();
-        let waiting = events.len() - in_flight;
-        webhook.gate.counters.pending_to_dropped(waiting as u64, reason);
-        webhook.gate.counters.in_flight_to_dropped(in_flight as u64, reason);
+        webhook.gate.counters.held_to_dropped(events.len() as u64, reason);
         self.admission.release(events.len());
         decode(&events)
     }
@@ -795,7 +799,6 @@ impl DispatchCore {
 fn start_push(webhook: &mut Webhook, token: &Arc<str>, sequence: u64, now: Instant) -> Push {
     let (max_events, max_bytes) = webhook.batch_limits();
     let batch = webhook.store.start_batch(max_events, max_bytes);
-    webhook.gate.counters.pending_to_in_flight(batch.events as u64);
     webhook.last_push_started = Some(now);
     webhook.call = Some(sequence);
     let mut request = Request::new(batch.body);
