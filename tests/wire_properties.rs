@@ -2,9 +2,17 @@
 //! output is valid JSON escaped like serde_json's, and no input makes the
 //! parser panic.
 
-use chrono::{FixedOffset, NaiveDate, TimeZone};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, TimeZone, Utc};
+use eventhook::dispatch::{CoreLimits, DispatchCore, EnqueueOutcome};
+use eventhook::receiver::WebhookReceiver;
 use eventhook::wire;
-use eventhook::{CatalogChange, ConversationEvent, Event, EventDate, Message, MissedText, Origin, UnknownEvent};
+use eventhook::{
+    BotSecret, CatalogChange, ConversationEvent, Event, EventDate, ManualClock, Message, MissedText, Origin,
+    UnknownEvent, WebhookConfig,
+};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -50,8 +58,65 @@ fn date() -> impl Strategy<Value = EventDate> {
             let local = date.and_hms_nano_opt(hour, minute, second, ticks * 100).expect("valid time of day");
             let offset = FixedOffset::east_opt(offset_minutes * 60).expect("offset under a day");
             EventDate::new(offset.from_local_datetime(&local).single().expect("fixed offsets are unambiguous"))
+                .expect("years 1-9999, whole minutes")
         },
     )
+}
+
+/// Any instant chrono can hold, with any offset chrono allows (to the
+/// second), weighted towards the edges of the years 0000-9999.
+fn any_instant() -> impl Strategy<Value = DateTime<FixedOffset>> {
+    let edge = |year: i32| {
+        NaiveDate::from_ymd_opt(year, 1, 1)
+            .map_or(0, |date| date.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp()))
+    };
+    let (first, past_last) = (edge(0), edge(10_000));
+    let day = 86_400;
+    let seconds = prop_oneof![
+        DateTime::<Utc>::MIN_UTC.timestamp()..=DateTime::<Utc>::MAX_UTC.timestamp(),
+        first..past_last,
+        first - 2 * day..first + 2 * day,
+        past_last - 2 * day..past_last + 2 * day,
+    ];
+    let offset = prop_oneof![(-1439i32..=1439).prop_map(|minutes| minutes * 60), -86_399i32..=86_399];
+    (seconds, 0u32..1_000_000_000, offset).prop_filter_map("inside chrono's range", |(seconds, nanos, offset)| {
+        let offset = FixedOffset::east_opt(offset)?;
+        Some(DateTime::<Utc>::from_timestamp(seconds, nanos)?.with_timezone(&offset))
+    })
+}
+
+/// `event` as the bot "bot" of "Account" sends it, dated `date` where it has a date.
+fn stamped(event: Event, date: EventDate) -> Event {
+    let origin = Origin::new("bot", "Account");
+    match event {
+        Event::BotMessage(message) => Event::BotMessage(Message { origin, date, ..message }),
+        Event::UserMessage(message) => Event::UserMessage(Message { origin, date, ..message }),
+        Event::IntentUpdated(change) => Event::IntentUpdated(CatalogChange { origin, date: Some(date), ..change }),
+        Event::IntentDeleted(change) => Event::IntentDeleted(CatalogChange { origin, date: Some(date), ..change }),
+        Event::EntityUpdated(change) => Event::EntityUpdated(CatalogChange { origin, date: Some(date), ..change }),
+        Event::EntityDeleted(change) => Event::EntityDeleted(CatalogChange { origin, date: Some(date), ..change }),
+        Event::NlpMissed(missed) => Event::NlpMissed(MissedText { origin, date: Some(date), ..missed }),
+        Event::ConversationError(conversation) => {
+            Event::ConversationError(ConversationEvent { origin, date: Some(date), ..conversation })
+        }
+        Event::NewUser(conversation) => Event::NewUser(ConversationEvent { origin, date: Some(date), ..conversation }),
+        Event::ReturningUser(conversation) => {
+            Event::ReturningUser(ConversationEvent { origin, date: Some(date), ..conversation })
+        }
+        Event::TakeOver(conversation) => {
+            Event::TakeOver(ConversationEvent { origin, date: Some(date), ..conversation })
+        }
+        Event::HandOver(conversation) => {
+            Event::HandOver(ConversationEvent { origin, date: Some(date), ..conversation })
+        }
+        Event::Fallback(conversation) => {
+            Event::Fallback(ConversationEvent { origin, date: Some(date), ..conversation })
+        }
+        Event::WrongAnswer(conversation) => {
+            Event::WrongAnswer(ConversationEvent { origin, date: Some(date), ..conversation })
+        }
+        unknown @ Event::Unknown(_) => unknown,
+    }
 }
 
 fn origin() -> impl Strategy<Value = Origin> {
@@ -325,6 +390,33 @@ proptest! {
         let text = date.to_string();
         prop_assert_eq!(EventDate::parse(&text), Ok(date));
         prop_assert!(!text.contains('Z'));
+    }
+
+    /// Issue 11's poison event: a date the encoder wrote but the parser
+    /// rejected made a receiver built with this crate refuse every push.
+    #[test]
+    fn whatever_enqueue_accepts_the_crates_receiver_accepts(event in event(), instant in any_instant()) {
+        let writable = (0..=9999).contains(&instant.naive_local().year()) && instant.offset().local_minus_utc() % 60 == 0;
+        let made = EventDate::new(instant);
+        prop_assert_eq!(made.is_ok(), writable, "{:?}", instant);
+        let Ok(date) = made else { return Ok(()) };
+        // Unknown kinds are what receivers keep; a bot engine does not send them.
+        prop_assume!(event.kind().is_some());
+        let event = stamped(event, date);
+
+        const SECRET: &str = "property-test-secret";
+        let clock = Arc::new(ManualClock::new());
+        let (mut core, enqueuer) = DispatchCore::new(clock.clone(), CoreLimits::default());
+        core.configure(WebhookConfig::builder("bot", "Account", "https://hooks.example.com/bot", SECRET).build().unwrap());
+        prop_assert_eq!(enqueuer.enqueue(event.clone()), EnqueueOutcome::Accepted);
+        core.take_in_all();
+        clock.advance(Duration::from_secs(30));
+        let push = core.poll_push();
+        prop_assert!(push.is_some(), "due within an interval");
+        let Some(push) = push else { return Ok(()) };
+        let receiver = WebhookReceiver::new(BotSecret::new(SECRET).unwrap());
+        let received = receiver.receive(push.request.headers(), push.request.body()).map_err(|error| error.to_string());
+        prop_assert_eq!(received, Ok(vec![event]));
     }
 
     #[test]

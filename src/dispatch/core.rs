@@ -816,10 +816,22 @@ fn start_push(webhook: &mut Webhook, token: &Arc<str>, sequence: u64, now: Insta
     }
 }
 
-/// Decodes stored events to hand them back. The codec round-trips every
-/// event it encodes (property-tested), so nothing is skipped in practice.
+/// Decodes stored events to hand them back, one for one: the counts say
+/// that many were dropped or returned.
+///
+/// The codec reads back every event it writes (property-tested, and an
+/// [`EventDate`](crate::EventDate) holds only dates it can write). Should
+/// one still not parse, it is handed back as an [`Event::Unknown`] with the
+/// fields it was stored with, never left out.
 fn decode(encoded: &[Box<[u8]>]) -> Vec<Event> {
-    encoded.iter().filter_map(|bytes| wire::parse_event(bytes).ok()).collect()
+    encoded.iter().map(|bytes| wire::parse_event(bytes).unwrap_or_else(|_| stored_fields(bytes))).collect()
+}
+
+/// An event the parser refused, as its stored JSON object's fields.
+fn stored_fields(encoded: &[u8]) -> Event {
+    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(encoded).unwrap_or_default();
+    let code = object.remove("Type").and_then(|code| code.as_u64()).unwrap_or_default();
+    Event::Unknown(crate::event::UnknownEvent { code, fields: object.into_iter().collect() })
 }
 
 /// Adds dropped events to the notices, merging with the last notice when it
@@ -837,4 +849,28 @@ fn push_dropped(
         }
     }
     notices.push_back(Notice::Dropped(DroppedEvents { bot_token: bot_token.to_owned(), reason, events }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11: an event that failed to decode was left out of what
+    /// `shutdown` returned (2 counted dropped, 1 handed back).
+    #[test]
+    fn an_event_that_does_not_parse_back_is_handed_back_not_left_out() {
+        let stored: Vec<Box<[u8]>> = vec![
+            br#"{"Type":7,"BotToken":"bot","AccountName":"Account","Date":"9999-02-29T12:00:00+00:00","Text":"t"}"#
+                .as_slice()
+                .into(),
+            br#"{"Type":14,"BotToken":"bot"}"#.as_slice().into(),
+        ];
+        let events = decode(&stored);
+        assert_eq!(events.len(), 2);
+        let Event::Unknown(refused) = &events[0] else { panic!("{:?}", events[0]) };
+        assert_eq!(refused.code, 7);
+        assert_eq!(refused.field("Date"), Some(&serde_json::Value::from("9999-02-29T12:00:00+00:00")));
+        assert_eq!(events[0].bot_token(), Some("bot"));
+        assert_eq!(events[1].code(), 14);
+    }
 }
