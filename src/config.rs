@@ -89,7 +89,8 @@ pub struct WebhookUrl {
 impl WebhookUrl {
     /// Parses and checks `url`.
     pub fn parse(url: &str) -> Result<WebhookUrl, ConfigError> {
-        let invalid = |reason: &'static str| ConfigError::InvalidUrl { url: url.to_owned(), reason };
+        let invalid =
+            |reason: &'static str| ConfigError::InvalidUrl { url: redact_user_info(url).into_owned(), reason };
         if url.contains('#') {
             return Err(invalid("it has a fragment (#...), which is never sent"));
         }
@@ -125,6 +126,36 @@ impl WebhookUrl {
     pub fn host(&self) -> &str {
         self.uri.host().unwrap_or_default()
     }
+}
+
+/// `text` with the user-info of every URL in it (the `user:password@`
+/// before a host) replaced by `***@`, so that no error or log line carries a
+/// password given in a URL. An authority starts after each `://`, or at the
+/// start of a text that has none (a URL given without its scheme), and ends
+/// at the first `/`, `?`, `#` or whitespace; its user-info is everything up
+/// to its last `@`.
+pub(crate) fn redact_user_info(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut starts: Vec<usize> = text.match_indices("://").map(|(at, separator)| at + separator.len()).collect();
+    if starts.is_empty() {
+        starts.push(0);
+    }
+    let mut redacted = String::new();
+    let mut copied = 0;
+    for start in starts {
+        let rest = &text[start..];
+        let authority_length =
+            rest.find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace()).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_length].rfind('@') {
+            redacted.push_str(&text[copied..start]);
+            redacted.push_str("***");
+            copied = start + at;
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    redacted.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(redacted)
 }
 
 impl fmt::Display for WebhookUrl {
@@ -408,7 +439,7 @@ pub enum ConfigError {
     /// The webhook URL is unusable.
     #[error("invalid webhook URL {url:?}: {reason}")]
     InvalidUrl {
-        /// The URL as given.
+        /// The URL as given, its user-info (`user:password@`) replaced by `***@`.
         url: String,
         /// What is wrong with it.
         reason: &'static str,
@@ -451,6 +482,25 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_info_is_redacted_wherever_a_url_is() {
+        for (text, redacted) in [
+            ("http://user:PASSWORD@host/", "http://***@host/"),
+            ("https://PASSWORD@host:8443/path?q=a@b", "https://***@host:8443/path?q=a@b"),
+            ("user:PASSWORD@host/hook", "***@host/hook"),
+            ("ftp://u:p%40ss@w@host", "ftp://***@host"),
+            (
+                "error for url (http://u:PASSWORD@127.0.0.1:1/): refused",
+                "error for url (http://***@127.0.0.1:1/): refused",
+            ),
+            ("a http://u:PASSWORD@a/ and https://v:PASSWORD@b/", "a http://***@a/ and https://***@b/"),
+            ("http://host/path@not-user-info", "http://host/path@not-user-info"),
+            ("no url here", "no url here"),
+        ] {
+            assert_eq!(redact_user_info(text), redacted, "{text}");
+        }
+    }
 
     fn builder() -> WebhookConfigBuilder {
         WebhookConfig::builder("bot", "Account", "https://example.com/hook", "secret-value")
