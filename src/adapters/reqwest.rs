@@ -404,7 +404,7 @@ struct GuardRefusal {
 impl GuardRefusal {
     fn trace(&self) {
         #[cfg(feature = "tracing")]
-        tracing::debug!(host = %self.host, reason = %self, "address guard refused a webhook destination");
+        tracing::debug!(host = %crate::log_escape::Escaped(&self.host), reason = %crate::log_escape::Escaped(self), "address guard refused a webhook destination");
     }
 }
 
