@@ -307,7 +307,7 @@ impl WebhookConfig {
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
     }
-    /// The most events pending for this webhook.
+    /// The most events this webhook holds: waiting, or in the call under way.
     pub fn queue_capacity(&self) -> usize {
         self.queue_capacity
     }
@@ -383,7 +383,8 @@ impl WebhookConfigBuilder {
         self.request_timeout = timeout;
         self
     }
-    /// The most events pending for this webhook (default 10,000; at least 1).
+    /// The most events this webhook holds, waiting or in the call under way
+    /// (default 10,000; at least 1); `enqueue` refuses more with `QueueFull`.
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = capacity;
         self

@@ -722,7 +722,7 @@ impl DispatchCore {
     ///
     /// After a failed call the next attempt always waits an interval, full
     /// batch or not: the platform disables a webhook after 11 failures in a
-    /// row, and that must take about 11 intervals, not 11 round trips.
+    /// row, and that must take 10 intervals after the first, not 11 round trips.
     fn settle(&mut self, token: &Arc<str>, now: Instant, settled: Settled) {
         let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { return };
         if webhook.call.is_some() || webhook.store.disabled {
