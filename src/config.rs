@@ -89,7 +89,8 @@ pub struct WebhookUrl {
 impl WebhookUrl {
     /// Parses and checks `url`.
     pub fn parse(url: &str) -> Result<WebhookUrl, ConfigError> {
-        let invalid = |reason: &'static str| ConfigError::InvalidUrl { url: url.to_owned(), reason };
+        let invalid =
+            |reason: &'static str| ConfigError::InvalidUrl { url: redact_user_info(url).into_owned(), reason };
         if url.contains('#') {
             return Err(invalid("it has a fragment (#...), which is never sent"));
         }
@@ -125,6 +126,36 @@ impl WebhookUrl {
     pub fn host(&self) -> &str {
         self.uri.host().unwrap_or_default()
     }
+}
+
+/// `text` with the user-info of every URL in it (the `user:password@`
+/// before a host) replaced by `***@`, so that no error or log line carries a
+/// password given in a URL. An authority starts after each `://`, or at the
+/// start of a text that has none (a URL given without its scheme), and ends
+/// at the first `/`, `?`, `#` or whitespace; its user-info is everything up
+/// to its last `@`.
+pub(crate) fn redact_user_info(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut starts: Vec<usize> = text.match_indices("://").map(|(at, separator)| at + separator.len()).collect();
+    if starts.is_empty() {
+        starts.push(0);
+    }
+    let mut redacted = String::new();
+    let mut copied = 0;
+    for start in starts {
+        let rest = &text[start..];
+        let authority_length =
+            rest.find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace()).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_length].rfind('@') {
+            redacted.push_str(&text[copied..start]);
+            redacted.push_str("***");
+            copied = start + at;
+        }
+    }
+    if copied == 0 {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    redacted.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(redacted)
 }
 
 impl fmt::Display for WebhookUrl {
@@ -258,8 +289,8 @@ fn check_account_name(name: &str) -> Result<(), ConfigError> {
     if name.len() > MAX_ACCOUNT_NAME_BYTES {
         return Err(invalid("it is longer than 256 bytes"));
     }
-    if name.chars().any(char::is_control) {
-        return Err(invalid("it holds a control character (such as CR or LF)"));
+    if name.chars().any(|character| character.is_control() || matches!(character, '\u{2028}' | '\u{2029}')) {
+        return Err(invalid("it holds a control character or a line break"));
     }
     Ok(())
 }
@@ -422,7 +453,7 @@ impl WebhookConfig {
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
     }
-    /// The most events pending for this webhook.
+    /// The most events this webhook holds: waiting, or in the call under way.
     pub fn queue_capacity(&self) -> usize {
         self.queue_capacity
     }
@@ -503,7 +534,8 @@ impl WebhookConfigBuilder {
         self.request_timeout = timeout;
         self
     }
-    /// The most events pending for this webhook (default 10,000; at least 1).
+    /// The most events this webhook holds, waiting or in the call under way
+    /// (default 10,000; at least 1); `enqueue` refuses more with `QueueFull`.
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = capacity;
         self
@@ -581,7 +613,7 @@ pub enum ConfigError {
     /// The webhook URL is unusable.
     #[error("invalid webhook URL {url:?}: {reason}")]
     InvalidUrl {
-        /// The URL as given.
+        /// The URL as given, its user-info (`user:password@`) replaced by `***@`.
         url: String,
         /// What is wrong with it.
         reason: &'static str,
@@ -655,6 +687,25 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_info_is_redacted_wherever_a_url_is() {
+        for (text, redacted) in [
+            ("http://user:PASSWORD@host/", "http://***@host/"),
+            ("https://PASSWORD@host:8443/path?q=a@b", "https://***@host:8443/path?q=a@b"),
+            ("user:PASSWORD@host/hook", "***@host/hook"),
+            ("ftp://u:p%40ss@w@host", "ftp://***@host"),
+            (
+                "error for url (http://u:PASSWORD@127.0.0.1:1/): refused",
+                "error for url (http://***@127.0.0.1:1/): refused",
+            ),
+            ("a http://u:PASSWORD@a/ and https://v:PASSWORD@b/", "a http://***@a/ and https://***@b/"),
+            ("http://host/path@not-user-info", "http://host/path@not-user-info"),
+            ("no url here", "no url here"),
+        ] {
+            assert_eq!(redact_user_info(text), redacted, "{text}");
+        }
+    }
 
     fn builder() -> WebhookConfigBuilder {
         WebhookConfig::builder("bot", "Account", "https://example.com/hook", "secret-value")
@@ -734,7 +785,8 @@ mod tests {
         for (bad, reason) in [
             ("", "it is empty"),
             ("  ", "it is empty"),
-            ("Matelab\r\nSrl", "it holds a control character (such as CR or LF)"),
+            ("Matelab\r\nSrl", "it holds a control character or a line break"),
+            ("Matelab\u{2028}Srl", "it holds a control character or a line break"),
             (&"a".repeat(10 * 1024 * 1024), "it is longer than 256 bytes"),
         ] {
             let error = account(bad).unwrap_err();

@@ -33,6 +33,8 @@ pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod event;
+#[cfg(feature = "tracing")]
+mod log_escape;
 pub mod receiver;
 pub mod runtime;
 pub mod transport;

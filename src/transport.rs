@@ -43,7 +43,8 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
 /// Why a push got no HTTP status.
 ///
 /// Its message never holds the bot secret: transports must not put request
-/// headers into it.
+/// headers into it. [`new`](Self::new) also takes out any password a URL
+/// in the message carries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct TransportError {
@@ -54,9 +55,15 @@ pub struct TransportError {
 }
 
 impl TransportError {
-    /// An error of `kind` described by `message`.
+    /// An error of `kind` described by `message`, with the user-info
+    /// (`user:password@`) of any URL in it replaced by `***@`.
     pub fn new(kind: TransportErrorKind, message: impl Into<String>) -> TransportError {
-        TransportError { kind, message: message.into() }
+        let message = message.into();
+        let message = match crate::config::redact_user_info(&message) {
+            std::borrow::Cow::Borrowed(_) => message,
+            std::borrow::Cow::Owned(redacted) => redacted,
+        };
+        TransportError { kind, message }
     }
 }
 

@@ -129,6 +129,61 @@ fn a_full_batch_left_after_a_success_is_pushed_at_once() {
     assert!(delivered.iter().enumerate().all(|(index, text)| *text == index.to_string()), "order kept");
 }
 
+/// The retry storm of issue 11: a backlog of full batches to a failing
+/// receiver was retried at network speed and disabled in milliseconds.
+#[test]
+fn a_failed_call_with_a_full_batch_pending_is_retried_one_interval_later() {
+    for failure in [
+        Ok(http::StatusCode::INTERNAL_SERVER_ERROR),
+        Err(TransportError::new(TransportErrorKind::Io, "connection reset by peer")),
+    ] {
+        let mut harness = Harness::new();
+        harness.configure(Harness::config("busy").max_batch_events(5).build().unwrap());
+        for index in 0..12 {
+            let _ = harness.enqueue(harness.message("busy", &index.to_string()));
+        }
+        let mut started = Vec::new();
+        for _ in 0..=MAX_FAILURES_IN_ROW {
+            let push = harness.next_push();
+            assert_eq!(push.events, 5, "a full batch each time");
+            started.push(eventhook::Clock::now(&*harness.clock));
+            harness.core.on_push_result(&push.id, failure.clone());
+            harness.collect_notices();
+            harness.check_balance();
+            assert!(harness.poll_all().is_empty(), "no attempt before the next interval");
+        }
+        let gaps: Vec<_> = started.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        assert!(gaps.iter().all(|gap| *gap == INTERVAL), "{failure:?}: one interval between attempts: {gaps:?}");
+        assert_eq!(
+            started[started.len() - 1] - started[0],
+            INTERVAL * MAX_FAILURES_IN_ROW,
+            "11 failures, 10 intervals"
+        );
+        let stats = harness.core.webhook_stats("busy").unwrap();
+        assert_eq!((stats.state, stats.counts.calls), (WebhookState::Disabled, 11));
+        assert_eq!(stats.counts.dropped(DropReason::Disabled), 12);
+    }
+}
+
+/// After a success the backlog rule applies again: a failure pauses the
+/// drain for one interval, the next success resumes it at once.
+#[test]
+fn a_backlog_drains_at_once_again_after_the_retry_succeeds() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("busy").max_batch_events(5).build().unwrap());
+    for index in 0..15 {
+        let _ = harness.enqueue(harness.message("busy", &index.to_string()));
+    }
+    let push = harness.next_push();
+    harness.answer(&push, 503);
+    assert!(harness.poll_all().is_empty());
+    let retry = harness.next_push();
+    harness.answer(&retry, 200);
+    let at_once = harness.poll_all();
+    assert_eq!(at_once.len(), 1, "the next full batch leaves without waiting");
+    assert_eq!(texts(&at_once[0]), ["5", "6", "7", "8", "9"]);
+}
+
 #[test]
 fn the_last_partial_batch_waits_for_the_interval() {
     let mut harness = Harness::new();
@@ -632,4 +687,65 @@ fn pushes_carry_the_listed_variables_as_they_were_at_enqueue() {
     let unlisted = eventhook::wire::encode_push_including(&enqueued[1..], &eventhook::IncludedVariables::default());
     assert_eq!(silent.as_bytes(), unlisted.as_slice());
     assert!(!silent.contains("Variables"), "{silent}");
+}
+
+/// Issue 11: a capacity of 10,000 held 10,500 events, the bound left the
+/// batch in flight out.
+#[test]
+fn the_queue_bound_counts_the_batch_in_flight() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").queue_capacity(10).max_batch_events(5).build().unwrap());
+    for index in 0..10 {
+        assert_eq!(harness.enqueue(harness.message("bot", &index.to_string())), EnqueueOutcome::Accepted);
+    }
+    let push = harness.next_push();
+    assert_eq!(push.events, 5);
+    let counts = harness.core.webhook_stats("bot").unwrap().counts;
+    assert_eq!((counts.pending, counts.in_flight), (5, 5));
+    assert!(matches!(harness.enqueue(harness.message("bot", "one too many")), EnqueueOutcome::QueueFull(_)));
+    harness.answer(&push, 200);
+    assert_eq!(harness.enqueue(harness.message("bot", "room again")), EnqueueOutcome::Accepted);
+    let counts = harness.core.webhook_stats("bot").unwrap().counts;
+    assert_eq!((counts.accepted, counts.delivered, counts.pending, counts.refused(Refusal::QueueFull)), (11, 5, 6, 1));
+}
+
+/// Issue 11: a snapshot taken while `enqueue` ran could be off by one.
+/// Producers accept and refuse (a small queue fills) while snapshots are taken.
+#[test]
+fn snapshots_taken_during_enqueue_balance() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").queue_capacity(50).build().unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producers: Vec<_> = (0..2)
+        .map(|_| {
+            let enqueuer = harness.enqueuer.clone();
+            let event = harness.message("bot", "x");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = enqueuer.enqueue(event.clone());
+                }
+            })
+        })
+        .collect();
+    let mut snapshots = 0;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(300) {
+        let totals = harness.core.stats().totals;
+        assert!(totals.is_balanced(), "snapshot {snapshots}: {totals:?}");
+        let counts = harness.core.webhook_stats("bot").unwrap().counts;
+        assert!(counts.is_balanced(), "snapshot {snapshots}: {counts:?}");
+        snapshots += 1;
+        if snapshots % 64 == 0 {
+            // Deliver now and then, so that the queue keeps accepting.
+            harness.advance(INTERVAL);
+            let _ = harness.answer_all(200);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for producer in producers {
+        producer.join().unwrap();
+    }
+    let totals = harness.core.stats().totals;
+    assert!(totals.accepted > 0 && totals.refused(Refusal::QueueFull) > 0, "both paths ran: {totals:?}");
 }

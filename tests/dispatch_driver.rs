@@ -18,6 +18,7 @@ use eventhook::{
 struct ScriptedTransport {
     script: Mutex<VecDeque<Option<u16>>>,
     requests: Mutex<Vec<http::Request<Vec<u8>>>>,
+    sent_at: Mutex<Vec<std::time::Instant>>,
 }
 
 #[async_trait]
@@ -25,6 +26,7 @@ impl Transport for ScriptedTransport {
     async fn send(&self, request: http::Request<Vec<u8>>) -> Result<http::StatusCode, TransportError> {
         let next = self.script.lock().unwrap().pop_front().unwrap_or(Some(200));
         self.requests.lock().unwrap().push(request);
+        self.sent_at.lock().unwrap().push(std::time::Instant::now());
         match next {
             Some(status) => Ok(http::StatusCode::from_u16(status).unwrap()),
             None => futures::future::pending().await,
@@ -143,6 +145,27 @@ async fn the_eleventh_failure_disables_alerts_once_and_hands_events_to_the_host(
     }
     wait_until(|| dispatcher.webhook_stats("bot").unwrap().counts.delivered == 2).await;
     let _ = dispatcher.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Issue 11's retry storm through the driver: a backlog to a failing
+/// receiver is retried once per interval, not at network speed.
+#[tokio::test]
+async fn a_backlog_to_a_failing_endpoint_is_retried_once_per_interval() {
+    let interval = Duration::from_millis(50);
+    let (dispatcher, transport, _recorder) = setup(vec![Some(500); 20]);
+    dispatcher.configure(config("busy").push_interval(interval).max_batch_events(5).build().unwrap()).unwrap();
+    for event in messages("busy", 12) {
+        assert!(dispatcher.enqueue(event).is_accepted());
+    }
+    wait_until(|| transport.sent_at.lock().unwrap().len() >= 4).await;
+    let sent_at = transport.sent_at.lock().unwrap().clone();
+    // Timers never fire early, so each gap is at least the interval on any machine.
+    for pair in sent_at.windows(2) {
+        assert!(pair[1] - pair[0] >= interval, "retried after {:?}", pair[1] - pair[0]);
+    }
+    let stats = dispatcher.webhook_stats("busy").unwrap();
+    assert_eq!(stats.state, WebhookState::Active, "not disabled within a few intervals");
+    let _ = dispatcher.shutdown(Duration::from_millis(100)).await;
 }
 
 #[tokio::test]

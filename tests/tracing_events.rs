@@ -75,24 +75,35 @@ impl Transport for AlwaysFailing {
     }
 }
 
-#[tokio::test]
-async fn pushes_failures_disabling_and_re_enabling_are_traced_without_the_secret() {
-    let capture = Arc::new(Capture::default());
-    tracing::subscriber::set_global_default(CaptureHandle(Arc::clone(&capture))).expect("first subscriber");
+/// The one capture of this test binary, installed as the global subscriber
+/// by whichever test runs first; tests tell their lines apart by bot token.
+fn capture() -> Arc<Capture> {
+    static CAPTURE: std::sync::OnceLock<Arc<Capture>> = std::sync::OnceLock::new();
+    Arc::clone(CAPTURE.get_or_init(|| {
+        let capture = Arc::new(Capture::default());
+        tracing::subscriber::set_global_default(CaptureHandle(Arc::clone(&capture))).expect("first subscriber");
+        capture
+    }))
+}
 
+/// Runs `bot_token`'s webhook against an always-failing receiver until it
+/// is disabled, then configures it again and shuts down; returns the lines
+/// that name the bot (as `named` writes it).
+async fn run_until_disabled(bot_token: &str, account_name: &str, named: &str) -> Vec<String> {
+    let capture = capture();
     let dispatcher =
         WebhookDispatcher::builder().transport(Arc::new(AlwaysFailing)).runtime(Arc::new(TestRuntime)).build().unwrap();
     let config = || {
-        WebhookConfig::builder("traced-bot", "Account", "https://hooks.example.com/traced", SECRET)
+        WebhookConfig::builder(bot_token, account_name, "https://hooks.example.com/traced", SECRET)
             .push_interval(Duration::from_millis(5))
             .build()
             .unwrap()
     };
     dispatcher.configure(config()).unwrap();
-    let bot = EventFactory::new("traced-bot", "Account");
+    let bot = EventFactory::new(bot_token, account_name);
     let _ = dispatcher.enqueue(Event::UserMessage(bot.message(&ChatContext::new("c", "WebChannel"), "hello")));
     tokio::time::timeout(Duration::from_secs(10), async {
-        while dispatcher.webhook_stats("traced-bot").unwrap().state != WebhookState::Disabled {
+        while dispatcher.webhook_stats(bot_token).unwrap().state != WebhookState::Disabled {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
@@ -100,16 +111,36 @@ async fn pushes_failures_disabling_and_re_enabling_are_traced_without_the_secret
     .expect("disabled in time");
     dispatcher.configure(config()).unwrap();
     let _ = dispatcher.shutdown(Duration::from_millis(100)).await;
-
     let lines = capture.lines.lock().unwrap().clone();
+    lines.into_iter().filter(|line| line.contains(named)).collect()
+}
+
+/// Issue 11: bot tokens and account names with CR/LF reached the records raw.
+#[tokio::test]
+async fn text_from_settings_is_escaped_in_every_record() {
+    // Line breaks never get this far: the settings refuse them.
+    let refused = WebhookConfig::builder("evil-bot\r\nlevel=ERROR", "Acme", "https://hooks.example.com/t", SECRET);
+    assert!(refused.build().is_err());
+    // Bidirectional controls and backslashes are allowed in a token (and in
+    // account names, which may need them), so the records escape them.
+    let forged = r"evil-bot\u{202e}level=ERROR\\forged";
+    let lines = run_until_disabled("evil-bot\u{202e}level=ERROR\\forged", "Acme\u{2066}FAKE", forged).await;
+    assert!(lines.len() >= 11 + 11 + 3, "every record names the bot: {lines:#?}");
+    for line in &lines {
+        assert!(!line.contains(['\r', '\n', '\u{2028}', '\u{202e}', '\u{2066}']), "a raw control in {line:?}");
+    }
+}
+
+#[tokio::test]
+async fn pushes_failures_disabling_and_re_enabling_are_traced_without_the_secret() {
+    let lines = run_until_disabled("traced-bot", "Account", "traced-bot").await;
     let count = |needle: &str| lines.iter().filter(|line| line.contains(needle)).count();
     assert_eq!(count("span eventhook.push"), 11, "{lines:#?}");
-    assert!(lines.iter().any(|line| line.starts_with("span eventhook.push") && line.contains("traced-bot")));
     assert_eq!(count("webhook call failed"), 11);
     assert_eq!(count("events dropped"), 1);
     assert_eq!(count("webhook disabled"), 1);
     assert_eq!(count("webhook re-enabled"), 1);
-    assert!(lines.iter().all(|line| !line.contains(SECRET)), "the secret never appears");
+    assert!(capture().lines.lock().unwrap().iter().all(|line| !line.contains(SECRET)), "the secret never appears");
 }
 
 /// `set_global_default` takes the subscriber by value; this shares the capture.

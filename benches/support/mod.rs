@@ -185,7 +185,7 @@ impl EventGen {
             1 => FixedOffset::west_opt(5 * 3600).unwrap(),
             _ => FixedOffset::east_opt(0).unwrap(),
         };
-        EventDate::new(instant.with_timezone(&offset))
+        EventDate::new(instant.with_timezone(&offset)).expect("recent dates, whole-minute offsets")
     }
 
     /// A conversation id (a GUID) whose last group is `seq`, so a receiver

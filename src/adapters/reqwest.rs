@@ -3,10 +3,12 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::address_guard::{AddressGuard, BlockedAddress};
@@ -27,9 +29,15 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 ///   private one when used), and IP-literal hosts before sending. Unless
 ///   private networks are allowed, `http://localhost/` and
 ///   `http://127.0.0.1/` are refused with [`TransportErrorKind::BlockedAddress`].
-/// - At most [`max_response_body_bytes`](ReqwestTransportBuilder::max_response_body_bytes)
+/// - [`send`](Transport::send) returns as soon as the status has arrived: the
+///   status decides the push, so a `200` whose body stalls is delivered, and
+///   the dispatcher's timeout covers only the wait for the status.
+/// - Then at most [`max_response_body_bytes`](ReqwestTransportBuilder::max_response_body_bytes)
 ///   of the reply body is read, and discarded, so a short reply leaves the
-///   connection reusable and a huge one costs nothing.
+///   connection reusable and a huge one costs nothing. A body that has not
+///   fully arrived with the status is read on a background task, ended by
+///   the [`request_timeout`](ReqwestTransportBuilder::request_timeout); at
+///   most 64 such reads run at once, past that the connection is closed.
 ///
 /// The request's method, URI, headers and body are sent as they are; reqwest
 /// adds only `accept: */*` when there is no `Accept` header, and HTTP/1.1
@@ -52,7 +60,13 @@ pub struct ReqwestTransport {
     client: reqwest::Client,
     guard: AddressGuard,
     settings: Settings,
+    /// Reply bodies being read on background tasks.
+    draining: Arc<AtomicUsize>,
 }
+
+/// The most reply bodies read on background tasks at once: a receiver that
+/// stalls every body cannot make the transport hold more connections than this.
+const MAX_BACKGROUND_DRAINS: usize = 64;
 
 /// The builder's choices, kept for `Debug`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,21 +150,60 @@ impl ReqwestTransport {
         }
     }
 
-    /// Reads and discards at most about the cap of the reply body.
-    async fn drain_body(&self, mut response: reqwest::Response) {
+    /// Reads and discards at most about the cap of the reply body, so that
+    /// the connection can go back to the pool, without holding the push:
+    /// what has not arrived with the status is read on a background task.
+    fn drain_body(&self, response: reqwest::Response) {
         let cap = self.settings.max_response_body_bytes;
         // Past the cap the connection cannot be reused anyway: do not read at all.
         if cap == 0 || response.content_length().is_some_and(|length| length > u64::try_from(cap).unwrap_or(u64::MAX)) {
             return;
         }
-        let mut read: usize = 0;
-        while read <= cap {
-            match response.chunk().await {
-                Ok(Some(chunk)) => read = read.saturating_add(chunk.len()),
-                // The status has arrived: a broken body does not change the push's outcome.
-                Ok(None) | Err(_) => return,
-            }
+        let mut drain = read_up_to(response, cap).boxed();
+        // A short body usually comes with the status: then no task is needed.
+        if (&mut drain).now_or_never().is_some() {
+            return;
         }
+        // Without a runtime to run it, or past the limit, dropping the response closes the connection.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Some(slot) = DrainSlot::take(&self.draining) else { return };
+        // reqwest's request timeout ends the read if the body stalls.
+        runtime.spawn(async move {
+            drain.await;
+            drop(slot);
+        });
+    }
+}
+
+/// Reads and discards `response`'s body until its end, an error, or past `cap` bytes.
+async fn read_up_to(mut response: reqwest::Response, cap: usize) {
+    let mut read: usize = 0;
+    while read <= cap {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read = read.saturating_add(chunk.len()),
+            // The status has arrived: a broken body does not change the push's outcome.
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// One of the [`MAX_BACKGROUND_DRAINS`] background reads; given back when dropped.
+struct DrainSlot(Arc<AtomicUsize>);
+
+impl DrainSlot {
+    fn take(draining: &Arc<AtomicUsize>) -> Option<DrainSlot> {
+        draining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < MAX_BACKGROUND_DRAINS).then_some(running + 1)
+            })
+            .ok()
+            .map(|_| DrainSlot(Arc::clone(draining)))
+    }
+}
+
+impl Drop for DrainSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -175,8 +228,9 @@ impl Transport for ReqwestTransport {
         let request = reqwest::Request::try_from(request).map_err(|error| transport_error(&error))?;
         self.check_literal_host(request.url())?;
         let response = self.client.execute(request).await.map_err(|error| transport_error(&error))?;
+        // The status decides the push; the body only matters for reusing the connection.
         let status = response.status();
-        self.drain_body(response).await;
+        self.drain_body(response);
         Ok(status)
     }
 }
@@ -241,9 +295,11 @@ impl ReqwestTransportBuilder {
         self
     }
 
-    /// How long a whole call may take, from connecting to the end of the
-    /// (capped) reply body. The dispatcher also applies each webhook's own
-    /// timeout around the call.
+    /// How long a whole exchange may take, from connecting to the end of the
+    /// (capped) reply body. It bounds the wait for the status, together with
+    /// each webhook's own timeout that the dispatcher applies around
+    /// [`send`](Transport::send) (the shorter one ends the push), and the
+    /// background read of a body that came after its status.
     ///
     /// ```
     /// use std::time::Duration;
@@ -324,7 +380,7 @@ impl ReqwestTransportBuilder {
             .dns_resolver(Arc::new(GuardedResolver { guard }))
             .build()
             .map_err(|source| ReqwestTransportBuildError { source })?;
-        Ok(ReqwestTransport { client, guard, settings })
+        Ok(ReqwestTransport { client, guard, settings, draining: Arc::new(AtomicUsize::new(0)) })
     }
 }
 
@@ -404,7 +460,7 @@ struct GuardRefusal {
 impl GuardRefusal {
     fn trace(&self) {
         #[cfg(feature = "tracing")]
-        tracing::debug!(host = %self.host, reason = %self, "address guard refused a webhook destination");
+        tracing::debug!(host = %crate::log_escape::Escaped(&self.host), reason = %crate::log_escape::Escaped(self), "address guard refused a webhook destination");
     }
 }
 

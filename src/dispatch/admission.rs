@@ -191,16 +191,17 @@ impl Admission {
             gate.counters.refuse(refusal);
             return outcome;
         }
+        // The bound counts the webhook's batch in flight too: `held` includes it.
         let capacity = gate.capacity.load(Ordering::Relaxed) as u64;
-        let pending_before = gate.counters.pending.fetch_add(1, Ordering::AcqRel);
-        if pending_before >= capacity {
-            gate.counters.pending.fetch_sub(1, Ordering::AcqRel);
+        let held_before = gate.counters.held.fetch_add(1, Ordering::AcqRel);
+        if held_before >= capacity {
+            gate.counters.held.fetch_sub(1, Ordering::AcqRel);
             gate.counters.refuse(Refusal::QueueFull);
             return EnqueueOutcome::QueueFull(event);
         }
         if self.pending_total.fetch_add(1, Ordering::AcqRel) >= self.max_pending_total {
             self.pending_total.fetch_sub(1, Ordering::AcqRel);
-            gate.counters.pending.fetch_sub(1, Ordering::AcqRel);
+            gate.counters.held.fetch_sub(1, Ordering::AcqRel);
             gate.counters.refuse(Refusal::QueueFull);
             return EnqueueOutcome::QueueFull(event);
         }
@@ -211,14 +212,14 @@ impl Admission {
             Err(returned) => {
                 // The core is gone: undo, and hand the event back.
                 gate.counters.accepted.fetch_sub(1, Ordering::Relaxed);
-                gate.counters.pending.fetch_sub(1, Ordering::AcqRel);
+                gate.counters.held.fetch_sub(1, Ordering::AcqRel);
                 self.pending_total.fetch_sub(1, Ordering::AcqRel);
                 gate.counters.refuse(Refusal::Closed);
                 return EnqueueOutcome::Closed(returned);
             }
         };
-        if pending_before == 0 || lane == Lane::Overflow {
-            // The webhook may have been idle, or the ring is full: the core must take in.
+        if held_before == 0 || lane == Lane::Overflow {
+            // The webhook was idle (nothing queued, no call), or the ring is full: the core must take in.
             self.doorbell.ring();
         }
         EnqueueOutcome::Accepted

@@ -206,6 +206,17 @@ impl Webhook {
     }
 }
 
+/// What just happened to a webhook that [`DispatchCore::settle`] schedules.
+#[derive(Clone, Copy)]
+enum Settled {
+    /// It was configured (again); scheduled as if it had been idle.
+    Reconfigured,
+    /// A call that started at `started` succeeded.
+    Delivered { started: Instant },
+    /// A call that started at `started` failed.
+    Failed { started: Instant },
+}
+
 /// Spreads first pushes over the interval, the same way for the same bot.
 fn phase(bot_token: &str, interval: Duration) -> Duration {
     // FNV-1a: deterministic across processes, unlike std's RandomState.
@@ -375,7 +386,7 @@ impl DispatchCore {
             }
         }
         drop(gates);
-        self.settle(&token, now, None);
+        self.settle(&token, now, Settled::Reconfigured);
     }
 
     /// Removes a bot's webhook and returns its undelivered events (counted
@@ -481,6 +492,7 @@ impl DispatchCore {
             outcome: outcome.clone(),
         }));
         if delivered {
+            webhook.gate.counters.release_delivered(events as u64);
             webhook.calls.delivered += events as u64;
             self.admission.release(events);
             webhook.store.failures_in_row = 0;
@@ -492,7 +504,6 @@ impl DispatchCore {
                 }
             }
         } else {
-            webhook.gate.counters.in_flight_to_pending(events as u64);
             webhook.calls.calls_failed += 1;
             webhook.store.failures_in_row += 1;
             webhook.store.last_failure = Some(outcome.to_string().into());
@@ -513,7 +524,8 @@ impl DispatchCore {
             return;
         }
         let token = Arc::clone(&id.bot_token);
-        self.settle(&token, now, Some(started));
+        let settled = if delivered { Settled::Delivered { started } } else { Settled::Failed { started } };
+        self.settle(&token, now, settled);
     }
 
     /// Takes in newly enqueued events, then says when the core next has a
@@ -616,8 +628,11 @@ impl DispatchCore {
         self.calls_in_flight
     }
 
-    /// A snapshot of one bot's webhook.
+    /// A snapshot of one bot's webhook. It balances (see [`EventCounts`]):
+    /// it waits for any `enqueue` half-way through its counting.
     pub fn webhook_stats(&self, bot_token: &str) -> Option<WebhookStats> {
+        // `enqueue` raises two counters under the read lock; the core moves events only under `&mut self`.
+        let _no_enqueue_half_way = self.admission.write_gates();
         self.webhooks.get(bot_token.as_bytes()).map(|webhook| WebhookStats {
             bot_token: bot_token.to_owned(),
             state: webhook.state(),
@@ -646,8 +661,12 @@ impl DispatchCore {
         stalled
     }
 
-    /// A snapshot of every webhook, in total (including removed ones).
+    /// A snapshot of every webhook, in total (including removed ones). It
+    /// balances (see [`EventCounts`]): it waits for any `enqueue` half-way
+    /// through its counting.
     pub fn stats(&self) -> DispatcherStats {
+        // As in `webhook_stats`.
+        let _no_enqueue_half_way = self.admission.write_gates();
         let mut totals: EventCounts = self.admission.retired.snapshot();
         let mut disabled_webhooks = 0;
         for webhook in self.webhooks.values() {
@@ -681,7 +700,7 @@ impl DispatchCore {
             let Some(webhook) = webhook else {
                 // Unreachable by the locking protocol of `remove`, which counted
                 // the event as pending among the retired counts; never lost silently.
-                self.admission.retired.pending_to_dropped(1, DropReason::Removed);
+                self.admission.retired.held_to_dropped(1, DropReason::Removed);
                 self.admission.release(1);
                 continue;
             };
@@ -697,7 +716,7 @@ impl DispatchCore {
                 (array_length(1, encoded.len()) > webhook.config.max_batch_bytes()).then_some(DropReason::TooLarge)
             };
             if let Some(reason) = drop_reason {
-                gate.counters.pending_to_dropped(1, reason);
+                gate.counters.held_to_dropped(1, reason);
                 self.admission.release(1);
                 push_dropped(&mut self.notices, &gate.bot_token, reason, vec![event]);
                 continue;
@@ -723,13 +742,14 @@ impl DispatchCore {
     }
 
     /// Schedules a webhook that has no call under way, after a call or a
-    /// reconfiguration: at once when a whole batch waits (a backlog drains
-    /// at network speed) or a flush is under way, else on its grid.
+    /// reconfiguration: at once when a flush is under way, or when a whole
+    /// batch waits after a success or a reconfiguration (a backlog drains at
+    /// network speed), else on its grid.
     ///
-    /// `last_call_started` is when the call that just ended started: the
-    /// next regular push comes one interval after it. Without it (after a
-    /// reconfiguration), the webhook is scheduled as if it had been idle.
-    fn settle(&mut self, token: &Arc<str>, now: Instant, last_call_started: Option<Instant>) {
+    /// After a failed call the next attempt always waits an interval, full
+    /// batch or not: the platform disables a webhook after 11 failures in a
+    /// row, and that must take 10 intervals after the first, not 11 round trips.
+    fn settle(&mut self, token: &Arc<str>, now: Instant, settled: Settled) {
         let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { return };
         if webhook.call.is_some() || webhook.store.disabled {
             return;
@@ -742,7 +762,7 @@ impl DispatchCore {
             let events = webhook.store.take_waiting();
             let count = events.len();
             if count > 0 {
-                webhook.gate.counters.pending_to_dropped(count as u64, DropReason::Reconfigured);
+                webhook.gate.counters.held_to_dropped(count as u64, DropReason::Reconfigured);
                 self.admission.release(count);
                 let decoded = decode(&events);
                 push_dropped(&mut self.notices, token, DropReason::Reconfigured, decoded);
@@ -754,12 +774,16 @@ impl DispatchCore {
             return;
         }
         let (max_events, max_bytes) = webhook.batch_limits();
-        let due = if webhook.flush_remaining > 0 || webhook.store.has_full_batch(max_events, max_bytes) {
+        let backlog = !matches!(settled, Settled::Failed { .. }) && webhook.store.has_full_batch(max_events, max_bytes);
+        let due = if webhook.flush_remaining > 0 || backlog {
             now
         } else {
-            match last_call_started {
-                Some(started) => now.max(started + webhook.config.push_interval()),
-                None => webhook.due_time_after_idle(now),
+            match settled {
+                // The next regular push comes one interval after the call that just ended started.
+                Settled::Delivered { started } | Settled::Failed { started } => {
+                    now.max(started + webhook.config.push_interval())
+                }
+                Settled::Reconfigured => webhook.due_time_after_idle(now),
             }
         };
         self.schedule_at(token, due);
@@ -781,7 +805,7 @@ impl DispatchCore {
         };
         let events = webhook.store.take_all();
         let count = events.len();
-        webhook.gate.counters.pending_to_dropped(count as u64, DropReason::Disabled);
+        webhook.gate.counters.held_to_dropped(count as u64, DropReason::Disabled);
         self.admission.release(count);
         if count > 0 {
             push_dropped(&mut self.notices, token, DropReason::Disabled, decode(&events));
@@ -790,11 +814,8 @@ impl DispatchCore {
     }
 
     fn take_all_events(&mut self, webhook: &mut Webhook, reason: DropReason) -> Vec<Event> {
-        let in_flight = webhook.store.in_flight();
         let events = webhook.store.take_all();
-        let waiting = events.len() - in_flight;
-        webhook.gate.counters.pending_to_dropped(waiting as u64, reason);
-        webhook.gate.counters.in_flight_to_dropped(in_flight as u64, reason);
+        webhook.gate.counters.held_to_dropped(events.len() as u64, reason);
         self.admission.release(events.len());
         decode(&events)
     }
@@ -804,7 +825,6 @@ impl DispatchCore {
 fn start_push(webhook: &mut Webhook, token: &Arc<str>, sequence: u64, now: Instant) -> Push {
     let (max_events, max_bytes) = webhook.batch_limits();
     let batch = webhook.store.start_batch(max_events, max_bytes);
-    webhook.gate.counters.pending_to_in_flight(batch.events as u64);
     webhook.last_push_started = Some(now);
     webhook.call = Some(sequence);
     let mut request = Request::new(batch.body);
@@ -822,10 +842,22 @@ fn start_push(webhook: &mut Webhook, token: &Arc<str>, sequence: u64, now: Insta
     }
 }
 
-/// Decodes stored events to hand them back. The codec round-trips every
-/// event it encodes (property-tested), so nothing is skipped in practice.
+/// Decodes stored events to hand them back, one for one: the counts say
+/// that many were dropped or returned.
+///
+/// The codec reads back every event it writes (property-tested, and an
+/// [`EventDate`](crate::EventDate) holds only dates it can write). Should
+/// one still not parse, it is handed back as an [`Event::Unknown`] with the
+/// fields it was stored with, never left out.
 fn decode(encoded: &[Box<[u8]>]) -> Vec<Event> {
-    encoded.iter().filter_map(|bytes| wire::parse_event(bytes).ok()).collect()
+    encoded.iter().map(|bytes| wire::parse_event(bytes).unwrap_or_else(|_| stored_fields(bytes))).collect()
+}
+
+/// An event the parser refused, as its stored JSON object's fields.
+fn stored_fields(encoded: &[u8]) -> Event {
+    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(encoded).unwrap_or_default();
+    let code = object.remove("Type").and_then(|code| code.as_u64()).unwrap_or_default();
+    Event::Unknown(crate::event::UnknownEvent { code, fields: object.into_iter().collect() })
 }
 
 /// Adds dropped events to the notices, merging with the last notice when it
@@ -843,4 +875,28 @@ fn push_dropped(
         }
     }
     notices.push_back(Notice::Dropped(DroppedEvents { bot_token: bot_token.to_owned(), reason, events }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11: an event that failed to decode was left out of what
+    /// `shutdown` returned (2 counted dropped, 1 handed back).
+    #[test]
+    fn an_event_that_does_not_parse_back_is_handed_back_not_left_out() {
+        let stored: Vec<Box<[u8]>> = vec![
+            br#"{"Type":7,"BotToken":"bot","AccountName":"Account","Date":"9999-02-29T12:00:00+00:00","Text":"t"}"#
+                .as_slice()
+                .into(),
+            br#"{"Type":14,"BotToken":"bot"}"#.as_slice().into(),
+        ];
+        let events = decode(&stored);
+        assert_eq!(events.len(), 2);
+        let Event::Unknown(refused) = &events[0] else { panic!("{:?}", events[0]) };
+        assert_eq!(refused.code, 7);
+        assert_eq!(refused.field("Date"), Some(&serde_json::Value::from("9999-02-29T12:00:00+00:00")));
+        assert_eq!(events[0].bot_token(), Some("bot"));
+        assert_eq!(events[1].code(), 14);
+    }
 }

@@ -21,6 +21,8 @@ use crate::alert::{AlertSink, NoAlerts};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, WebhookConfig};
 use crate::event::Event;
+#[cfg(feature = "tracing")]
+use crate::log_escape::Escaped;
 use crate::runtime::Runtime;
 use crate::transport::{Transport, TransportError, TransportErrorKind};
 
@@ -89,18 +91,18 @@ impl Shared {
                 Notice::Call(call) => {
                     #[cfg(feature = "tracing")]
                     if !call.outcome.is_success() {
-                        tracing::warn!(bot_token = %call.bot_token, url = %call.url, outcome = %call.outcome, "webhook call failed");
+                        tracing::warn!(bot_token = %Escaped(&call.bot_token), url = %Escaped(&call.url), outcome = %Escaped(&call.outcome), "webhook call failed");
                     }
                     self.observer.call_made(&call);
                 }
                 Notice::Dropped(dropped) => {
                     #[cfg(feature = "tracing")]
-                    tracing::warn!(bot_token = %dropped.bot_token, reason = %dropped.reason, events = dropped.events.len(), "events dropped");
+                    tracing::warn!(bot_token = %Escaped(&dropped.bot_token), reason = %dropped.reason, events = dropped.events.len(), "events dropped");
                     self.observer.events_dropped(&dropped);
                 }
                 Notice::Disabled(alert) => {
                     #[cfg(feature = "tracing")]
-                    tracing::error!(bot_token = %alert.bot_token, url = %alert.url, failures = alert.failures_in_row, "webhook disabled");
+                    tracing::error!(bot_token = %Escaped(&alert.bot_token), url = %Escaped(&alert.url), failures = alert.failures_in_row, "webhook disabled");
                     self.alert_sink.webhook_disabled(&alert);
                 }
             }
@@ -205,8 +207,10 @@ fn make_call(shared: &Shared, push: Push) -> BoxFuture<'static, (PushId, Result<
         (id, result)
     };
     #[cfg(feature = "tracing")]
-    let call =
-        tracing::Instrument::instrument(call, tracing::info_span!("eventhook.push", bot_token = %bot_token, events));
+    let call = tracing::Instrument::instrument(
+        call,
+        tracing::info_span!("eventhook.push", bot_token = %Escaped(&bot_token), events),
+    );
     #[cfg(not(feature = "tracing"))]
     let _ = events;
     call.boxed()
@@ -273,7 +277,7 @@ impl Dispatcher for WebhookDispatcher {
             #[cfg(feature = "tracing")]
             if core.webhook_stats(config.bot_token()).is_some_and(|stats| stats.state == super::WebhookState::Disabled)
             {
-                tracing::info!(bot_token = %config.bot_token(), "webhook re-enabled by reconfiguration");
+                tracing::info!(bot_token = %Escaped(config.bot_token()), "webhook re-enabled by reconfiguration");
             }
             core.configure(config);
         }

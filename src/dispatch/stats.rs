@@ -105,12 +105,17 @@ impl fmt::Display for Refusal {
 /// them with the webhook's other state ([`CallCounts`]) and adds them to
 /// snapshots. The retired counters use every field.
 ///
+/// `held` counts the events in flight too, so that the queue bound that
+/// `enqueue` checks against it covers the batch in a call; a snapshot shows
+/// `held - in_flight` as pending.
+///
 /// `repr(C)`: the two that `enqueue` updates come first, next to the gate's settings.
 #[derive(Debug, Default)]
 #[repr(C)]
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
-    pub(crate) pending: AtomicU64,
+    /// Accepted events not yet delivered or dropped: waiting, or in a call.
+    pub(crate) held: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) dropped: [AtomicU64; DropReason::ALL.len()],
@@ -141,31 +146,22 @@ impl Counters {
         add(&self.refused[refusal as usize], 1);
     }
 
-    /// Events leave `pending` for a call (the core counts them in flight).
-    pub(crate) fn pending_to_in_flight(&self, events: u64) {
-        subtract(&self.pending, events);
+    /// Held events were delivered (the core counts them as delivered).
+    pub(crate) fn release_delivered(&self, events: u64) {
+        subtract(&self.held, events);
     }
 
-    /// A failed call's events wait again.
-    pub(crate) fn in_flight_to_pending(&self, events: u64) {
-        add(&self.pending, events);
-    }
-
-    pub(crate) fn pending_to_dropped(&self, events: u64, reason: DropReason) {
+    /// Held events, waiting or in an abandoned call, are dropped.
+    pub(crate) fn held_to_dropped(&self, events: u64, reason: DropReason) {
         add(&self.dropped[reason as usize], events);
-        subtract(&self.pending, events);
-    }
-
-    /// Events of an abandoned call are dropped (the core stops counting them in flight).
-    pub(crate) fn in_flight_to_dropped(&self, events: u64, reason: DropReason) {
-        add(&self.dropped[reason as usize], events);
+        subtract(&self.held, events);
     }
 
     /// Adds the counts of a webhook that is going away.
     pub(crate) fn absorb(&self, counts: &EventCounts) {
         add(&self.accepted, counts.accepted);
         add(&self.delivered, counts.delivered);
-        add(&self.pending, counts.pending);
+        add(&self.held, counts.pending + counts.in_flight);
         add(&self.in_flight, counts.in_flight);
         add(&self.calls, counts.calls);
         add(&self.calls_failed, counts.calls_failed);
@@ -180,6 +176,7 @@ impl Counters {
     /// A configured webhook's counts: these counters plus what the core keeps.
     pub(crate) fn snapshot_with(&self, in_flight: usize, calls: &CallCounts) -> EventCounts {
         let mut counts = self.snapshot();
+        counts.pending = counts.pending.saturating_sub(in_flight as u64);
         counts.in_flight += in_flight as u64;
         counts.delivered += calls.delivered;
         counts.calls += calls.calls;
@@ -189,11 +186,12 @@ impl Counters {
 
     pub(crate) fn snapshot(&self) -> EventCounts {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let in_flight = load(&self.in_flight);
         EventCounts {
             accepted: load(&self.accepted),
             delivered: load(&self.delivered),
-            pending: load(&self.pending),
-            in_flight: load(&self.in_flight),
+            pending: load(&self.held).saturating_sub(in_flight),
+            in_flight,
             dropped: self.dropped.each_ref().map(load),
             refused: self.refused.each_ref().map(load),
             calls: load(&self.calls),
@@ -205,9 +203,8 @@ impl Counters {
 /// A snapshot of event and call counts, for one webhook or in total.
 ///
 /// Every accepted event is in exactly one place:
-/// `accepted == delivered + pending + in_flight + dropped_total()`
-/// (a snapshot taken while the dispatcher moves events may be off by the
-/// events being moved at that instant).
+/// `accepted == delivered + pending + in_flight + dropped_total()`, in every
+/// snapshot (one is taken while no `enqueue` is half-way).
 ///
 /// `Debug` labels every count, drops and refusals by their reason:
 ///

@@ -23,12 +23,20 @@ pub(crate) const MAX_DATE_LEN: usize = 33;
 /// Two dates are equal when both the instant and the offset are equal, so that
 /// equal dates are written identically.
 ///
+/// It only holds what the wire form can carry and the parser reads back: a
+/// local date in the years 0000-9999 and an offset of whole minutes.
+/// [`new`](Self::new) refuses anything else, so no event can carry a date
+/// that a receiver would reject.
+///
 /// ```
 /// use eventhook::EventDate;
 ///
 /// let date: EventDate = "2019-07-10T15:47:58.123456789Z".parse().unwrap();
 /// assert_eq!(date.to_string(), "2019-07-10T15:47:58.1234567+00:00");
 /// assert!("2019-07-10T15:47:58".parse::<EventDate>().is_err()); // no offset
+///
+/// let far = chrono::NaiveDate::from_ymd_opt(10_000, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc();
+/// assert!(EventDate::new(far).is_err()); // year 10000 cannot be written
 /// ```
 #[derive(Clone, Copy)]
 pub struct EventDate {
@@ -36,21 +44,52 @@ pub struct EventDate {
 }
 
 impl EventDate {
-    /// The date for `value`, cut to whole 100 ns ticks, keeping its offset.
-    pub fn new<Tz: TimeZone>(value: DateTime<Tz>) -> EventDate {
+    /// The date for `value`, cut to whole 100 ns ticks, keeping its offset;
+    /// an error if its local date is outside the years 0000-9999 or its
+    /// offset is not whole minutes (the wire form cannot carry either).
+    ///
+    /// ```
+    /// use chrono::{FixedOffset, TimeZone};
+    /// use eventhook::EventDate;
+    ///
+    /// let paris = FixedOffset::east_opt(3600).unwrap();
+    /// let date = EventDate::new(paris.with_ymd_and_hms(2019, 7, 10, 17, 47, 58).unwrap()).unwrap();
+    /// assert_eq!(date.to_string(), "2019-07-10T17:47:58+01:00");
+    /// let odd_offset = FixedOffset::east_opt(3601).unwrap();
+    /// assert!(EventDate::new(odd_offset.with_ymd_and_hms(2019, 7, 10, 17, 47, 58).unwrap()).is_err());
+    /// ```
+    pub fn new<Tz: TimeZone>(value: DateTime<Tz>) -> Result<EventDate, DateError> {
         let value = value.fixed_offset();
+        if !(0..=9999).contains(&value.naive_local().year()) || value.offset().local_minus_utc() % 60 != 0 {
+            return Err(DateError { out_of_range: true });
+        }
         let nanos = value.nanosecond();
         // .NET has no leap seconds and the parser rejects second 60, so a
         // chrono leap second (nanos >= 1e9) becomes the last tick of second 59.
         let nanos = nanos.min(999_999_999);
         let truncated = nanos - nanos % NANOS_PER_TICK;
         let value = value.with_nanosecond(truncated).unwrap_or(value);
-        EventDate { value }
+        Ok(EventDate { value })
     }
 
     /// The current time in UTC, from the system clock.
     pub fn now() -> EventDate {
-        EventDate::new(Utc::now())
+        EventDate::from_clock(Utc::now())
+    }
+
+    /// The date for a clock's reading, in UTC: a clock set outside the
+    /// years 0000-9999 gives the nearest date that can be written, so that
+    /// stamping an event never fails.
+    pub(crate) fn from_clock(wall_time: DateTime<Utc>) -> EventDate {
+        let first = NaiveDate::from_ymd_opt(0, 1, 1).and_then(|date| date.and_hms_opt(0, 0, 0));
+        let last =
+            NaiveDate::from_ymd_opt(9999, 12, 31).and_then(|date| date.and_hms_nano_opt(23, 59, 59, 999_999_900));
+        let clamped = match (first, last) {
+            (Some(first), Some(last)) => wall_time.clamp(first.and_utc(), last.and_utc()),
+            _ => wall_time,
+        };
+        // In UTC and within the years 0000-9999 now, so `new` accepts it.
+        EventDate::new(clamped).unwrap_or(EventDate { value: DateTime::UNIX_EPOCH.fixed_offset() })
     }
 
     /// The date as a chrono `DateTime` with its offset.
@@ -65,7 +104,7 @@ impl EventDate {
 
     /// Parses the text of a `Date` field (see the type's documentation).
     pub fn parse(text: &str) -> Result<EventDate, DateError> {
-        parse_rfc3339(text.as_bytes()).ok_or(DateError { _private: () })
+        parse_rfc3339(text.as_bytes()).ok_or(DateError { out_of_range: false })
     }
 
     /// Writes the wire form into `buffer` and returns how many bytes it used.
@@ -88,7 +127,8 @@ impl EventDate {
             nanos if nanos >= 1_000_000_000 => (time.second() + 1, nanos - 1_000_000_000),
             nanos => (time.second(), nanos),
         };
-        put(buffer, 0, date.year().clamp(0, 9999) as u32, 4);
+        // The constructors keep the local year within 0..=9999.
+        put(buffer, 0, date.year().unsigned_abs(), 4);
         buffer[4] = b'-';
         put(buffer, 5, date.month(), 2);
         buffer[7] = b'-';
@@ -157,8 +197,10 @@ impl FromStr for EventDate {
     }
 }
 
-impl<Tz: TimeZone> From<DateTime<Tz>> for EventDate {
-    fn from(value: DateTime<Tz>) -> Self {
+impl<Tz: TimeZone> TryFrom<DateTime<Tz>> for EventDate {
+    type Error = DateError;
+
+    fn try_from(value: DateTime<Tz>) -> Result<Self, Self::Error> {
         EventDate::new(value)
     }
 }
@@ -176,11 +218,16 @@ impl<'de> serde::Deserialize<'de> for EventDate {
     }
 }
 
-/// The error for a `Date` that is not an RFC 3339 date-time with an offset.
+/// The error for a `Date` that is not an RFC 3339 date-time with an offset,
+/// or a date the wire form cannot carry (see [`EventDate::new`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not an RFC 3339 date-time with an offset (expected e.g. 2019-07-10T15:47:58.580873+00:00)")]
+#[error("{}", if *out_of_range {
+    "outside what the wire form can carry (a local date in the years 0000-9999, an offset of whole minutes)"
+} else {
+    "not an RFC 3339 date-time with an offset (expected e.g. 2019-07-10T15:47:58.580873+00:00)"
+})]
 pub struct DateError {
-    _private: (),
+    out_of_range: bool,
 }
 
 /// Reads `YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|+HH:MM|-HH:MM)`, checking every field's range.
@@ -296,7 +343,7 @@ mod tests {
     #[test]
     fn a_leap_second_is_written_as_a_date_that_parses_back() {
         let leap = NaiveDate::from_ymd_opt(2016, 12, 31).unwrap().and_hms_nano_opt(23, 59, 59, 1_500_000_000).unwrap();
-        let date = EventDate::new(leap.and_utc());
+        let date = EventDate::new(leap.and_utc()).unwrap();
         assert_eq!(date.to_string(), "2016-12-31T23:59:59.9999999+00:00");
         assert_eq!(EventDate::parse(&date.to_string()), Ok(date));
     }
@@ -313,6 +360,37 @@ mod tests {
     #[test]
     fn new_truncates_to_ticks() {
         let value = DateTime::parse_from_rfc3339("2019-07-10T15:47:58.123456789+00:00").unwrap();
-        assert_eq!(EventDate::new(value).to_string(), "2019-07-10T15:47:58.1234567+00:00");
+        assert_eq!(EventDate::new(value).unwrap().to_string(), "2019-07-10T15:47:58.1234567+00:00");
+    }
+
+    /// Issue 11: year 10000 was written as `9999-02-29...` and negative years
+    /// as 0000, dates the parser rejects, so one event poisoned its webhook.
+    #[test]
+    fn dates_the_wire_cannot_carry_are_refused_where_they_are_made() {
+        let utc = |year, month, day| NaiveDate::from_ymd_opt(year, month, day).unwrap().and_hms_opt(12, 0, 0).unwrap();
+        for naive in [utc(10_000, 2, 29), utc(-1, 6, 1), utc(-262_000, 1, 1), utc(262_000, 1, 1)] {
+            let error = EventDate::new(naive.and_utc()).unwrap_err();
+            assert!(error.to_string().contains("0000-9999"), "{naive}: {error}");
+        }
+        // The local date counts: 9999-12-31T23:00Z is 10000-01-01 at +01:00.
+        let late = utc(9999, 12, 31).with_hour(23).unwrap().and_utc();
+        assert!(EventDate::new(late).is_ok());
+        assert!(EventDate::new(late.with_timezone(&FixedOffset::east_opt(3600).unwrap())).is_err());
+        // Offsets are written in whole minutes.
+        assert!(EventDate::new(late.with_timezone(&FixedOffset::west_opt(90).unwrap())).is_err());
+        // The edges are written and read back.
+        for text in ["0000-01-01T00:00:00+00:00", "0000-01-01T00:00:00+23:59", "9999-12-31T23:59:59.9999999-23:59"] {
+            let date = EventDate::parse(text).unwrap();
+            assert_eq!(EventDate::new(date.to_datetime()), Ok(date));
+            assert_eq!(date.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn a_clock_outside_the_years_0000_9999_stamps_the_nearest_date() {
+        let utc = |year| NaiveDate::from_ymd_opt(year, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc();
+        assert_eq!(EventDate::from_clock(utc(12_000)).to_string(), "9999-12-31T23:59:59.9999999+00:00");
+        assert_eq!(EventDate::from_clock(utc(-5)).to_string(), "0000-01-01T00:00:00+00:00");
+        assert_eq!(EventDate::from_clock(utc(2024)).to_string(), "2024-01-01T00:00:00+00:00");
     }
 }

@@ -124,7 +124,7 @@ impl EventFactory {
 
     /// The date now, by this factory's clock.
     pub fn now(&self) -> EventDate {
-        EventDate::new(self.clock.wall_time())
+        EventDate::from_clock(self.clock.wall_time())
     }
 
     /// A chat message in `chat` (wrap it in `Event::BotMessage` or `Event::UserMessage`).
