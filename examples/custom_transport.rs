@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eventhook::adapters::AddressGuard;
+use eventhook::dispatch::{Dispatcher, WebhookDispatcher};
 use eventhook::{
-    ChatContext, Dispatcher, Event, EventFactory, Runtime, Transport, TransportError, TransportErrorKind,
-    WebhookConfig, WebhookDispatcher,
+    ChatContext, Event, EventFactory, Runtime, Transport, TransportError, TransportErrorKind, WebhookConfig,
 };
 use futures::channel::oneshot;
 use futures::future::BoxFuture;

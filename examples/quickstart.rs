@@ -27,11 +27,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use eventhook::adapters::{ReqwestTransport, TokioRuntime};
-use eventhook::dispatch::{CallRecord, DeliveryObserver, DroppedEvents, WebhookState};
+use eventhook::dispatch::{CallRecord, DeliveryObserver, Dispatcher, DroppedEvents, WebhookDispatcher, WebhookState};
 use eventhook::receiver::WebhookReceiver;
 use eventhook::{
-    AlertSink, BotSecret, ChatContext, Dispatcher, Event, EventFactory, EventFlags, EventKind, WebhookConfig,
-    WebhookDisabledAlert, WebhookDispatcher,
+    AlertSink, BotSecret, ChatContext, Event, EventFactory, EventFlags, EventKind, WebhookConfig, WebhookDisabledAlert,
 };
 
 struct Options {

@@ -199,7 +199,7 @@ async fn flush_sends_now_and_shutdown_returns_what_could_not_be_delivered() {
     let report = dispatcher.shutdown(Duration::from_secs(2)).await;
     assert_eq!(report.undelivered, sent, "every undelivered event comes back, in order");
     assert_eq!(transport.requests.lock().unwrap().len(), 1, "one flush attempt");
-    assert!(matches!(dispatcher.enqueue(sent[0].clone()), eventhook::EnqueueOutcome::Closed(_)));
+    assert!(matches!(dispatcher.enqueue(sent[0].clone()), eventhook::dispatch::EnqueueOutcome::Closed(_)));
     assert!(dispatcher.configure(config("down").build().unwrap()).is_err());
 }
 

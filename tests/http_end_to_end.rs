@@ -14,11 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::Router;
 use eventhook::adapters::{ReqwestTransport, TokioRuntime};
-use eventhook::dispatch::{Dispatcher, DropReason, WebhookDispatcher, WebhookState};
-use eventhook::{
-    AlertSink, ChatContext, EnqueueOutcome, Event, EventFactory, TransportErrorKind, WebhookConfig,
-    WebhookDisabledAlert,
-};
+use eventhook::dispatch::{Dispatcher, DropReason, EnqueueOutcome, WebhookDispatcher, WebhookState};
+use eventhook::{AlertSink, ChatContext, Event, EventFactory, TransportErrorKind, WebhookConfig, WebhookDisabledAlert};
 
 const SECRET: &str = "the-bot-api-secret";
 const TEST_LIMIT: Duration = Duration::from_secs(30);

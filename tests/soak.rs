@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use common::TestRuntime;
 use eventhook::adapters::ReqwestTransport;
-use eventhook::dispatch::{CallRecord, DeliveryObserver, Dispatcher, DroppedEvents, WebhookDispatcher, WebhookState};
-use eventhook::{ChatContext, EnqueueOutcome, Event, EventFactory, WebhookConfig};
+use eventhook::dispatch::{
+    CallRecord, DeliveryObserver, Dispatcher, DroppedEvents, EnqueueOutcome, WebhookDispatcher, WebhookState,
+};
+use eventhook::{ChatContext, Event, EventFactory, WebhookConfig};
 use faults::{Behaviour, FaultyReceiver, SECRET};
 
 const BOTS: usize = 6;

@@ -11,9 +11,9 @@ use std::task::{Context, Poll};
 use futures::task::AtomicWaker;
 
 use super::intake::{IntakeSender, Lane};
+use super::outcome::EnqueueOutcome;
 use super::stats::{Counters, Refusal};
 use super::token_hash::TokenMap;
-use super::EnqueueOutcome;
 use crate::config::{Plan, WebhookConfig};
 use crate::event::Event;
 

@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::admission::{Admission, Gate};
-use super::{Dispatcher, EnqueueOutcome};
+use super::dispatcher::Dispatcher;
+use super::outcome::EnqueueOutcome;
 use crate::event::Event;
 
 /// Enqueues one bot's events without looking the bot up on every call.

@@ -12,11 +12,12 @@ use futures::future::{self, BoxFuture, Either};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 
+use super::bot_sender::BotSender;
 use super::core::{CoreLimits, DispatchCore, Enqueuer, Notice, Push, PushId};
-use super::{
-    BotSender, DeliveryObserver, Dispatcher, DispatcherClosed, DispatcherStats, EnqueueOutcome, FlushError, NoObserver,
-    ShutdownReport, WebhookStats,
-};
+use super::dispatcher::Dispatcher;
+use super::observer::{DeliveryObserver, NoObserver};
+use super::outcome::{DispatcherClosed, EnqueueOutcome, FlushError, ShutdownReport};
+use super::stats::{DispatcherStats, WebhookStats};
 use crate::alert::{AlertSink, NoAlerts};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, WebhookConfig};
@@ -334,7 +335,8 @@ impl Dispatcher for WebhookDispatcher {
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
 /// use eventhook::adapters::ReqwestTransport;
-/// use eventhook::{AlertSink, WebhookDisabledAlert, WebhookDispatcher};
+/// use eventhook::dispatch::WebhookDispatcher;
+/// use eventhook::{AlertSink, WebhookDisabledAlert};
 ///
 /// #[derive(Debug)]
 /// struct MailAccount;
@@ -432,7 +434,8 @@ impl WebhookDispatcherBuilder {
     /// returns its handle.
     ///
     /// ```
-    /// use eventhook::{ConfigError, WebhookDispatcher};
+    /// use eventhook::dispatch::WebhookDispatcher;
+    /// use eventhook::ConfigError;
     ///
     /// let error = WebhookDispatcher::builder().max_pending_events(0).build().unwrap_err();
     /// assert_eq!(error, ConfigError::OutOfRange { setting: "max_pending_events", minimum: "1" });

@@ -194,7 +194,7 @@ mod tests {
     /// beyond them) gives the right parts, and nothing public shows the secret.
     #[test]
     fn parts_are_exact_at_every_buffer_size_and_never_show_the_secret() {
-        use crate::dispatch::{CallOutcome, CallRecord};
+        use crate::dispatch::outcome::{CallOutcome, CallRecord};
         use std::sync::Arc;
         const SECRET: &str = "S3CR3T-s3cr3t";
         const URL: &str = "https://h.example/p";

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{
-    BotSender, Dispatcher, DispatcherClosed, DispatcherStats, EnqueueOutcome, FlushError, ShutdownReport, WebhookStats,
-};
+use super::bot_sender::BotSender;
+use super::dispatcher::Dispatcher;
+use super::outcome::{DispatcherClosed, EnqueueOutcome, FlushError, ShutdownReport};
+use super::stats::{DispatcherStats, WebhookStats};
 use crate::config::WebhookConfig;
 use crate::event::Event;
 

@@ -317,7 +317,7 @@ pub enum WebhookState {
 /// A snapshot of one webhook.
 ///
 /// ```no_run
-/// # fn example(dispatcher: &dyn eventhook::Dispatcher) {
+/// # fn example(dispatcher: &dyn eventhook::dispatch::Dispatcher) {
 /// use eventhook::dispatch::{DropReason, Refusal, WebhookState};
 ///
 /// if let Some(stats) = dispatcher.webhook_stats("bot-1") {

@@ -11,6 +11,7 @@ mod date;
 mod factory;
 mod flags;
 mod kind;
+mod returning_user;
 mod variables;
 
 pub(crate) use date::MAX_DATE_LEN;
@@ -18,6 +19,7 @@ pub use date::{DateError, EventDate};
 pub use factory::{ChatContext, EventFactory};
 pub use flags::EventFlags;
 pub use kind::{EventKind, UnknownKindCode};
+pub use returning_user::ReturningUserGate;
 pub use variables::Variables;
 
 /// Who produced an event: on every event (`BotToken`, `AccountName`).

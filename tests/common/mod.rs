@@ -48,7 +48,7 @@ impl Harness {
         Event::UserMessage(self.factory(bot).message(&chat, text))
     }
 
-    pub fn enqueue(&mut self, event: Event) -> eventhook::EnqueueOutcome {
+    pub fn enqueue(&mut self, event: Event) -> eventhook::dispatch::EnqueueOutcome {
         let outcome = self.enqueuer.enqueue(event);
         // As the driver does when the doorbell rings: take the event in now.
         self.core.next_wakeup();
