@@ -440,6 +440,8 @@ impl WebhookDispatcherBuilder {
     /// let error = WebhookDispatcher::builder().max_pending_events(0).build().unwrap_err();
     /// assert_eq!(error, ConfigError::OutOfRange { setting: "max_pending_events", minimum: "1" });
     /// assert_eq!(error.to_string(), "max_pending_events must be at least 1");
+    /// let error = WebhookDispatcher::builder().max_concurrent_pushes(0).build().unwrap_err();
+    /// assert_eq!(error.to_string(), "max_concurrent_pushes must be at least 1");
     /// ```
     pub fn build(self) -> Result<WebhookDispatcher, ConfigError> {
         for (setting, value) in [
