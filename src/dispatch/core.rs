@@ -329,6 +329,9 @@ impl fmt::Debug for DispatchCore {
 
 impl DispatchCore {
     /// A core with no webhooks, and the [`Enqueuer`] that feeds it.
+    ///
+    /// With the `metrics` feature, its metrics (see the README's Metrics
+    /// section) are registered here, with the recorder in force now.
     pub fn new(clock: Arc<dyn Clock>, limits: CoreLimits) -> (DispatchCore, Enqueuer) {
         let (sender, intake) = intake::intake(intake::RING_CAPACITY);
         let admission = Arc::new(Admission::new(sender, limits.max_pending_events));
@@ -763,8 +766,10 @@ impl DispatchCore {
         }
         // Stopping at the limit may leave events behind.
         self.intake_backlog = taken == limit;
-        self.metrics.accepted(taken);
-        self.publish_gauges();
+        if taken > 0 {
+            self.metrics.accepted(taken);
+            self.publish_gauges();
+        }
     }
 
     fn schedule_at(&mut self, token: &Arc<str>, due: Instant) {

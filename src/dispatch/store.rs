@@ -3,7 +3,9 @@
 //! This is the seam for storage: today an in-memory queue per webhook; a
 //! durable store shared by several bot-engine processes (PostgreSQL) would
 //! implement the same operations. The core touches a webhook's events and
-//! health only through [`WebhookStore`].
+//! health only through [`WebhookStore`]. Each event's arrival time goes in
+//! and comes out with it (`push`, `finish_batch`), so a durable store feeds
+//! the delivery-lag metric, and every other metric, under the same names.
 
 use std::collections::VecDeque;
 
