@@ -332,6 +332,7 @@ impl Dispatcher for WebhookDispatcher {
 /// concurrent calls.
 ///
 /// ```no_run
+/// # #[cfg(feature = "reqwest")]
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
 /// use eventhook::adapters::ReqwestTransport;
