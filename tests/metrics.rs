@@ -1,7 +1,8 @@
 //! With the `metrics` feature: every counter and gauge agrees with the stats
-//! after each step of a scripted run with refusals, failures, drops of every
-//! reason, a disable and a re-enable; histograms carry one value per call
-//! (or per delivered event), as the manual clock says.
+//! after each step of a scripted run on the core with refusals, failures,
+//! drops of every reason, a disable and a re-enable, and after a driver's run
+//! to shutdown; histograms carry one value per call (or per delivered
+//! event), as the manual clock says.
 #![cfg(feature = "metrics")]
 
 mod common;
@@ -194,4 +195,49 @@ fn counters_and_gauges_agree_with_the_stats_through_failures_drops_and_a_disable
     for refusal in Refusal::ALL {
         assert!(totals.refused(refusal) > 0, "the run refuses for {refusal}");
     }
+}
+
+/// Fails every call to a URL ending in `/flaky`, answers 200 to the rest.
+#[derive(Debug)]
+struct FailsFlaky;
+
+#[async_trait::async_trait]
+impl eventhook::Transport for FailsFlaky {
+    async fn send(&self, request: http::Request<Vec<u8>>) -> Result<http::StatusCode, TransportError> {
+        let failing = request.uri().path().ends_with("/flaky");
+        Ok(if failing { http::StatusCode::INTERNAL_SERVER_ERROR } else { http::StatusCode::OK })
+    }
+}
+
+#[tokio::test]
+async fn the_driver_records_what_its_stats_say_through_a_disable_and_shutdown() {
+    use eventhook::dispatch::{Dispatcher, WebhookDispatcher, WebhookState};
+
+    let recorder = Keeping::default();
+    let dispatcher = metrics::with_local_recorder(&recorder, || {
+        let builder = WebhookDispatcher::builder().transport(Arc::new(FailsFlaky));
+        builder.runtime(Arc::new(common::TestRuntime)).build().expect("dispatcher")
+    });
+    let config = |bot: &str| Harness::config(bot).push_interval(Duration::from_millis(5)).build().unwrap();
+    dispatcher.configure(config("steady")).unwrap();
+    dispatcher.configure(config("flaky")).unwrap();
+    let chat = eventhook::ChatContext::new("conversation-1", "TelegramChannel");
+    for (bot, count) in [("steady", 20), ("flaky", 3)] {
+        let factory = eventhook::EventFactory::new(bot, format!("{bot} account"));
+        for index in 0..count {
+            let event = eventhook::Event::UserMessage(factory.message(&chat, index.to_string()));
+            assert!(dispatcher.enqueue(event).is_accepted());
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dispatcher.webhook_stats("flaky").is_some_and(|stats| stats.state != WebhookState::Disabled) {
+        assert!(std::time::Instant::now() < deadline, "flaky was not disabled within 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let report = dispatcher.shutdown(Duration::from_secs(2)).await;
+    recorder.check(&report.stats, "after shutdown");
+    assert_eq!(recorder.counter("eventhook_events_delivered_total"), 20);
+    assert_eq!(recorder.counter("eventhook_events_dropped_total{reason=disabled}"), 3);
+    assert_eq!(recorder.counter("eventhook_calls_total{outcome=failed_status}"), u64::from(MAX_FAILURES_IN_ROW) + 1);
+    assert_eq!(recorder.counter("eventhook_webhooks_disabled_total"), 1);
 }
