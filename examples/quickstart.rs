@@ -6,10 +6,13 @@
 //! wire: a card's `ItemSubType`, the conversation `Variables` the webhook
 //! includes). Then makes the receiver fail until the webhook is
 //! disabled (the 11th failed call) and alerted, re-enables it by configuring
-//! it again, and shows delivery resume.
+//! it again, and shows delivery resume. With `--metrics` it ends with the
+//! Prometheus text exposition of every metric the dispatcher recorded, and
+//! checks that the delivered total is what the receiver got.
 //!
 //! ```sh
 //! cargo run --example quickstart
+//! cargo run --example quickstart -- --metrics
 //! cargo run --example quickstart -- --interval-ms 200 --events 20
 //! cargo run --example quickstart -- --url http://127.0.0.1:8080/events --secret s3cr3t   # your own receiver
 //! ```
@@ -37,10 +40,12 @@ struct Options {
     interval: Duration,
     events_per_bot: usize,
     external: Option<(String, String)>,
+    metrics: bool,
 }
 
 fn parse_options() -> Result<Options, String> {
-    let mut options = Options { interval: Duration::from_millis(250), events_per_bot: 8, external: None };
+    let mut options =
+        Options { interval: Duration::from_millis(250), events_per_bot: 8, external: None, metrics: false };
     let (mut url, mut secret) = (None, None);
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
@@ -57,8 +62,16 @@ fn parse_options() -> Result<Options, String> {
                 let text = value("--events")?;
                 options.events_per_bot = text.parse().map_err(|_| format!("--events: {text:?} is not a number"))?;
             }
+            "--metrics" if cfg!(feature = "metrics") => options.metrics = true,
+            "--metrics" => {
+                return Err(
+                    "--metrics needs the examples' `metrics` feature (on unless --no-default-features)".to_owned()
+                )
+            }
             "--help" | "-h" => {
-                return Err("usage: quickstart [--url URL --secret S] [--interval-ms N] [--events N]".to_owned())
+                return Err(
+                    "usage: quickstart [--url URL --secret S] [--interval-ms N] [--events N] [--metrics]".to_owned()
+                )
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
@@ -220,12 +233,29 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The recorder goes in before the dispatcher is built: its metrics register then.
+    #[cfg(feature = "metrics")]
+    let exposition = match options.metrics.then(metrics_exporter_prometheus::PrometheusBuilder::new) {
+        Some(builder) => match builder.install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                eprintln!("--metrics: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let result = match options.external.clone() {
         Some((url, secret)) => run_external(&options, &url, &secret).await,
         None => run_local(&options).await,
     };
+    #[cfg(feature = "metrics")]
+    let result = match (result, exposition) {
+        (Ok(received), Some(handle)) => print_exposition(&handle.render(), received).map(|()| received),
+        (result, _) => result,
+    };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("quickstart failed: {error}");
             ExitCode::FAILURE
@@ -247,7 +277,25 @@ fn build_dispatcher(
         .build()?)
 }
 
-async fn run_local(options: &Options) -> Result<(), Box<dyn std::error::Error>> {
+/// Prints what a scraper of `/metrics` would read, and checks its delivered
+/// total against the events the receiver acknowledged.
+#[cfg(feature = "metrics")]
+fn print_exposition(text: &str, received: u64) -> Result<(), Box<dyn std::error::Error>> {
+    println!("8. Metrics, as a Prometheus scraper of /metrics would read them:\n");
+    println!("{text}");
+    let delivered = text
+        .lines()
+        .find_map(|line| line.strip_prefix("eventhook_events_delivered_total "))
+        .ok_or("no eventhook_events_delivered_total in the exposition")?;
+    if delivered.trim().parse::<u64>()? != received {
+        return Err(format!("eventhook_events_delivered_total is {delivered}, the receiver got {received}").into());
+    }
+    println!("eventhook_events_delivered_total {received}: exactly what the receiver got.");
+    Ok(())
+}
+
+/// Runs the whole loop on 127.0.0.1; returns how many events the receiver got.
+async fn run_local(options: &Options) -> Result<u64, Box<dyn std::error::Error>> {
     let started = Instant::now();
     let bots = [("support-bot", "support-secret-1f9c"), ("sales-bot", "sales-secret-77ab")];
     let failing = Arc::new(AtomicBool::new(false));
@@ -357,10 +405,11 @@ async fn run_local(options: &Options) -> Result<(), Box<dyn std::error::Error>> 
         totals.dropped_total(),
         started.elapsed()
     );
-    Ok(())
+    Ok(received.lock().map_or(0, |events| events.len() as u64))
 }
 
-async fn run_external(options: &Options, url: &str, secret: &str) -> Result<(), Box<dyn std::error::Error>> {
+/// Sends a conversation to `url`; returns how many events its receiver acknowledged.
+async fn run_external(options: &Options, url: &str, secret: &str) -> Result<u64, Box<dyn std::error::Error>> {
     let bot = "quickstart-bot";
     let config = WebhookConfig::builder(bot, "Quickstart Account", url, secret)
         .include_variables(["plan", "email"])
@@ -391,5 +440,5 @@ async fn run_external(options: &Options, url: &str, secret: &str) -> Result<(), 
     print_stats(&dispatcher, &[bot]);
     let report = dispatcher.shutdown(Duration::from_secs(1)).await;
     println!("{} events undelivered.", report.undelivered.len());
-    Ok(())
+    Ok(report.stats.totals.delivered)
 }

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use futures::task::AtomicWaker;
 
 use super::intake::{IntakeSender, Lane};
+use super::metrics::RefusalMetrics;
 use super::outcome::EnqueueOutcome;
 use super::stats::{Counters, Refusal};
 use super::token_hash::TokenMap;
@@ -111,6 +112,7 @@ pub(crate) struct Admission {
     pub(crate) doorbell: Doorbell,
     /// Counts of bots no longer configured, and refusals naming no bot.
     pub(crate) retired: Counters,
+    refusals: RefusalMetrics,
 }
 
 impl Admission {
@@ -123,6 +125,7 @@ impl Admission {
             closed: AtomicBool::new(false),
             doorbell: Doorbell::default(),
             retired: Counters::default(),
+            refusals: RefusalMetrics::new(),
         }
     }
 
@@ -144,6 +147,17 @@ impl Admission {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Accepted events not yet delivered or dropped, over all webhooks: pending or in flight.
+    pub(crate) fn held(&self) -> usize {
+        self.pending_total.load(Ordering::Relaxed)
+    }
+
+    /// Counts a refusal in `counters` and in the metrics.
+    fn refuse(&self, counters: &Counters, refusal: Refusal) {
+        counters.refuse(refusal);
+        self.refusals.refused(refusal);
+    }
+
     /// Events accepted and not yet delivered or dropped, over all webhooks.
     pub(crate) fn release(&self, events: usize) {
         self.pending_total.fetch_sub(events, Ordering::Relaxed);
@@ -154,7 +168,7 @@ impl Admission {
         let gates = self.read_gates();
         let Some(gate) = event.bot_token().and_then(|token| gates.get(token)) else {
             let refusal = if self.is_closed() { Refusal::Closed } else { Refusal::NoWebhook };
-            self.retired.refuse(refusal);
+            self.refuse(&self.retired, refusal);
             return match refusal {
                 Refusal::Closed => EnqueueOutcome::Closed(event),
                 _ => EnqueueOutcome::NoWebhook,
@@ -175,7 +189,7 @@ impl Admission {
     /// their write lock and their drain of the intake.
     pub(crate) fn admit(&self, gate: &Gate, event: Event) -> EnqueueOutcome {
         if self.closed.load(Ordering::Acquire) {
-            gate.counters.refuse(Refusal::Closed);
+            self.refuse(&gate.counters, Refusal::Closed);
             return EnqueueOutcome::Closed(event);
         }
         let refusal = if gate.free_plan.load(Ordering::Relaxed) {
@@ -188,7 +202,7 @@ impl Admission {
             None
         };
         if let Some((refusal, outcome)) = refusal {
-            gate.counters.refuse(refusal);
+            self.refuse(&gate.counters, refusal);
             return outcome;
         }
         // The bound counts the webhook's batch in flight too: `held` includes it.
@@ -196,13 +210,13 @@ impl Admission {
         let held_before = gate.counters.held.fetch_add(1, Ordering::AcqRel);
         if held_before >= capacity {
             gate.counters.held.fetch_sub(1, Ordering::AcqRel);
-            gate.counters.refuse(Refusal::QueueFull);
+            self.refuse(&gate.counters, Refusal::QueueFull);
             return EnqueueOutcome::QueueFull(event);
         }
         if self.pending_total.fetch_add(1, Ordering::AcqRel) >= self.max_pending_total {
             self.pending_total.fetch_sub(1, Ordering::AcqRel);
             gate.counters.held.fetch_sub(1, Ordering::AcqRel);
-            gate.counters.refuse(Refusal::QueueFull);
+            self.refuse(&gate.counters, Refusal::QueueFull);
             return EnqueueOutcome::QueueFull(event);
         }
         gate.counters.accepted.fetch_add(1, Ordering::Relaxed);
@@ -214,7 +228,7 @@ impl Admission {
                 gate.counters.accepted.fetch_sub(1, Ordering::Relaxed);
                 gate.counters.held.fetch_sub(1, Ordering::AcqRel);
                 self.pending_total.fetch_sub(1, Ordering::AcqRel);
-                gate.counters.refuse(Refusal::Closed);
+                self.refuse(&gate.counters, Refusal::Closed);
                 return EnqueueOutcome::Closed(returned);
             }
         };

@@ -24,8 +24,11 @@ use super::admission::{Admission, Gate};
 use super::bot_sender::BotSender;
 use super::endpoint::{Endpoint, TokenKey};
 use super::intake::{self, IntakeReceiver};
+use super::metrics::CoreMetrics;
 use super::outcome::{CallOutcome, CallRecord, DroppedEvents, EnqueueOutcome};
-use super::stats::{CallCounts, DispatcherStats, DropReason, EventCounts, StalledWebhook, WebhookState, WebhookStats};
+use super::stats::{
+    CallCounts, Counters, DispatcherStats, DropReason, EventCounts, StalledWebhook, WebhookState, WebhookStats,
+};
 use super::store::{array_length, WebhookStore};
 use super::token_hash::BuildTokenHasher;
 use crate::alert::WebhookDisabledAlert;
@@ -308,6 +311,9 @@ pub struct DispatchCore {
     flush_failures: usize,
     /// Whether the last take-in stopped at its limit with events left behind.
     intake_backlog: bool,
+    /// Configured webhooks that are disabled.
+    disabled_webhooks: usize,
+    metrics: CoreMetrics,
 }
 
 impl fmt::Debug for DispatchCore {
@@ -323,9 +329,13 @@ impl fmt::Debug for DispatchCore {
 
 impl DispatchCore {
     /// A core with no webhooks, and the [`Enqueuer`] that feeds it.
+    ///
+    /// With the `metrics` feature, its metrics (see the README's Metrics
+    /// section) are registered here, with the recorder in force now.
     pub fn new(clock: Arc<dyn Clock>, limits: CoreLimits) -> (DispatchCore, Enqueuer) {
         let (sender, intake) = intake::intake(intake::RING_CAPACITY);
         let admission = Arc::new(Admission::new(sender, limits.max_pending_events));
+        let metrics = CoreMetrics::new(clock.now());
         let core = DispatchCore {
             admission: Arc::clone(&admission),
             intake,
@@ -340,6 +350,8 @@ impl DispatchCore {
             flushing_webhooks: 0,
             flush_failures: 0,
             intake_backlog: false,
+            disabled_webhooks: 0,
+            metrics,
         };
         (core, Enqueuer { admission })
     }
@@ -358,6 +370,7 @@ impl DispatchCore {
         match self.webhooks.remove(token.as_bytes()) {
             Some(mut webhook) => {
                 webhook.gate.apply(&config);
+                self.disabled_webhooks -= usize::from(webhook.store.disabled);
                 webhook.store.disabled = false;
                 webhook.store.failures_in_row = 0;
                 webhook.store.last_failure = None;
@@ -387,6 +400,7 @@ impl DispatchCore {
         }
         drop(gates);
         self.settle(&token, now, Settled::Reconfigured);
+        self.publish_gauges();
     }
 
     /// Removes a bot's webhook and returns its undelivered events (counted
@@ -406,12 +420,15 @@ impl DispatchCore {
         };
         if webhook.call.take().is_some() {
             self.calls_in_flight -= 1;
+            self.metrics.call_abandoned(webhook.store.in_flight());
         }
         if webhook.flush_remaining > 0 {
             self.flushing_webhooks -= 1;
         }
+        self.disabled_webhooks -= usize::from(webhook.store.disabled);
         let events = self.take_all_events(&mut webhook, DropReason::Removed);
         self.admission.retired.absorb(&webhook.counts());
+        self.publish_gauges();
         events
     }
 
@@ -449,7 +466,10 @@ impl DispatchCore {
             let sequence = self.next_call;
             self.next_call += 1;
             self.calls_in_flight += 1;
-            return Some(start_push(webhook, &token, sequence, now));
+            let push = start_push(webhook, &token, sequence, now);
+            self.metrics.call_started(push.events);
+            self.publish_gauges();
+            return Some(push);
         }
         None
     }
@@ -461,6 +481,12 @@ impl DispatchCore {
     /// disables the webhook. Results of calls abandoned by `remove` or
     /// `take_undelivered` are ignored.
     pub fn on_push_result(&mut self, id: &PushId, result: Result<StatusCode, TransportError>) {
+        self.settle_call(id, result);
+        self.publish_gauges();
+    }
+
+    /// [`on_push_result`](Self::on_push_result) but for the gauges.
+    fn settle_call(&mut self, id: &PushId, result: Result<StatusCode, TransportError>) {
         // Events waiting in the intake count when deciding whether a full batch is left.
         self.take_in_some();
         let now = self.clock.now();
@@ -480,7 +506,11 @@ impl DispatchCore {
             Err(error) => CallOutcome::FailedTransport(error),
         };
         let delivered = outcome.is_success();
-        let events = webhook.store.finish_batch(delivered);
+        let metrics = &self.metrics;
+        let events =
+            webhook.store.finish_batch(delivered, |arrival, events| metrics.delivered_since(now, arrival, events));
+        let duration = now.saturating_duration_since(started);
+        self.metrics.call_ended(&outcome, events, duration);
         webhook.calls.calls += 1;
         self.notices.push_back(Notice::Call(CallRecord {
             bot_token: Arc::clone(&id.bot_token),
@@ -488,7 +518,7 @@ impl DispatchCore {
             url: webhook.endpoint.url.clone(),
             events,
             bytes,
-            duration: now.saturating_duration_since(started),
+            duration,
             outcome: outcome.clone(),
         }));
         if delivered {
@@ -598,6 +628,7 @@ impl DispatchCore {
             let Some(mut webhook) = self.webhooks.remove::<[u8]>(token.borrow()) else { continue };
             if webhook.call.take().is_some() {
                 self.calls_in_flight -= 1;
+                self.metrics.call_abandoned(webhook.store.in_flight());
             }
             webhook.scheduled = None;
             webhook.flush_remaining = 0;
@@ -605,6 +636,7 @@ impl DispatchCore {
             self.webhooks.insert(token, webhook);
         }
         self.flushing_webhooks = 0;
+        self.publish_gauges();
         undelivered
     }
 
@@ -668,12 +700,15 @@ impl DispatchCore {
         // As in `webhook_stats`.
         let _no_enqueue_half_way = self.admission.write_gates();
         let mut totals: EventCounts = self.admission.retired.snapshot();
-        let mut disabled_webhooks = 0;
         for webhook in self.webhooks.values() {
             totals.add(&webhook.counts());
-            disabled_webhooks += usize::from(webhook.store.disabled);
         }
-        DispatcherStats { webhooks: self.webhooks.len(), disabled_webhooks, totals }
+        DispatcherStats { webhooks: self.webhooks.len(), disabled_webhooks: self.disabled_webhooks, totals }
+    }
+
+    /// Sets the metrics' gauges from the counts as they are now.
+    fn publish_gauges(&self) {
+        self.metrics.gauges(self.admission.held(), self.calls_in_flight, self.webhooks.len(), self.disabled_webhooks);
     }
 
     /// Takes in every event waiting in the intake.
@@ -691,6 +726,8 @@ impl DispatchCore {
     /// webhooks' queues, encoding them once here, off the callers' threads.
     fn take_in(&mut self, limit: usize) {
         let now = self.clock.now();
+        // One arrival time per take-in: the events taken in together share a run in each queue.
+        let arrival = self.metrics.arrival(now);
         let mut encoded = Vec::new();
         let mut taken = 0;
         while taken < limit {
@@ -700,8 +737,7 @@ impl DispatchCore {
             let Some(webhook) = webhook else {
                 // Unreachable by the locking protocol of `remove`, which counted
                 // the event as pending among the retired counts; never lost silently.
-                self.admission.retired.held_to_dropped(1, DropReason::Removed);
-                self.admission.release(1);
+                count_dropped(&self.admission, &self.metrics, &self.admission.retired, 1, DropReason::Removed);
                 continue;
             };
             // Borrowed, not cloned: a clone would write the gate's cache line, which `enqueue` reads.
@@ -716,12 +752,11 @@ impl DispatchCore {
                 (array_length(1, encoded.len()) > webhook.config.max_batch_bytes()).then_some(DropReason::TooLarge)
             };
             if let Some(reason) = drop_reason {
-                gate.counters.held_to_dropped(1, reason);
-                self.admission.release(1);
+                count_dropped(&self.admission, &self.metrics, &gate.counters, 1, reason);
                 push_dropped(&mut self.notices, &gate.bot_token, reason, vec![event]);
                 continue;
             }
-            webhook.store.push(encoded.as_slice().into());
+            webhook.store.push(encoded.as_slice().into(), arrival);
             let idle = webhook.scheduled.is_none() && webhook.call.is_none();
             if idle {
                 let due = webhook.due_time_after_idle(now);
@@ -731,6 +766,10 @@ impl DispatchCore {
         }
         // Stopping at the limit may leave events behind.
         self.intake_backlog = taken == limit;
+        if taken > 0 {
+            self.metrics.accepted(taken);
+            self.publish_gauges();
+        }
     }
 
     fn schedule_at(&mut self, token: &Arc<str>, due: Instant) {
@@ -762,8 +801,8 @@ impl DispatchCore {
             let events = webhook.store.take_waiting();
             let count = events.len();
             if count > 0 {
-                webhook.gate.counters.held_to_dropped(count as u64, DropReason::Reconfigured);
-                self.admission.release(count);
+                let counters = &webhook.gate.counters;
+                count_dropped(&self.admission, &self.metrics, counters, count, DropReason::Reconfigured);
                 let decoded = decode(&events);
                 push_dropped(&mut self.notices, token, DropReason::Reconfigured, decoded);
             }
@@ -794,6 +833,8 @@ impl DispatchCore {
         let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { return };
         webhook.store.disabled = true;
         webhook.gate.disabled.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.disabled_webhooks += 1;
+        self.metrics.webhook_disabled();
         webhook.scheduled = None;
         let alert = WebhookDisabledAlert {
             bot_token: webhook.gate.bot_token.to_string(),
@@ -805,8 +846,7 @@ impl DispatchCore {
         };
         let events = webhook.store.take_all();
         let count = events.len();
-        webhook.gate.counters.held_to_dropped(count as u64, DropReason::Disabled);
-        self.admission.release(count);
+        count_dropped(&self.admission, &self.metrics, &webhook.gate.counters, count, DropReason::Disabled);
         if count > 0 {
             push_dropped(&mut self.notices, token, DropReason::Disabled, decode(&events));
         }
@@ -815,10 +855,17 @@ impl DispatchCore {
 
     fn take_all_events(&mut self, webhook: &mut Webhook, reason: DropReason) -> Vec<Event> {
         let events = webhook.store.take_all();
-        webhook.gate.counters.held_to_dropped(events.len() as u64, reason);
-        self.admission.release(events.len());
+        count_dropped(&self.admission, &self.metrics, &webhook.gate.counters, events.len(), reason);
         decode(&events)
     }
+}
+
+/// Counts `events` held by `counters` as dropped for `reason`: in the
+/// stats, against the global bound and in the metrics.
+fn count_dropped(admission: &Admission, metrics: &CoreMetrics, counters: &Counters, events: usize, reason: DropReason) {
+    counters.held_to_dropped(events as u64, reason);
+    admission.release(events);
+    metrics.dropped(reason, events);
 }
 
 /// Marks a batch of `webhook` as in flight and builds its request.

@@ -432,7 +432,8 @@ impl WebhookDispatcherBuilder {
     }
 
     /// Checks the limits, starts the dispatcher's task on the runtime and
-    /// returns its handle.
+    /// returns its handle. With the `metrics` feature, its metrics are
+    /// registered here, with the recorder in force now: install it first.
     ///
     /// ```
     /// use eventhook::dispatch::WebhookDispatcher;

@@ -21,6 +21,7 @@ mod dispatcher;
 mod driver;
 mod endpoint;
 mod intake;
+mod metrics;
 mod noop;
 mod observer;
 mod outcome;

@@ -3,9 +3,13 @@
 //! This is the seam for storage: today an in-memory queue per webhook; a
 //! durable store shared by several bot-engine processes (PostgreSQL) would
 //! implement the same operations. The core touches a webhook's events and
-//! health only through [`WebhookStore`].
+//! health only through [`WebhookStore`]. Each event's arrival time goes in
+//! and comes out with it (`push`, `finish_batch`), so a durable store feeds
+//! the delivery-lag metric, and every other metric, under the same names.
 
 use std::collections::VecDeque;
+
+use super::metrics::{Arrival, Arrivals};
 
 /// One webhook's pending events (encoded, oldest first) and call health.
 ///
@@ -17,6 +21,8 @@ use std::collections::VecDeque;
 #[derive(Debug, Default)]
 pub(crate) struct WebhookStore {
     events: VecDeque<Box<[u8]>>,
+    /// When each event was taken in, for the delivery-lag metric (empty without the feature).
+    arrivals: Arrivals,
     /// Encoded bytes of all events in `events`.
     bytes: usize,
     in_flight: usize,
@@ -36,9 +42,10 @@ pub(crate) struct Batch {
 }
 
 impl WebhookStore {
-    pub(crate) fn push(&mut self, encoded: Box<[u8]>) {
+    pub(crate) fn push(&mut self, encoded: Box<[u8]>, arrival: Arrival) {
         self.bytes += encoded.len();
         self.events.push_back(encoded);
+        self.arrivals.push(arrival);
     }
 
     /// Events waiting for a call (not in flight).
@@ -93,13 +100,15 @@ impl WebhookStore {
         Batch { events, body }
     }
 
-    /// Ends the call under way: a success removes its events, a failure
-    /// returns them to the head. Returns how many events the call carried.
-    pub(crate) fn finish_batch(&mut self, delivered: bool) -> usize {
+    /// Ends the call under way: a success removes its events (telling
+    /// `arrived` when each run of them was taken in), a failure returns them
+    /// to the head. Returns how many events the call carried.
+    pub(crate) fn finish_batch(&mut self, delivered: bool, arrived: impl FnMut(Arrival, u32)) -> usize {
         let events = std::mem::take(&mut self.in_flight);
         if delivered {
             self.bytes -= self.in_flight_bytes;
             self.events.drain(..events);
+            self.arrivals.take_front(events, arrived);
             if self.events.is_empty() {
                 // Give a drained burst's memory back.
                 self.events.shrink_to(16);
@@ -112,6 +121,7 @@ impl WebhookStore {
     /// Removes and returns every waiting event (not those in flight).
     pub(crate) fn take_waiting(&mut self) -> Vec<Box<[u8]>> {
         let taken: Vec<_> = self.events.drain(self.in_flight..).collect();
+        self.arrivals.truncate(self.in_flight);
         self.bytes = self.in_flight_bytes;
         taken
     }
@@ -121,6 +131,7 @@ impl WebhookStore {
         self.in_flight = 0;
         self.in_flight_bytes = 0;
         self.bytes = 0;
+        self.arrivals.truncate(0);
         self.events.drain(..).collect()
     }
 }
@@ -137,7 +148,7 @@ mod tests {
     fn store_with(events: &[&str]) -> WebhookStore {
         let mut store = WebhookStore::default();
         for event in events {
-            store.push(event.as_bytes().into());
+            store.push(event.as_bytes().into(), Arrival::default());
         }
         store
     }
@@ -148,15 +159,15 @@ mod tests {
         let batch = store.start_batch(2, 1024);
         assert_eq!(batch.body, b"[{\"a\":1},{\"b\":2}]");
         assert_eq!(store.waiting(), 1);
-        assert_eq!(store.finish_batch(false), 2);
+        assert_eq!(store.finish_batch(false, |_, _| {}), 2);
         assert_eq!(store.waiting(), 3);
         // 7-byte events: "[" + 7 + "," + 7 + "]" = 17 bytes fits two, not three.
         let batch = store.start_batch(10, 17);
         assert_eq!(batch.events, 2);
         assert_eq!(batch.body.len(), 17);
-        assert_eq!(store.finish_batch(true), 2);
+        assert_eq!(store.finish_batch(true, |_, _| {}), 2);
         assert_eq!(store.start_batch(10, 17).body, b"[{\"c\":3}]");
-        store.finish_batch(true);
+        store.finish_batch(true, |_, _| {});
         assert_eq!(store.waiting(), 0);
         assert_eq!(store.bytes, 0);
     }
@@ -174,7 +185,7 @@ mod tests {
         let mut store = store_with(&["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]);
         store.start_batch(1, 1024);
         assert_eq!(store.take_waiting().len(), 2);
-        assert_eq!(store.finish_batch(true), 1);
+        assert_eq!(store.finish_batch(true, |_, _| {}), 1);
         assert_eq!(store.bytes, 0);
         assert!(store.take_all().is_empty());
     }
