@@ -95,6 +95,7 @@ mod event;
 mod log_escape;
 pub mod receiver;
 mod runtime;
+mod signing;
 mod transport;
 pub mod wire;
 
@@ -106,6 +107,7 @@ pub use event::{
     Message, MissedText, Origin, ReturningUserGate, UnknownEvent, UnknownKindCode, Variables,
 };
 pub use runtime::Runtime;
+pub use signing::SigningSecret;
 pub use transport::{Transport, TransportError, TransportErrorKind};
 
 /// The `User-Agent` sent with every push: `eventhook/<crate version>`.
