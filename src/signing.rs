@@ -94,6 +94,33 @@ impl SigningSecret {
         format!("{PREFIX}{}", BASE64.encode(&self.key))
     }
 
+    /// The Standard Webhooks signature of a call: `v1,` + base64 of
+    /// HMAC-SHA256 over `{webhook_id}.{timestamp}.{body}`, as a
+    /// `webhook-signature` value (for one secret). The dispatcher signs its
+    /// calls itself; this is for a test call made by hand, for instance.
+    ///
+    /// ```
+    /// use eventhook::SigningSecret;
+    ///
+    /// // The Standard Webhooks spec's example.
+    /// let secret = SigningSecret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
+    /// let signature = secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
+    /// assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    /// # Ok::<(), eventhook::ConfigError>(())
+    /// ```
+    pub fn sign(&self, webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut signature = String::with_capacity(48);
+        self.append_signature(webhook_id, timestamp, body, &mut signature);
+        signature
+    }
+
+    /// Appends `v1,<base64>` to `signature`.
+    fn append_signature(&self, id: &str, timestamp: i64, body: &[u8], signature: &mut String) {
+        signature.push_str(VERSION);
+        signature.push(',');
+        BASE64.encode_string(self.tag(id, timestamp, body), signature);
+    }
+
     /// HMAC-SHA256 of `{id}.{timestamp}.{body}`.
     pub(crate) fn tag(&self, id: &str, timestamp: i64, body: &[u8]) -> [u8; 32] {
         let mut mac = self.mac.clone();
@@ -128,9 +155,7 @@ pub(crate) fn signature_header(secrets: &[SigningSecret], id: &str, timestamp: i
         if !value.is_empty() {
             value.push(' ');
         }
-        value.push_str(VERSION);
-        value.push(',');
-        BASE64.encode_string(secret.tag(id, timestamp, body), &mut value);
+        secret.append_signature(id, timestamp, body, &mut value);
     }
     // Base64, commas and spaces only: always a valid header value.
     let mut header = HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""));

@@ -396,9 +396,10 @@ pub fn report(name: &str, what: &str, ratio: f64, goal: Goal, detail: &str) {
 }
 
 /// Times one push-sized operation of the crate against its baseline in
-/// alternating blocks and prints the `RESULT` line for a "how many times
-/// faster" goal, with criterion's own ratio (`group`, `baseline_id` over
-/// `crate_id`) beside it.
+/// alternating blocks and prints the `RESULT` line, with criterion's own
+/// ratio beside it: for a "how many times faster" goal ([`Goal::AtLeast`])
+/// the baseline's time over the crate's, for a "at most this many times the
+/// baseline's time" goal ([`Goal::AtMost`]) the crate's over the baseline's.
 pub struct SpeedupCheck<'a> {
     pub name: &'a str,
     pub what: &'a str,
@@ -416,8 +417,16 @@ impl SpeedupCheck<'_> {
             start.elapsed()
         };
         let (ours, theirs) = interleaved(20, 200, || once(&mut crate_side), || once(&mut baseline));
-        let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
-        let criterion_detail = criterion_ratio_detail(self.group, self.baseline_id, self.crate_id);
+        let (ratio, criterion_detail) = match self.goal {
+            Goal::AtLeast(_) => (
+                theirs.as_secs_f64() / ours.as_secs_f64(),
+                criterion_ratio_detail(self.group, self.baseline_id, self.crate_id),
+            ),
+            Goal::AtMost(_) => (
+                ours.as_secs_f64() / theirs.as_secs_f64(),
+                criterion_ratio_detail(self.group, self.crate_id, self.baseline_id),
+            ),
+        };
         println!();
         report(
             self.name,
