@@ -471,7 +471,10 @@ impl DispatchCore {
     ///
     /// Exactly `200 OK` is a success (any `2xx` when the webhook accepts
     /// them); anything else fails the call, and the 11th failure in a row
-    /// disables the webhook. Results of calls abandoned by `remove` or
+    /// disables the webhook. The next attempt after a failure sends the same
+    /// call again: its events, its body and (signed) its `webhook-id`, with
+    /// a new timestamp and signature; events that arrived meanwhile go in
+    /// later calls. Results of calls abandoned by `remove` or
     /// `take_undelivered` are ignored.
     pub fn on_push_result(&mut self, id: &PushId, result: Result<StatusCode, TransportError>) {
         // Events waiting in the intake count when deciding whether a full batch is left.
