@@ -232,6 +232,10 @@ async fn over_http_a_retry_reaches_the_extractor_with_the_same_id() {
         }
     }
 
+    fn seen_count(seen: &Seen) -> usize {
+        seen.lock().unwrap().len()
+    }
+
     let receiver = WebhookReceiver::new(BotSecret::new(SECRET).unwrap()).signing_secrets([signing(SIGNING_SECRET)]);
     let seen: Seen = Arc::default();
     let app = axum::Router::new().route("/events", post(handler)).with_state(App { receiver, seen: seen.clone() });
@@ -265,10 +269,25 @@ async fn over_http_a_retry_reaches_the_extractor_with_the_same_id() {
     })
     .await
     .expect("delivered in time");
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 2, "{seen:?}");
-    assert_eq!(seen[0], seen[1], "the same call twice: id and events");
-    assert!(seen[0].0.as_deref().is_some_and(|id| id.starts_with("msg_")), "{seen:?}");
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0], calls[1], "the same call twice: id and events");
+    assert!(calls[0].0.as_deref().is_some_and(|id| id.starts_with("msg_")), "{calls:?}");
     assert_eq!(dispatcher.stats().totals.calls_failed, 1);
+
+    // Bearer right, no signature: 401, and the answer does not say which check failed or why.
+    let answer = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("http://{address}/events"))
+        .header("authorization", format!("Bearer {SECRET}"))
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.text().await.unwrap(), SIGNATURE_REJECTED_MESSAGE);
+    assert_eq!(seen_count(&seen), 2, "the handler never saw it");
     server.abort();
 }

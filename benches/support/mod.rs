@@ -371,6 +371,8 @@ pub enum Goal {
     AtMost(f64),
     /// The crate at least this many times faster (baseline time / crate time).
     AtLeast(f64),
+    /// No goal: the crate's time over the baseline's, reported beside it.
+    Reported,
 }
 
 impl Goal {
@@ -378,6 +380,7 @@ impl Goal {
         match self {
             Goal::AtMost(limit) => ratio <= limit,
             Goal::AtLeast(limit) => ratio >= limit,
+            Goal::Reported => true,
         }
     }
 
@@ -385,13 +388,18 @@ impl Goal {
         match self {
             Goal::AtMost(limit) => format!("<= {limit}x"),
             Goal::AtLeast(limit) => format!(">= {limit}x"),
+            Goal::Reported => "none".to_owned(),
         }
     }
 }
 
 /// Prints one line of the final report: the figures, the ratio and PASS/FAIL.
 pub fn report(name: &str, what: &str, ratio: f64, goal: Goal, detail: &str) {
-    let verdict = if goal.met(ratio) { "PASS" } else { "FAIL" };
+    let verdict = match goal {
+        Goal::Reported => "INFO",
+        _ if goal.met(ratio) => "PASS",
+        _ => "FAIL",
+    };
     println!("RESULT {name:<28} {what:<34} ratio {ratio:>6.2}  goal {:<8} {verdict}  ({detail})", goal.describe());
 }
 
@@ -399,7 +407,8 @@ pub fn report(name: &str, what: &str, ratio: f64, goal: Goal, detail: &str) {
 /// alternating blocks and prints the `RESULT` line, with criterion's own
 /// ratio beside it: for a "how many times faster" goal ([`Goal::AtLeast`])
 /// the baseline's time over the crate's, for a "at most this many times the
-/// baseline's time" goal ([`Goal::AtMost`]) the crate's over the baseline's.
+/// baseline's time" goal ([`Goal::AtMost`], [`Goal::Reported`]) the crate's
+/// over the baseline's.
 pub struct SpeedupCheck<'a> {
     pub name: &'a str,
     pub what: &'a str,
@@ -422,7 +431,7 @@ impl SpeedupCheck<'_> {
                 theirs.as_secs_f64() / ours.as_secs_f64(),
                 criterion_ratio_detail(self.group, self.baseline_id, self.crate_id),
             ),
-            Goal::AtMost(_) => (
+            Goal::AtMost(_) | Goal::Reported => (
                 ours.as_secs_f64() / theirs.as_secs_f64(),
                 criterion_ratio_detail(self.group, self.crate_id, self.baseline_id),
             ),
