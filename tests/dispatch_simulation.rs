@@ -68,7 +68,7 @@ const SUBTYPES: [Option<&str>; 3] = [None, Some("Carousel"), Some("QuickReply")]
 const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn signing_secrets(bot: usize) -> Vec<&'static str> {
-    if bot % 2 == 0 {
+    if bot.is_multiple_of(2) {
         vec![SIGNING_SECRET]
     } else {
         Vec::new()
