@@ -15,6 +15,8 @@
 //! cargo run --example quickstart -- --metrics
 //! cargo run --example quickstart -- --interval-ms 200 --events 20
 //! cargo run --example quickstart -- --url http://127.0.0.1:8080/events --secret s3cr3t   # your own receiver
+//! cargo run --example quickstart -- --url http://127.0.0.1:8080/events --secret s3cr3t \
+//!     --signing-secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw                              # ... signing each push
 //! ```
 
 use std::collections::BTreeMap;
@@ -39,20 +41,31 @@ use eventhook::{
 struct Options {
     interval: Duration,
     events_per_bot: usize,
-    external: Option<(String, String)>,
+    external: Option<External>,
     metrics: bool,
 }
+
+/// A receiver of the user's: where, the bearer, and the signing secret if any.
+struct External {
+    url: String,
+    secret: String,
+    signing_secret: Option<String>,
+}
+
+const USAGE: &str =
+    "usage: quickstart [--url URL --secret S [--signing-secret whsec_...]] [--interval-ms N] [--events N] [--metrics]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options =
         Options { interval: Duration::from_millis(250), events_per_bot: 8, external: None, metrics: false };
-    let (mut url, mut secret) = (None, None);
+    let (mut url, mut secret, mut signing_secret) = (None, None, None);
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
         let mut value = |name: &str| arguments.next().ok_or_else(|| format!("{name} needs a value"));
         match argument.as_str() {
             "--url" => url = Some(value("--url")?),
             "--secret" => secret = Some(value("--secret")?),
+            "--signing-secret" => signing_secret = Some(value("--signing-secret")?),
             "--interval-ms" => {
                 let text = value("--interval-ms")?;
                 let millis: u64 = text.parse().map_err(|_| format!("--interval-ms: {text:?} is not a number"))?;
@@ -68,17 +81,14 @@ fn parse_options() -> Result<Options, String> {
                     "--metrics needs the examples' `metrics` feature (on unless --no-default-features)".to_owned()
                 )
             }
-            "--help" | "-h" => {
-                return Err(
-                    "usage: quickstart [--url URL --secret S] [--interval-ms N] [--events N] [--metrics]".to_owned()
-                )
-            }
+            "--help" | "-h" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
     }
-    options.external = match (url, secret) {
-        (Some(url), Some(secret)) => Some((url, secret)),
-        (None, None) => None,
+    options.external = match (url, secret, signing_secret) {
+        (Some(url), Some(secret), signing_secret) => Some(External { url, secret, signing_secret }),
+        (None, None, None) => None,
+        (None, None, Some(_)) => return Err("--signing-secret goes with --url and --secret".to_owned()),
         _ => return Err("--url and --secret go together".to_owned()),
     };
     Ok(options)
@@ -245,8 +255,8 @@ async fn main() -> ExitCode {
         },
         None => None,
     };
-    let result = match options.external.clone() {
-        Some((url, secret)) => run_external(&options, &url, &secret).await,
+    let result = match &options.external {
+        Some(external) => run_external(&options, external).await,
         None => run_local(&options).await,
     };
     #[cfg(feature = "metrics")]
@@ -408,10 +418,12 @@ async fn run_local(options: &Options) -> Result<u64, Box<dyn std::error::Error>>
     Ok(received.lock().map_or(0, |events| events.len() as u64))
 }
 
-/// Sends a conversation to `url`; returns how many events its receiver acknowledged.
-async fn run_external(options: &Options, url: &str, secret: &str) -> Result<u64, Box<dyn std::error::Error>> {
+/// Sends a conversation to the user's receiver; returns how many events it acknowledged.
+async fn run_external(options: &Options, external: &External) -> Result<u64, Box<dyn std::error::Error>> {
     let bot = "quickstart-bot";
-    let config = WebhookConfig::builder(bot, "Quickstart Account", url, secret)
+    let url = external.url.as_str();
+    let config = WebhookConfig::builder(bot, "Quickstart Account", url, external.secret.as_str())
+        .signing_secrets(external.signing_secret.iter().map(String::as_str))
         .include_variables(["plan", "email"])
         .push_interval(options.interval)
         .request_timeout(Duration::from_secs(5))
@@ -421,6 +433,9 @@ async fn run_external(options: &Options, url: &str, secret: &str) -> Result<u64,
     let local = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|address| address.is_loopback());
     if local {
         println!("{url} is on this machine: allowing private networks for this run.");
+    }
+    if external.signing_secret.is_some() {
+        println!("Signing every push (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature).");
     }
     let alerts = Arc::new(PrintAlerts::default());
     let dispatcher = build_dispatcher(local, Arc::clone(&alerts), Arc::new(Billing::default()))?;

@@ -8,6 +8,7 @@ use http::header::HeaderValue;
 use http::Uri;
 
 use crate::event::EventFlags;
+use crate::signing::SigningSecret;
 
 const BEARER_PREFIX: &str = "Bearer ";
 
@@ -345,6 +346,7 @@ pub struct WebhookConfig {
     pub(crate) queue_capacity: usize,
     pub(crate) accept_any_2xx: bool,
     pub(crate) included_variables: IncludedVariables,
+    pub(crate) signing_secrets: Box<[SigningSecret]>,
 }
 
 impl WebhookConfig {
@@ -383,6 +385,7 @@ impl WebhookConfig {
             queue_capacity: Self::DEFAULT_QUEUE_CAPACITY,
             accept_any_2xx: false,
             included_variables: Vec::new(),
+            signing_secrets: Vec::new(),
         }
     }
 
@@ -465,6 +468,10 @@ impl WebhookConfig {
     pub fn included_variables(&self) -> &IncludedVariables {
         &self.included_variables
     }
+    /// The secrets every call is signed with (none: calls are not signed).
+    pub fn signing_secrets(&self) -> &[SigningSecret] {
+        &self.signing_secrets
+    }
 }
 
 /// Holds the secret text until `build` checks it, without ever printing it.
@@ -495,6 +502,7 @@ pub struct WebhookConfigBuilder {
     queue_capacity: usize,
     accept_any_2xx: bool,
     included_variables: Vec<String>,
+    signing_secrets: Vec<SecretText>,
 }
 
 impl WebhookConfigBuilder {
@@ -567,6 +575,31 @@ impl WebhookConfigBuilder {
         self
     }
 
+    /// Signs every call with these Standard Webhooks secrets (`whsec_...`,
+    /// see [`SigningSecret`]), one signature each; several during a rotation
+    /// (default: none, and calls carry no signature headers). Checked in
+    /// `build`.
+    ///
+    /// ```
+    /// use eventhook::{SigningSecret, WebhookConfig};
+    ///
+    /// let secret = SigningSecret::generate()?.expose();
+    /// let config = WebhookConfig::builder("bot-token", "Matelab Srl", "https://hooks.example.com/events", "s3cr3t")
+    ///     .signing_secrets([secret.as_str()])
+    ///     .build()?;
+    /// assert_eq!(config.signing_secrets().len(), 1);
+    /// assert!(!format!("{config:?}").contains(&secret[6..]));
+    /// # Ok::<(), eventhook::ConfigError>(())
+    /// ```
+    pub fn signing_secrets<I, S>(mut self, secrets: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.signing_secrets = secrets.into_iter().map(|secret| SecretText(secret.into())).collect();
+        self
+    }
+
     /// Checks every setting and returns the configuration, or the first
     /// problem found.
     pub fn build(self) -> Result<WebhookConfig, ConfigError> {
@@ -587,6 +620,8 @@ impl WebhookConfigBuilder {
         at_least("max_batch_bytes", self.max_batch_bytes >= 1024, "1024")?;
         at_least("queue_capacity", self.queue_capacity >= 1, "1")?;
         let included_variables = IncludedVariables::new(self.included_variables)?;
+        let signing_secrets =
+            self.signing_secrets.iter().map(|secret| SigningSecret::new(&secret.0)).collect::<Result<_, _>>()?;
         Ok(WebhookConfig {
             bot_token: Arc::from(self.bot_token),
             account_name: Arc::from(self.account_name),
@@ -602,6 +637,7 @@ impl WebhookConfigBuilder {
             queue_capacity: self.queue_capacity,
             accept_any_2xx: self.accept_any_2xx,
             included_variables,
+            signing_secrets,
         })
     }
 }
@@ -623,6 +659,18 @@ pub enum ConfigError {
     InvalidSecret {
         /// What is wrong with it (never the secret itself).
         reason: &'static str,
+    },
+    /// A Standard Webhooks signing secret is unusable.
+    #[error("invalid signing secret: {reason}")]
+    InvalidSigningSecret {
+        /// What is wrong with it (never the secret itself).
+        reason: &'static str,
+    },
+    /// The operating system's random source failed, so no secret could be made.
+    #[error("no random bytes for a new signing secret: {reason}")]
+    NoRandomness {
+        /// The operating system's error.
+        reason: String,
     },
     /// The bot token is unusable: empty, too long, or holding whitespace or
     /// control characters (it is sent on every event and named in logs).

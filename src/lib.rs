@@ -71,12 +71,12 @@
 //! - At the top: the event model ([`Event`] and its payloads, [`EventKind`],
 //!   [`EventFlags`], [`EventDate`], [`Variables`], [`EventFactory`],
 //!   [`ReturningUserGate`]), a bot's webhook settings ([`WebhookConfig`],
-//!   [`BotSecret`], [`WebhookUrl`], [`IncludedVariables`]) and the parts a host
+//!   [`BotSecret`], [`SigningSecret`], [`WebhookUrl`], [`IncludedVariables`]) and the parts a host
 //!   plugs in ([`Transport`], [`Runtime`], [`AlertSink`], [`Clock`]).
 //! - [`dispatch`]: the [`Dispatcher`](dispatch::Dispatcher) handle, the driver,
 //!   the sans-IO core with every rule, stats and test doubles.
 //! - [`wire`]: encoding and parsing pushes.
-//! - [`receiver`]: bearer checking and parsing of incoming pushes (and an axum extractor).
+//! - [`receiver`]: bearer and signature checking and parsing of incoming pushes (and an axum extractor).
 //! - [`adapters`]: ready parts for reqwest and tokio (cargo features).
 //!
 //! Each public item has one path: the top for the vocabulary above, its
@@ -95,6 +95,7 @@ mod event;
 mod log_escape;
 pub mod receiver;
 mod runtime;
+mod signing;
 mod transport;
 pub mod wire;
 
@@ -106,6 +107,7 @@ pub use event::{
     Message, MissedText, Origin, ReturningUserGate, UnknownEvent, UnknownKindCode, Variables,
 };
 pub use runtime::Runtime;
+pub use signing::SigningSecret;
 pub use transport::{Transport, TransportError, TransportErrorKind};
 
 /// The `User-Agent` sent with every push: `eventhook/<crate version>`.

@@ -51,6 +51,8 @@ fn a_push_carries_the_contract_headers_and_the_codec_body() {
     assert!(request.headers()["authorization"].is_sensitive());
     assert_eq!(request.headers()["content-type"], "application/json; charset=utf-8");
     assert_eq!(request.headers()["user-agent"], eventhook::USER_AGENT);
+    // Unsigned: these three headers and no others (no `webhook-*`).
+    assert_eq!(request.headers().len(), 3, "{:?}", request.headers().keys().collect::<Vec<_>>());
     assert_eq!(request.body(), &eventhook::wire::encode_push(&events));
     assert!(!format!("{:?}", pushes[0]).contains(SECRET), "Debug must not show the secret");
 }
@@ -237,7 +239,7 @@ fn an_event_too_large_for_any_batch_is_dropped_with_its_reason() {
 }
 
 #[test]
-fn a_failed_push_keeps_its_events_in_order_for_the_next_interval() {
+fn a_failed_push_is_sent_again_as_it_was_the_next_interval() {
     let mut harness = Harness::new();
     harness.configure(Harness::config("bot").build().unwrap());
     for text in ["a", "b", "c"] {
@@ -247,11 +249,20 @@ fn a_failed_push_keeps_its_events_in_order_for_the_next_interval() {
     let _ = harness.enqueue(harness.message("bot", "d"));
     harness.core.on_push_result(&push.id, Err(TransportError::new(TransportErrorKind::Connect, "connection refused")));
     assert!(harness.poll_all().is_empty(), "no immediate retry");
+    let stats = harness.core.webhook_stats("bot").unwrap();
+    assert_eq!((stats.counts.pending, stats.counts.in_flight), (4, 0));
     let retry = harness.next_push();
-    assert_eq!(texts(&retry), ["a", "b", "c", "d"]);
+    // The same call: its events and body; "d" arrived meanwhile and waits for the next call.
+    assert_eq!(texts(&retry), ["a", "b", "c"]);
+    assert_eq!(retry.request.body(), push.request.body());
+    assert_eq!(retry.events, 3);
     let stats = harness.core.webhook_stats("bot").unwrap();
     assert_eq!(stats.failures_in_row, 1);
+    assert_eq!((stats.counts.pending, stats.counts.in_flight), (1, 3));
     assert!(stats.last_failure.unwrap().contains("connection refused"));
+    harness.answer(&retry, 200);
+    let next = harness.next_push();
+    assert_eq!(texts(&next), ["d"]);
 }
 
 #[test]
@@ -748,4 +759,125 @@ fn snapshots_taken_during_enqueue_balance() {
     }
     let totals = harness.core.stats().totals;
     assert!(totals.accepted > 0 && totals.refused(Refusal::QueueFull) > 0, "both paths ran: {totals:?}");
+}
+
+const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const OTHER_SIGNING_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+fn header<'a>(push: &'a eventhook::dispatch::Push, name: &str) -> &'a str {
+    push.request.headers()[name].to_str().unwrap()
+}
+
+/// What the `standardwebhooks` crate signs for this id, time and body.
+fn reference_signature(secret: &str, push: &eventhook::dispatch::Push) -> String {
+    let timestamp: i64 = header(push, "webhook-timestamp").parse().unwrap();
+    standardwebhooks::Webhook::new(secret)
+        .unwrap()
+        .sign(header(push, "webhook-id"), timestamp, push.request.body())
+        .unwrap()
+}
+
+#[test]
+fn a_signed_call_keeps_its_id_and_body_and_is_signed_again_for_each_attempt() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").signing_secrets([SIGNING_SECRET]).build().unwrap());
+    for text in ["a", "b"] {
+        let _ = harness.enqueue(harness.message("bot", text));
+    }
+    let push = harness.next_push();
+    let id = header(&push, "webhook-id").to_owned();
+    assert!(id.starts_with("msg_") && id.len() == 36, "{id}");
+    let wall_time = eventhook::Clock::wall_time(&*harness.clock).timestamp();
+    assert_eq!(header(&push, "webhook-timestamp"), wall_time.to_string());
+    assert_eq!(header(&push, "webhook-signature"), reference_signature(SIGNING_SECRET, &push));
+    assert!(push.request.headers()["webhook-signature"].is_sensitive());
+    assert_eq!(push.request.headers()["authorization"], format!("Bearer {SECRET}").as_str(), "the bearer stays");
+
+    harness.answer(&push, 500);
+    let _ = harness.enqueue(harness.message("bot", "c"));
+    let retry = harness.next_push();
+    assert_eq!(header(&retry, "webhook-id"), id, "the same call");
+    assert_eq!(retry.request.body(), push.request.body());
+    assert_eq!(header(&retry, "webhook-timestamp"), (wall_time + 30).to_string(), "this attempt's time");
+    assert_eq!(header(&retry, "webhook-signature"), reference_signature(SIGNING_SECRET, &retry));
+    assert_ne!(header(&retry, "webhook-signature"), header(&push, "webhook-signature"));
+
+    harness.answer(&retry, 200);
+    let next = harness.next_push();
+    assert_eq!(texts(&next), ["c"]);
+    assert_ne!(header(&next, "webhook-id"), id, "a new call, a new id");
+}
+
+#[test]
+fn each_signing_secret_signs_during_a_rotation() {
+    let mut harness = Harness::new();
+    let secrets = [OTHER_SIGNING_SECRET, SIGNING_SECRET];
+    harness.configure(Harness::config("bot").signing_secrets(secrets).build().unwrap());
+    let _ = harness.enqueue(harness.message("bot", "a"));
+    let push = harness.next_push();
+    let expected: Vec<String> = secrets.iter().map(|secret| reference_signature(secret, &push)).collect();
+    assert_eq!(header(&push, "webhook-signature"), expected.join(" "));
+}
+
+#[test]
+fn call_ids_are_unique_across_bots_and_cores() {
+    let mut ids = std::collections::HashSet::new();
+    for _core in 0..2 {
+        // Both cores on clocks showing the same time: a restart must not repeat ids.
+        let mut harness = Harness::new();
+        for bot in ["bot-1", "bot-2"] {
+            harness
+                .configure(Harness::config(bot).max_batch_events(1).signing_secrets([SIGNING_SECRET]).build().unwrap());
+            for text in ["a", "b"] {
+                let _ = harness.enqueue(harness.message(bot, text));
+            }
+        }
+        harness.advance(INTERVAL);
+        for _ in 0..2 {
+            for push in harness.poll_all() {
+                assert!(ids.insert(header(&push, "webhook-id").to_owned()), "repeated id");
+                harness.answer(&push, 200);
+            }
+        }
+    }
+    assert_eq!(ids.len(), 8);
+}
+
+#[test]
+fn a_flush_after_a_failure_sends_the_failed_call_again() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").max_batch_events(2).build().unwrap());
+    for text in ["a", "b"] {
+        let _ = harness.enqueue(harness.message("bot", text));
+    }
+    let push = harness.next_push();
+    harness.answer(&push, 503);
+    let _ = harness.enqueue(harness.message("bot", "c"));
+    harness.core.begin_flush();
+    let retry = harness.poll_all();
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].request.body(), push.request.body());
+    harness.answer(&retry[0], 200);
+    let rest = harness.poll_all();
+    assert_eq!(texts(&rest[0]), ["c"], "the flush goes on after the retry");
+    harness.answer(&rest[0], 200);
+    assert!(harness.core.is_flush_complete());
+    assert_eq!(harness.core.stats().totals.delivered, 3);
+}
+
+#[test]
+fn saving_the_settings_forms_a_failed_call_again_with_them() {
+    let mut harness = Harness::new();
+    let config =
+        |batch| Harness::config("bot").max_batch_events(batch).signing_secrets([SIGNING_SECRET]).build().unwrap();
+    harness.configure(config(3));
+    for text in ["a", "b", "c"] {
+        let _ = harness.enqueue(harness.message("bot", text));
+    }
+    let push = harness.next_push();
+    harness.answer(&push, 500);
+    harness.configure(config(2));
+    let next = harness.next_push();
+    assert_eq!(texts(&next), ["a", "b"]);
+    assert_ne!(header(&next, "webhook-id"), header(&push, "webhook-id"));
 }

@@ -1,6 +1,9 @@
 //! A randomized simulation of the dispatch core: many bots, random events,
 //! outcomes, reconfigurations and time steps. After every step every event is
-//! accounted for; at the end none was lost and none delivered twice.
+//! accounted for; at the end none was lost and none delivered twice. A
+//! failed call is sent again as it was (events, body, `webhook-id` on the
+//! signed webhooks) unless its settings were saved since; every other call
+//! has a new id.
 
 mod common;
 
@@ -61,6 +64,17 @@ const CONVERSATION_VARIABLES: [&[(&str, &str)]; 4] =
 
 const SUBTYPES: [Option<&str>; 3] = [None, Some("Carousel"), Some("QuickReply")];
 
+/// Even bots sign their calls.
+const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn signing_secrets(bot: usize) -> Vec<&'static str> {
+    if bot.is_multiple_of(2) {
+        vec![SIGNING_SECRET]
+    } else {
+        Vec::new()
+    }
+}
+
 fn bot_name(bot: usize) -> String {
     format!("bot-{bot}")
 }
@@ -101,6 +115,14 @@ struct Simulation {
     lists: [usize; BOTS],
     /// What each accepted event must look like when it arrives or comes back.
     shapes: HashMap<String, Shape>,
+    /// Per bot, the body and `webhook-id` of its failed call, which its next push must repeat.
+    retries: HashMap<String, (Vec<u8>, Option<String>)>,
+    /// Every `webhook-id` a new call was given.
+    call_ids: HashSet<String>,
+}
+
+fn webhook_id(push: &Push) -> Option<String> {
+    push.request.headers().get("webhook-id").map(|id| id.to_str().unwrap().to_owned())
 }
 
 impl Simulation {
@@ -113,6 +135,7 @@ impl Simulation {
                     .push_interval(Duration::from_secs(10))
                     .queue_capacity(60)
                     .include_variables(LISTS[bot % LISTS.len()].iter().copied())
+                    .signing_secrets(signing_secrets(bot))
                     .build()
                     .unwrap(),
             );
@@ -126,6 +149,8 @@ impl Simulation {
             dropped: HashSet::new(),
             lists: std::array::from_fn(|bot| bot % LISTS.len()),
             shapes: HashMap::new(),
+            retries: HashMap::new(),
+            call_ids: HashSet::new(),
         }
     }
 
@@ -201,6 +226,10 @@ impl Simulation {
                     };
                     let delivered = result.as_ref().is_ok_and(|status| *status == http::StatusCode::OK);
                     self.harness.core.on_push_result(&push.id, result);
+                    if !delivered {
+                        let failed = (push.request.body().clone(), webhook_id(&push));
+                        self.retries.insert(push.id.bot_token().to_owned(), failed);
+                    }
                     if delivered {
                         for event in eventhook::wire::parse_push(push.request.body()).unwrap() {
                             let id = id_of(&event);
@@ -221,10 +250,13 @@ impl Simulation {
                         .push_interval(Duration::from_secs(10))
                         .queue_capacity(60)
                         .include_variables(LISTS[list].iter().copied())
+                        .signing_secrets(signing_secrets(bot))
                         .build()
                         .unwrap(),
                 );
                 self.lists[bot] = list;
+                // Saving the settings forms a failed call again (one under way stays as it is).
+                self.retries.remove(&bot_name(bot));
             }
             Step::Remove { bot } => {
                 let name = bot_name(bot);
@@ -232,12 +264,29 @@ impl Simulation {
                 // Its calls are abandoned: their results will be ignored.
                 self.in_flight.retain(|push| push.id.bot_token() != name);
                 self.hand_back(returned);
-                self.harness.configure(Harness::config(&name).max_batch_events(5).build().unwrap());
+                self.retries.remove(&name);
+                let config = Harness::config(&name).max_batch_events(5).signing_secrets(signing_secrets(bot));
+                self.harness.configure(config.build().unwrap());
                 self.lists[bot] = 0;
             }
             Step::Flush => self.harness.core.begin_flush(),
         }
         let pushes = self.harness.poll_all();
+        for push in &pushes {
+            let id = webhook_id(push);
+            match self.retries.remove(push.id.bot_token()) {
+                Some((body, failed_id)) => {
+                    let (sent, failed) = (String::from_utf8_lossy(push.request.body()), String::from_utf8_lossy(&body));
+                    assert_eq!(sent, failed, "a retry carries exactly the failed call's events");
+                    assert_eq!(id, failed_id, "a retry keeps the call's webhook-id");
+                }
+                None => {
+                    if let Some(id) = id {
+                        assert!(self.call_ids.insert(id), "a new call has a new webhook-id");
+                    }
+                }
+            }
+        }
         self.in_flight.extend(pushes);
         self.take_notices();
         self.harness.check_balance();

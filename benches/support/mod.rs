@@ -371,6 +371,8 @@ pub enum Goal {
     AtMost(f64),
     /// The crate at least this many times faster (baseline time / crate time).
     AtLeast(f64),
+    /// No goal: the crate's time over the baseline's, reported beside it.
+    Reported,
 }
 
 impl Goal {
@@ -378,6 +380,7 @@ impl Goal {
         match self {
             Goal::AtMost(limit) => ratio <= limit,
             Goal::AtLeast(limit) => ratio >= limit,
+            Goal::Reported => true,
         }
     }
 
@@ -385,20 +388,27 @@ impl Goal {
         match self {
             Goal::AtMost(limit) => format!("<= {limit}x"),
             Goal::AtLeast(limit) => format!(">= {limit}x"),
+            Goal::Reported => "none".to_owned(),
         }
     }
 }
 
 /// Prints one line of the final report: the figures, the ratio and PASS/FAIL.
 pub fn report(name: &str, what: &str, ratio: f64, goal: Goal, detail: &str) {
-    let verdict = if goal.met(ratio) { "PASS" } else { "FAIL" };
+    let verdict = match goal {
+        Goal::Reported => "INFO",
+        _ if goal.met(ratio) => "PASS",
+        _ => "FAIL",
+    };
     println!("RESULT {name:<28} {what:<34} ratio {ratio:>6.2}  goal {:<8} {verdict}  ({detail})", goal.describe());
 }
 
 /// Times one push-sized operation of the crate against its baseline in
-/// alternating blocks and prints the `RESULT` line for a "how many times
-/// faster" goal, with criterion's own ratio (`group`, `baseline_id` over
-/// `crate_id`) beside it.
+/// alternating blocks and prints the `RESULT` line, with criterion's own
+/// ratio beside it: for a "how many times faster" goal ([`Goal::AtLeast`])
+/// the baseline's time over the crate's, for a "at most this many times the
+/// baseline's time" goal ([`Goal::AtMost`], [`Goal::Reported`]) the crate's
+/// over the baseline's.
 pub struct SpeedupCheck<'a> {
     pub name: &'a str,
     pub what: &'a str,
@@ -416,8 +426,16 @@ impl SpeedupCheck<'_> {
             start.elapsed()
         };
         let (ours, theirs) = interleaved(20, 200, || once(&mut crate_side), || once(&mut baseline));
-        let ratio = theirs.as_secs_f64() / ours.as_secs_f64();
-        let criterion_detail = criterion_ratio_detail(self.group, self.baseline_id, self.crate_id);
+        let (ratio, criterion_detail) = match self.goal {
+            Goal::AtLeast(_) => (
+                theirs.as_secs_f64() / ours.as_secs_f64(),
+                criterion_ratio_detail(self.group, self.baseline_id, self.crate_id),
+            ),
+            Goal::AtMost(_) | Goal::Reported => (
+                ours.as_secs_f64() / theirs.as_secs_f64(),
+                criterion_ratio_detail(self.group, self.crate_id, self.baseline_id),
+            ),
+        };
         println!();
         report(
             self.name,

@@ -35,6 +35,7 @@ use crate::alert::WebhookDisabledAlert;
 use crate::clock::Clock;
 use crate::config::{IncludedVariables, Plan, WebhookConfig};
 use crate::event::Event;
+use crate::signing::{self, SigningSecret};
 use crate::transport::TransportError;
 use crate::wire;
 
@@ -111,6 +112,8 @@ struct Settings {
     push_interval: Duration,
     request_timeout: Duration,
     included_variables: IncludedVariables,
+    /// Empty for a webhook that does not sign its calls.
+    signing_secrets: Box<[SigningSecret]>,
 }
 
 // Read through the same accessors as a `WebhookConfig` where that is shorter.
@@ -125,6 +128,7 @@ impl Settings {
             push_interval: config.push_interval(),
             request_timeout: config.request_timeout(),
             included_variables: config.included_variables().clone(),
+            signing_secrets: config.signing_secrets().into(),
         }
     }
 
@@ -303,6 +307,10 @@ pub struct DispatchCore {
     /// Tickets start at 1, so that a webhook's live one fits in a `NonZeroU64`.
     next_ticket: NonZeroU64,
     next_call: u64,
+    /// Serials of calls (not attempts), for their `webhook-id`s.
+    next_call_serial: u64,
+    /// Random for each core, so that `webhook-id`s do not repeat after a restart.
+    call_id_prefix: u64,
     calls_in_flight: usize,
     limits: CoreLimits,
     clock: Arc<dyn Clock>,
@@ -343,9 +351,11 @@ impl DispatchCore {
             schedule: BinaryHeap::new(),
             next_ticket: NonZeroU64::MIN,
             next_call: 0,
+            next_call_serial: 0,
+            call_id_prefix: signing::call_id_prefix(&*clock),
             calls_in_flight: 0,
             limits: CoreLimits { max_concurrent_pushes: limits.max_concurrent_pushes.max(1), ..limits },
-            clock,
+            clock: Arc::clone(&clock),
             notices: std::collections::VecDeque::new(),
             flushing_webhooks: 0,
             flush_failures: 0,
@@ -374,6 +384,8 @@ impl DispatchCore {
                 webhook.store.disabled = false;
                 webhook.store.failures_in_row = 0;
                 webhook.store.last_failure = None;
+                // Saving the settings forms the failed call again, with them.
+                webhook.store.release_failed_call();
                 webhook.anchor = anchor;
                 webhook.config = Settings::new(&config);
                 webhook.endpoint = endpoint;
@@ -466,7 +478,8 @@ impl DispatchCore {
             let sequence = self.next_call;
             self.next_call += 1;
             self.calls_in_flight += 1;
-            let push = start_push(webhook, &token, sequence, now);
+            let call_ids = CallIds { prefix: self.call_id_prefix, next_serial: &mut self.next_call_serial };
+            let push = start_push(webhook, &token, sequence, now, call_ids, &*self.clock);
             self.metrics.call_started(push.events);
             self.publish_gauges();
             return Some(push);
@@ -478,7 +491,10 @@ impl DispatchCore {
     ///
     /// Exactly `200 OK` is a success (any `2xx` when the webhook accepts
     /// them); anything else fails the call, and the 11th failure in a row
-    /// disables the webhook. Results of calls abandoned by `remove` or
+    /// disables the webhook. The next attempt after a failure sends the same
+    /// call again: its events, its body and (signed) its `webhook-id`, with
+    /// a new timestamp and signature; events that arrived meanwhile go in
+    /// later calls. Results of calls abandoned by `remove` or
     /// `take_undelivered` are ignored.
     pub fn on_push_result(&mut self, id: &PushId, result: Result<StatusCode, TransportError>) {
         self.settle_call(id, result);
@@ -868,10 +884,30 @@ fn count_dropped(admission: &Admission, metrics: &CoreMetrics, counters: &Counte
     metrics.dropped(reason, events);
 }
 
-/// Marks a batch of `webhook` as in flight and builds its request.
-fn start_push(webhook: &mut Webhook, token: &Arc<str>, sequence: u64, now: Instant) -> Push {
+/// Where a new call's serial comes from, and the core's `webhook-id` prefix.
+struct CallIds<'a> {
+    prefix: u64,
+    next_serial: &'a mut u64,
+}
+
+/// Marks a batch of `webhook` as in flight and builds its request: a failed
+/// call again (see [`WebhookStore::start_batch`]), or a new one. A webhook
+/// with signing secrets also gets the Standard Webhooks headers, signed for
+/// this attempt's time.
+fn start_push(
+    webhook: &mut Webhook,
+    token: &Arc<str>,
+    sequence: u64,
+    now: Instant,
+    call_ids: CallIds<'_>,
+    clock: &dyn Clock,
+) -> Push {
     let (max_events, max_bytes) = webhook.batch_limits();
-    let batch = webhook.store.start_batch(max_events, max_bytes);
+    let batch = webhook.store.start_batch(max_events, max_bytes, || {
+        let serial = *call_ids.next_serial;
+        *call_ids.next_serial += 1;
+        serial
+    });
     webhook.last_push_started = Some(now);
     webhook.call = Some(sequence);
     let mut request = Request::new(batch.body);
@@ -881,6 +917,18 @@ fn start_push(webhook: &mut Webhook, token: &Arc<str>, sequence: u64, now: Insta
     headers.insert(AUTHORIZATION, webhook.endpoint.authorization.clone());
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     headers.insert(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT));
+    let secrets = &webhook.config.signing_secrets;
+    if !secrets.is_empty() {
+        let id = signing::call_id(call_ids.prefix, batch.serial);
+        let timestamp = clock.wall_time().timestamp();
+        let signature = signing::signature_header(secrets, &id, timestamp, request.body());
+        let headers = request.headers_mut();
+        headers.insert(signing::WEBHOOK_SIGNATURE, signature);
+        headers.insert(signing::WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+        // `msg_` and hexadecimal digits: always a valid header value.
+        headers
+            .insert(signing::WEBHOOK_ID, HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("")));
+    }
     Push {
         id: PushId { sequence, bot_token: Arc::clone(token) },
         request,

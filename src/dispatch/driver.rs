@@ -331,8 +331,9 @@ impl Dispatcher for WebhookDispatcher {
 /// stats, the system clock, at most 1,000,000 pending events and 64
 /// concurrent calls.
 ///
-/// ```no_run
-/// # #[cfg(feature = "reqwest")]
+// The example uses the reqwest transport: not compiled without its feature.
+#[cfg_attr(feature = "reqwest", doc = "```no_run")]
+#[cfg_attr(not(feature = "reqwest"), doc = "```ignore")]
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
 /// use eventhook::adapters::ReqwestTransport;

@@ -15,18 +15,20 @@ use super::metrics::{Arrival, Arrivals};
 ///
 /// Events are kept as their encoded JSON: a pending event then costs its
 /// bytes plus one boxed-slice pointer, and a push is a concatenation. The
-/// first `in_flight` events belong to the call under way; they leave the
-/// queue only when that call succeeds, so a failed call keeps its events, in
-/// order, at the head.
+/// first events belong to the webhook's [`Call`], when it has one: they
+/// leave the queue only when that call succeeds. A failed call stays, with
+/// its events at the head, and its next attempt sends exactly them again
+/// (the same body, rebuilt from the same bytes) under the same serial, so a
+/// receiver can tell it already processed that call; events that arrived
+/// meanwhile wait for later calls.
 #[derive(Debug, Default)]
 pub(crate) struct WebhookStore {
     events: VecDeque<Box<[u8]>>,
-    /// When each event was taken in, for the delivery-lag metric (empty without the feature).
-    arrivals: Arrivals,
     /// Encoded bytes of all events in `events`.
     bytes: usize,
-    in_flight: usize,
-    in_flight_bytes: usize,
+    /// When each event was taken in, for the delivery-lag metric (empty without the feature).
+    arrivals: Arrivals,
+    call: Option<Call>,
     /// Failed calls since the last success.
     pub(crate) failures_in_row: u32,
     /// Set after too many failures in a row; cleared by reconfiguring.
@@ -35,10 +37,24 @@ pub(crate) struct WebhookStore {
     pub(crate) last_failure: Option<Box<str>>,
 }
 
+/// A call formed from the head of the queue: under way, or failed and
+/// waiting to be sent again as it is.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    events: usize,
+    /// Encoded bytes of its events.
+    bytes: usize,
+    /// Identifies the call (not the attempt) among every call of the core.
+    serial: u64,
+    in_flight: bool,
+}
+
 /// A batch taken from the head of a queue.
 pub(crate) struct Batch {
     pub(crate) events: usize,
     pub(crate) body: Vec<u8>,
+    /// The call's serial: the same on every attempt of the call.
+    pub(crate) serial: u64,
 }
 
 impl WebhookStore {
@@ -50,30 +66,66 @@ impl WebhookStore {
 
     /// Events waiting for a call (not in flight).
     pub(crate) fn waiting(&self) -> usize {
-        self.events.len() - self.in_flight
+        self.events.len() - self.in_flight()
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight
+        self.in_flight_call().map_or(0, |call| call.events)
+    }
+
+    fn in_flight_call(&self) -> Option<&Call> {
+        self.call.as_ref().filter(|call| call.in_flight)
+    }
+
+    fn in_flight_bytes(&self) -> usize {
+        self.in_flight_call().map_or(0, |call| call.bytes)
     }
 
     /// The body length of the call under way.
     pub(crate) fn in_flight_body_length(&self) -> usize {
-        array_length(self.in_flight, self.in_flight_bytes)
+        array_length(self.in_flight(), self.in_flight_bytes())
     }
 
     /// Whether the waiting events fill at least one whole batch.
     pub(crate) fn has_full_batch(&self, max_events: usize, max_bytes: usize) -> bool {
-        let waiting_bytes = self.bytes - self.in_flight_bytes;
+        let waiting_bytes = self.bytes - self.in_flight_bytes();
         self.waiting() >= max_events || array_length(self.waiting(), waiting_bytes) > max_bytes
     }
 
-    /// Marks the oldest waiting events as in flight, as many as fit in
-    /// `max_events` and a body of `max_bytes`, and returns the push body.
-    /// Takes at least one event when any waits (callers drop events that
-    /// cannot fit alone before they are queued).
-    pub(crate) fn start_batch(&mut self, max_events: usize, max_bytes: usize) -> Batch {
-        debug_assert_eq!(self.in_flight, 0, "one call in flight per webhook");
+    /// Starts an attempt and returns its batch: the failed call again, when
+    /// there is one; otherwise a new call (its serial from `new_serial`) of
+    /// the oldest waiting events, as many as fit in `max_events` and a body
+    /// of `max_bytes`. Takes at least one event when any waits (callers drop
+    /// events that cannot fit alone before they are queued).
+    pub(crate) fn start_batch(
+        &mut self,
+        max_events: usize,
+        max_bytes: usize,
+        new_serial: impl FnOnce() -> u64,
+    ) -> Batch {
+        debug_assert!(self.in_flight_call().is_none(), "one call in flight per webhook");
+        let call = match self.call {
+            Some(call) => call,
+            None => {
+                let (events, bytes) = self.fitting(max_events, max_bytes);
+                Call { events, bytes, serial: new_serial(), in_flight: false }
+            }
+        };
+        let mut body = Vec::with_capacity(array_length(call.events, call.bytes));
+        body.push(b'[');
+        for (index, event) in self.events.iter().take(call.events).enumerate() {
+            if index > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(event);
+        }
+        body.push(b']');
+        self.call = Some(Call { in_flight: true, ..call });
+        Batch { events: call.events, body, serial: call.serial }
+    }
+
+    /// How many of the oldest events fit in a batch, and their encoded bytes.
+    fn fitting(&self, max_events: usize, max_bytes: usize) -> (usize, usize) {
         let mut events = 0;
         let mut body_length = 1; // '['
         let mut event_bytes = 0;
@@ -86,50 +138,49 @@ impl WebhookStore {
             event_bytes += event.len();
             events += 1;
         }
-        let mut body = Vec::with_capacity(body_length.max(2));
-        body.push(b'[');
-        for (index, event) in self.events.iter().take(events).enumerate() {
-            if index > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(event);
-        }
-        body.push(b']');
-        self.in_flight = events;
-        self.in_flight_bytes = event_bytes;
-        Batch { events, body }
+        (events, event_bytes)
     }
 
-    /// Ends the call under way: a success removes its events (telling
-    /// `arrived` when each run of them was taken in), a failure returns them
-    /// to the head. Returns how many events the call carried.
+    /// Ends the attempt under way: a success removes its call's events
+    /// (telling `arrived` when each run of them was taken in); after a
+    /// failure the call stays, to be sent again as it is. Returns how many
+    /// events the attempt carried.
     pub(crate) fn finish_batch(&mut self, delivered: bool, arrived: impl FnMut(Arrival, u32)) -> usize {
-        let events = std::mem::take(&mut self.in_flight);
+        let Some(call) = self.call.filter(|call| call.in_flight) else { return 0 };
         if delivered {
-            self.bytes -= self.in_flight_bytes;
-            self.events.drain(..events);
-            self.arrivals.take_front(events, arrived);
+            self.call = None;
+            self.bytes -= call.bytes;
+            self.events.drain(..call.events);
+            self.arrivals.take_front(call.events, arrived);
             if self.events.is_empty() {
                 // Give a drained burst's memory back.
                 self.events.shrink_to(16);
             }
+        } else {
+            self.call = Some(Call { in_flight: false, ..call });
         }
-        self.in_flight_bytes = 0;
-        events
+        call.events
+    }
+
+    /// Forgets a failed call waiting for its next attempt: its events stay
+    /// at the head and go out in a new call, formed with the settings then
+    /// in force. A call under way is kept.
+    pub(crate) fn release_failed_call(&mut self) {
+        self.call = self.call.filter(|call| call.in_flight);
     }
 
     /// Removes and returns every waiting event (not those in flight).
     pub(crate) fn take_waiting(&mut self) -> Vec<Box<[u8]>> {
-        let taken: Vec<_> = self.events.drain(self.in_flight..).collect();
-        self.arrivals.truncate(self.in_flight);
-        self.bytes = self.in_flight_bytes;
+        self.release_failed_call();
+        let taken: Vec<_> = self.events.drain(self.in_flight()..).collect();
+        self.arrivals.truncate(self.in_flight());
+        self.bytes = self.in_flight_bytes();
         taken
     }
 
     /// Removes and returns every event, in flight or not; abandons the call under way.
     pub(crate) fn take_all(&mut self) -> Vec<Box<[u8]>> {
-        self.in_flight = 0;
-        self.in_flight_bytes = 0;
+        self.call = None;
         self.bytes = 0;
         self.arrivals.truncate(0);
         self.events.drain(..).collect()
@@ -154,22 +205,46 @@ mod tests {
     }
 
     #[test]
-    fn batches_respect_count_and_bytes_and_keep_order_on_failure() {
+    fn batches_respect_count_and_bytes() {
         let mut store = store_with(&["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]);
-        let batch = store.start_batch(2, 1024);
+        let batch = store.start_batch(2, 1024, || 1);
         assert_eq!(batch.body, b"[{\"a\":1},{\"b\":2}]");
         assert_eq!(store.waiting(), 1);
-        assert_eq!(store.finish_batch(false, |_, _| {}), 2);
-        assert_eq!(store.waiting(), 3);
-        // 7-byte events: "[" + 7 + "," + 7 + "]" = 17 bytes fits two, not three.
-        let batch = store.start_batch(10, 17);
-        assert_eq!(batch.events, 2);
-        assert_eq!(batch.body.len(), 17);
         assert_eq!(store.finish_batch(true, |_, _| {}), 2);
-        assert_eq!(store.start_batch(10, 17).body, b"[{\"c\":3}]");
-        store.finish_batch(true, |_, _| {});
+        store.push(b"{\"d\":4}".as_slice().into(), Arrival::default());
+        // 7-byte events: "[" + 7 + "," + 7 + "]" = 17 bytes fits two, not three.
+        let batch = store.start_batch(10, 17, || 2);
+        assert_eq!((batch.events, batch.body.len(), batch.serial), (2, 17, 2));
+        assert_eq!(store.finish_batch(true, |_, _| {}), 2);
         assert_eq!(store.waiting(), 0);
         assert_eq!(store.bytes, 0);
+    }
+
+    #[test]
+    fn a_failed_call_is_sent_again_as_it_was() {
+        let mut store = store_with(&["{\"a\":1}", "{\"b\":2}"]);
+        let first = store.start_batch(2, 1024, || 7);
+        assert_eq!(store.finish_batch(false, |_, _| {}), 2);
+        assert_eq!((store.waiting(), store.in_flight()), (2, 0));
+        store.push(b"{\"c\":3}".as_slice().into(), Arrival::default());
+        // Other limits, a new event: the same events, body and serial.
+        let retry = store.start_batch(10, 1024, || unreachable!("no new call"));
+        assert_eq!((retry.events, retry.serial, &retry.body), (2, 7, &first.body));
+        assert_eq!(store.in_flight_body_length(), first.body.len());
+        assert_eq!(store.finish_batch(true, |_, _| {}), 2);
+        let next = store.start_batch(10, 1024, || 8);
+        assert_eq!((next.body.as_slice(), next.serial), (b"[{\"c\":3}]".as_slice(), 8));
+    }
+
+    #[test]
+    fn a_released_failed_call_is_formed_again() {
+        let mut store = store_with(&["{\"a\":1}", "{\"b\":2}"]);
+        store.start_batch(1, 1024, || 1);
+        store.release_failed_call(); // under way: kept
+        store.finish_batch(false, |_, _| {});
+        store.release_failed_call();
+        let batch = store.start_batch(2, 1024, || 2);
+        assert_eq!((batch.events, batch.serial), (2, 2));
     }
 
     #[test]
@@ -183,7 +258,7 @@ mod tests {
     #[test]
     fn take_waiting_leaves_the_call_under_way() {
         let mut store = store_with(&["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]);
-        store.start_batch(1, 1024);
+        store.start_batch(1, 1024, || 1);
         assert_eq!(store.take_waiting().len(), 2);
         assert_eq!(store.finish_batch(true, |_, _| {}), 1);
         assert_eq!(store.bytes, 0);

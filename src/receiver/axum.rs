@@ -7,11 +7,9 @@ use futures::StreamExt;
 use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::StatusCode;
 
-use super::{ReceiveError, WebhookReceiver};
-use crate::event::Event;
+use super::{ReceiveError, VerifiedPush, WebhookReceiver};
 
-/// A push whose bearer was verified and whose body was parsed: an axum
-/// extractor.
+/// [`VerifiedPush`] as an axum extractor.
 ///
 /// The [`WebhookReceiver`] comes from the router's state: use a
 /// `WebhookReceiver` as the state (it is cheap to clone: the secret is shared
@@ -21,7 +19,8 @@ use crate::event::Event;
 /// refused before the body is read), refuses with `413` a body whose
 /// `Content-Length` is over the receiver's limit, reads the body while
 /// counting (stopping with `413` as soon as it passes the limit, without
-/// buffering the rest), then parses it. Refusals are [`PushRejection`]s.
+/// buffering the rest), checks the signature when the receiver has signing
+/// secrets, then parses it. Refusals are [`PushRejection`]s.
 /// The handler should answer `StatusCode::OK`: the platform expects exactly
 /// `200`.
 ///
@@ -49,12 +48,6 @@ use crate::event::Event;
 ///     Ok(())
 /// }
 /// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct VerifiedPush {
-    /// The push's events, in the order of the array.
-    pub events: Vec<Event>,
-}
-
 impl<S> FromRequest<S> for VerifiedPush
 where
     WebhookReceiver: FromRef<S>,
@@ -73,8 +66,7 @@ where
             }
         }
         let body = read_limited(body, limit, declared_length(&parts.headers)).await?;
-        let events = receiver.parse_body(&body)?;
-        Ok(VerifiedPush { events })
+        Ok(receiver.check_body(&parts.headers, &body)?)
     }
 }
 
@@ -105,7 +97,8 @@ async fn read_limited(body: Body, limit: usize, declared: Option<u64>) -> Result
 ///
 /// - `401 Unauthorized`, body `missing or invalid bearer token` and
 ///   `WWW-Authenticate: Bearer`, the same for a missing, malformed or wrong
-///   bearer;
+///   bearer; with the body `missing or invalid webhook signature` for any
+///   signature problem;
 /// - `413 Payload Too Large` for a body over the limit;
 /// - `400 Bad Request` for a body that is not a valid push, the body saying
 ///   what is wrong and where.

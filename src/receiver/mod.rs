@@ -26,8 +26,34 @@
 //! answer than `200` is a failed push that the platform retries, and more
 //! than 10 in a row disable the webhook.
 //!
-//! With the `axum` feature, `VerifiedPush` does all of this as an axum
+//! With the `axum` feature, [`VerifiedPush`] does all of this as an axum
 //! extractor, answering with a `PushRejection` when it refuses a push.
+//!
+//! A receiver given the webhook's signing secrets
+//! ([`signing_secrets`](WebhookReceiver::signing_secrets)) also checks the
+//! Standard Webhooks headers of every push, after the bearer and the body's
+//! size and before parsing: a `webhook-signature` made with one of the
+//! secrets over `webhook-id`, `webhook-timestamp` and the body (compared in
+//! constant time), and a timestamp within a tolerance of the receiver's
+//! clock (5 minutes by default). The push's `webhook-id`, the same on every
+//! attempt of a call, is handed over with its events
+//! ([`VerifiedPush::webhook_id`]), so that a call already processed can be
+//! dropped when it comes again:
+//!
+//! ```
+//! use eventhook::receiver::{ReceiveError, SignatureError, WebhookReceiver};
+//! use eventhook::{BotSecret, SigningSecret};
+//! use http::{HeaderMap, HeaderValue, StatusCode};
+//!
+//! let signing = SigningSecret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")?;
+//! let receiver = WebhookReceiver::new(BotSecret::new("s3cr3t")?).signing_secrets([signing]);
+//! let mut headers = HeaderMap::new();
+//! headers.insert("authorization", HeaderValue::from_static("Bearer s3cr3t"));
+//! let error = receiver.receive_push(&headers, b"[]").unwrap_err(); // no signature
+//! assert!(matches!(error, ReceiveError::BadSignature(SignatureError::Missing { header: "webhook-id" })));
+//! assert_eq!(error.status(), StatusCode::UNAUTHORIZED);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! `Content-Type` is not checked: the platform always sends
 //! `application/json; charset=utf-8`, the body is parsed strictly anyway, and
@@ -36,24 +62,84 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HeaderMap, AUTHORIZATION};
 use http::StatusCode;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::BotSecret;
 use crate::event::Event;
+use crate::signing::{self, SigningSecret, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 use crate::wire::{self, ParseError, ParseOptions};
 
 #[cfg(feature = "axum")]
 mod axum;
 #[cfg(feature = "axum")]
-pub use self::axum::{PushRejection, VerifiedPush};
+pub use self::axum::PushRejection;
 
 /// The default most bytes of a push body: 1 MiB, as [`wire::DEFAULT_MAX_BODY_BYTES`].
 pub const DEFAULT_MAX_BODY_BYTES: usize = wire::DEFAULT_MAX_BODY_BYTES;
 
 /// The body of every `401` answer, the same whatever was wrong with the bearer.
 pub const UNAUTHORIZED_MESSAGE: &str = "missing or invalid bearer token";
+
+/// The body of every `401` answer for a push whose signature was refused,
+/// the same whatever was wrong (the reason is in the [`SignatureError`]).
+pub const SIGNATURE_REJECTED_MESSAGE: &str = "missing or invalid webhook signature";
+
+/// How far a push's `webhook-timestamp` may be from the receiver's clock,
+/// either way, by default: 5 minutes, as the Standard Webhooks libraries.
+pub const DEFAULT_TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+/// Why a push's Standard Webhooks signature was refused.
+///
+/// The variants tell the causes apart for logs; an HTTP answer does not
+/// (every one is a `401` with [`SIGNATURE_REJECTED_MESSAGE`]). No variant
+/// holds a secret or a received signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureError {
+    /// A `webhook-*` header is missing.
+    #[error("no {header} header")]
+    Missing {
+        /// The header's name.
+        header: &'static str,
+    },
+    /// A `webhook-*` header is given more than once.
+    #[error("more than one {header} header")]
+    Multiple {
+        /// The header's name.
+        header: &'static str,
+    },
+    /// A `webhook-*` header is empty, not visible ASCII, or (the timestamp)
+    /// not a number of seconds.
+    #[error("the {header} header is malformed")]
+    Malformed {
+        /// The header's name.
+        header: &'static str,
+    },
+    /// The timestamp is older than the tolerance allows: a replay, or a clock far behind.
+    #[error("the webhook-timestamp is {seconds} s old; at most {tolerance} s are allowed")]
+    TooOld {
+        /// How old, in seconds.
+        seconds: u64,
+        /// The receiver's tolerance, in seconds.
+        tolerance: u64,
+    },
+    /// The timestamp is further ahead than the tolerance allows.
+    #[error("the webhook-timestamp is {seconds} s in the future; at most {tolerance} s are allowed")]
+    InFuture {
+        /// How far ahead, in seconds.
+        seconds: u64,
+        /// The receiver's tolerance, in seconds.
+        tolerance: u64,
+    },
+    /// No `v1` signature matches any of the receiver's secrets for this id,
+    /// timestamp and body.
+    #[error("no v1 signature in webhook-signature matches the signing secrets")]
+    NoMatch,
+}
 
 /// Why a request's bearer was refused.
 ///
@@ -184,6 +270,10 @@ pub enum ReceiveError {
     /// The bearer is missing or wrong: `401`.
     #[error("{UNAUTHORIZED_MESSAGE} ({0})")]
     Unauthorized(#[from] AuthError),
+    /// The receiver checks signatures and this push's is missing, wrong or
+    /// out of date: `401`.
+    #[error("{SIGNATURE_REJECTED_MESSAGE} ({0})")]
+    BadSignature(#[from] SignatureError),
     /// The body is larger than the receiver's limit: `413`.
     #[error("push body too large: {} (the limit is {limit} bytes)", describe_size(*size))]
     BodyTooLarge {
@@ -210,11 +300,11 @@ fn describe_size(size: Option<u64>) -> String {
 }
 
 impl ReceiveError {
-    /// The status to answer: `401` for any bearer problem, `413` for a body
-    /// over the limit, `400` for a body that is not a valid push.
+    /// The status to answer: `401` for any bearer or signature problem,
+    /// `413` for a body over the limit, `400` for a body that is not a valid push.
     pub fn status(&self) -> StatusCode {
         match self {
-            ReceiveError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ReceiveError::Unauthorized(_) | ReceiveError::BadSignature(_) => StatusCode::UNAUTHORIZED,
             ReceiveError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ReceiveError::InvalidBody(_) | ReceiveError::BodyRead(_) => StatusCode::BAD_REQUEST,
         }
@@ -222,18 +312,35 @@ impl ReceiveError {
 
     /// The text to answer with: [`UNAUTHORIZED_MESSAGE`] for every bearer
     /// problem (so a caller cannot tell a missing bearer from a wrong one),
-    /// otherwise the error's message.
+    /// [`SIGNATURE_REJECTED_MESSAGE`] for every signature problem (a replay
+    /// is not told its timestamp is stale), otherwise the error's message.
     pub fn public_message(&self) -> String {
         match self {
             ReceiveError::Unauthorized(_) => UNAUTHORIZED_MESSAGE.to_owned(),
+            ReceiveError::BadSignature(_) => SIGNATURE_REJECTED_MESSAGE.to_owned(),
             other => other.to_string(),
         }
     }
 }
 
+/// A push whose bearer (and signature, when the receiver checks them) was
+/// verified and whose body was parsed: what
+/// [`WebhookReceiver::receive_push`] returns, and, with the `axum` feature,
+/// an axum extractor that answers a refused push with a `PushRejection`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedPush {
+    /// The push's events, in the order of the array.
+    pub events: Vec<Event>,
+    /// The call's `webhook-id`, when the receiver checks signatures: the
+    /// same on every attempt of a call, so a push whose id was already
+    /// processed can be answered `200` and dropped. `None` when the
+    /// receiver has no signing secrets.
+    pub webhook_id: Option<String>,
+}
+
 /// Verifies and parses the pushes of one bot.
 ///
-/// Cheap to clone (the secret is shared); `Debug` does not show the secret.
+/// Cheap to clone (the secrets are shared); `Debug` does not show them.
 ///
 /// ```
 /// use eventhook::receiver::WebhookReceiver;
@@ -247,13 +354,23 @@ impl ReceiveError {
 pub struct WebhookReceiver {
     secret: Arc<BotSecret>,
     max_body_bytes: usize,
+    /// Empty: signatures are not checked.
+    signing_secrets: Arc<[SigningSecret]>,
+    timestamp_tolerance: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl WebhookReceiver {
     /// A receiver for the bot whose API secret is `secret`, with a body limit
-    /// of [`DEFAULT_MAX_BODY_BYTES`].
+    /// of [`DEFAULT_MAX_BODY_BYTES`], checking no signatures.
     pub fn new(secret: BotSecret) -> WebhookReceiver {
-        WebhookReceiver { secret: Arc::new(secret), max_body_bytes: DEFAULT_MAX_BODY_BYTES }
+        WebhookReceiver {
+            secret: Arc::new(secret),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            signing_secrets: Arc::new([]),
+            timestamp_tolerance: DEFAULT_TIMESTAMP_TOLERANCE,
+            clock: Arc::new(SystemClock),
+        }
     }
 
     /// Sets the most bytes a push body may have (default 1 MiB); a larger
@@ -261,6 +378,33 @@ impl WebhookReceiver {
     #[must_use]
     pub fn max_body_bytes(mut self, bytes: usize) -> WebhookReceiver {
         self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Checks the Standard Webhooks signature of every push against these
+    /// secrets (the webhook's, all of them during a rotation): a push must
+    /// carry a signature made with one of them. No secrets (the default):
+    /// signatures are not checked.
+    #[must_use]
+    pub fn signing_secrets(mut self, secrets: impl IntoIterator<Item = SigningSecret>) -> WebhookReceiver {
+        self.signing_secrets = secrets.into_iter().collect();
+        self
+    }
+
+    /// How far a push's `webhook-timestamp` may be from the receiver's
+    /// clock, either way (default [`DEFAULT_TIMESTAMP_TOLERANCE`], 5 minutes).
+    /// Seconds count: fractions are dropped.
+    #[must_use]
+    pub fn timestamp_tolerance(mut self, tolerance: Duration) -> WebhookReceiver {
+        self.timestamp_tolerance = tolerance;
+        self
+    }
+
+    /// The clock timestamps are checked against (default [`SystemClock`];
+    /// tests use a [`ManualClock`](crate::ManualClock)).
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> WebhookReceiver {
+        self.clock = clock;
         self
     }
 
@@ -274,24 +418,84 @@ impl WebhookReceiver {
         verify_bearer(headers, &self.secret)
     }
 
-    /// Checks a push: the bearer first (the body is not looked at when it is
-    /// wrong), then the body's size, then parses the body.
-    pub fn receive(&self, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, ReceiveError> {
-        self.verify(headers)?;
-        self.parse_body(body)
+    /// Checks a push's Standard Webhooks headers against the receiver's
+    /// signing secrets and returns its `webhook-id`; `Ok(None)` when the
+    /// receiver has no signing secrets. The timestamp is checked first, then
+    /// every `v1` signature against every secret, in constant time.
+    pub fn verify_signature(&self, headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, SignatureError> {
+        if self.signing_secrets.is_empty() {
+            return Ok(None);
+        }
+        let id = single_header(headers, WEBHOOK_ID)?;
+        let timestamp = single_header(headers, WEBHOOK_TIMESTAMP)?;
+        let signatures = single_header(headers, WEBHOOK_SIGNATURE)?;
+        let timestamp: i64 = timestamp.parse().map_err(|_| SignatureError::Malformed { header: WEBHOOK_TIMESTAMP })?;
+        let now = self.clock.wall_time().timestamp();
+        let tolerance = self.timestamp_tolerance.as_secs();
+        let age = i128::from(now) - i128::from(timestamp);
+        let seconds = u64::try_from(age.unsigned_abs()).unwrap_or(u64::MAX);
+        if seconds > tolerance {
+            return Err(if age > 0 {
+                SignatureError::TooOld { seconds, tolerance }
+            } else {
+                SignatureError::InFuture { seconds, tolerance }
+            });
+        }
+        let received: Vec<Vec<u8>> = signatures.split(' ').filter_map(signing::decode_signature).collect();
+        // Every pair is compared, with no early exit, so the time taken does
+        // not tell which secret or signature matched.
+        let mut matched = false;
+        for secret in self.signing_secrets.iter() {
+            let expected = secret.tag(id, timestamp, body);
+            for signature in &received {
+                matched |= constant_time_eq(signature, &expected);
+            }
+        }
+        if matched {
+            Ok(Some(id.to_owned()))
+        } else {
+            Err(SignatureError::NoMatch)
+        }
     }
 
-    /// Checks the size of an already authenticated body and parses it.
-    pub(crate) fn parse_body(&self, body: &[u8]) -> Result<Vec<Event>, ReceiveError> {
+    /// Checks a push: the bearer first (the body is not looked at when it is
+    /// wrong), then the body's size, then the signature when the receiver
+    /// has signing secrets, then parses the body.
+    pub fn receive_push(&self, headers: &HeaderMap, body: &[u8]) -> Result<VerifiedPush, ReceiveError> {
+        self.verify(headers)?;
+        self.check_body(headers, body)
+    }
+
+    /// Checks a push as [`receive_push`](Self::receive_push) does and
+    /// returns its events.
+    pub fn receive(&self, headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, ReceiveError> {
+        self.receive_push(headers, body).map(|push| push.events)
+    }
+
+    /// Checks the size and the signature of an already authenticated body,
+    /// and parses it.
+    pub(crate) fn check_body(&self, headers: &HeaderMap, body: &[u8]) -> Result<VerifiedPush, ReceiveError> {
         if body.len() > self.max_body_bytes {
             return Err(ReceiveError::BodyTooLarge { size: Some(body.len() as u64), limit: self.max_body_bytes });
         }
+        let webhook_id = self.verify_signature(headers, body)?;
         let options = ParseOptions::default().max_body_bytes(self.max_body_bytes);
-        wire::parse_push_with(body, &options).map_err(|error| match error {
+        let events = wire::parse_push_with(body, &options).map_err(|error| match error {
             ParseError::BodyTooLarge { size, limit } => ReceiveError::BodyTooLarge { size: Some(size as u64), limit },
             other => ReceiveError::InvalidBody(other),
-        })
+        })?;
+        Ok(VerifiedPush { events, webhook_id })
     }
+}
+
+/// The value of a header that must be given exactly once, non-empty.
+fn single_header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, SignatureError> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next().ok_or(SignatureError::Missing { header: name })?;
+    if values.next().is_some() {
+        return Err(SignatureError::Multiple { header: name });
+    }
+    value.to_str().ok().filter(|value| !value.is_empty()).ok_or(SignatureError::Malformed { header: name })
 }
 
 impl fmt::Debug for WebhookReceiver {
@@ -300,7 +504,9 @@ impl fmt::Debug for WebhookReceiver {
             .debug_struct("WebhookReceiver")
             .field("secret", &"<redacted>")
             .field("max_body_bytes", &self.max_body_bytes)
-            .finish()
+            .field("signing_secrets", &self.signing_secrets.len())
+            .field("timestamp_tolerance", &self.timestamp_tolerance)
+            .finish_non_exhaustive()
     }
 }
 

@@ -23,7 +23,15 @@ impl Harness {
     }
 
     pub fn with_limits(limits: CoreLimits) -> Harness {
-        let clock = Arc::new(ManualClock::new());
+        Harness::with_clock_and_limits(Arc::new(ManualClock::new()), limits)
+    }
+
+    /// A core on `clock` (for example one showing the real time, for checks that read it).
+    pub fn with_clock(clock: Arc<ManualClock>) -> Harness {
+        Harness::with_clock_and_limits(clock, CoreLimits::default())
+    }
+
+    fn with_clock_and_limits(clock: Arc<ManualClock>, limits: CoreLimits) -> Harness {
         let (core, enqueuer) = DispatchCore::new(clock.clone(), limits);
         Harness { clock, core, enqueuer, notices: Vec::new() }
     }
