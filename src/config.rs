@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::header::HeaderValue;
 use http::Uri;
 
+use crate::error_text::shortened;
 use crate::event::EventFlags;
 use crate::signing::SigningSecret;
 
@@ -294,15 +295,6 @@ fn check_account_name(name: &str) -> Result<(), ConfigError> {
         return Err(invalid("it holds a control character or a line break"));
     }
     Ok(())
-}
-
-/// `text` cut to a length fit for an error message.
-fn shortened(text: &str) -> String {
-    const MAX_CHARS: usize = 40;
-    match text.char_indices().nth(MAX_CHARS) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
-    }
 }
 
 /// The bot's plan. The platform ignores the webhook of a bot on the free plan.

@@ -90,6 +90,7 @@ mod alert;
 mod clock;
 mod config;
 pub mod dispatch;
+mod error_text;
 mod event;
 #[cfg(feature = "tracing")]
 mod log_escape;

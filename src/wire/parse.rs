@@ -678,12 +678,7 @@ const KNOWN_CODES: u64 = 14;
 
 /// A short JSON rendering of an invalid `Type` value for the error message.
 fn describe(value: FieldValue<'_>) -> String {
-    const MAX_CHARS: usize = 40;
-    let text = value.into_value().to_string();
-    match text.char_indices().nth(MAX_CHARS) {
-        Some((cut, _)) => format!("{}...", text.get(..cut).unwrap_or_default()),
-        None => text,
-    }
+    crate::error_text::shortened(&value.into_value().to_string())
 }
 
 /// `text` as a shared string: the string `pick` finds in one of the `recent`
