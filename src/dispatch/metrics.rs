@@ -163,6 +163,7 @@ mod recorded {
         use metrics::{describe_counter, describe_gauge, describe_histogram};
         describe_counter!("eventhook_events_accepted_total", Unit::Count, "Events enqueue accepted.");
         describe_counter!("eventhook_events_delivered_total", Unit::Count, "Events delivered by a successful call.");
+        describe_counter!("eventhook_events_refused_total", Unit::Count, "Events enqueue refused, by reason.");
         describe_counter!(
             "eventhook_events_dropped_total",
             Unit::Count,
