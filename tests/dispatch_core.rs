@@ -720,6 +720,125 @@ fn the_queue_bound_counts_the_batch_in_flight() {
     assert_eq!((counts.accepted, counts.delivered, counts.pending, counts.refused(Refusal::QueueFull)), (11, 5, 6, 1));
 }
 
+/// Delivers everything pending, one interval after another.
+fn deliver_everything(harness: &mut Harness) {
+    loop {
+        harness.advance(INTERVAL);
+        let pushes = harness.poll_all();
+        if pushes.is_empty() && harness.core.stats().totals.pending == 0 {
+            break;
+        }
+        for push in &pushes {
+            harness.answer(push, 200);
+        }
+    }
+}
+
+/// Issue 16: `enqueue` counts nothing while a webhook has more room than the
+/// intake's ring holds (the core counts at take-in); the bound must still
+/// hold exactly, whether the core takes events in between or not, through a
+/// `BotSender` and by token, and the webhook accepts again once delivered.
+#[test]
+fn a_queue_bound_larger_than_the_intake_ring_holds_exactly() {
+    const CAPACITY: usize = 10_000;
+    const OFFERED: usize = CAPACITY + 500;
+    for take_in_every in [None, Some(1_000), Some(3_000)] {
+        for through_sender in [true, false] {
+            let mut harness = Harness::new();
+            harness.configure(Harness::config("bot").queue_capacity(CAPACITY).build().unwrap());
+            let sender = harness.enqueuer.bot_sender("bot");
+            let mut accepted = 0;
+            for number in 0..OFFERED {
+                let event = harness.message("bot", &number.to_string());
+                let outcome = if through_sender { sender.enqueue(event) } else { harness.enqueuer.enqueue(event) };
+                match outcome {
+                    EnqueueOutcome::Accepted => accepted += 1,
+                    EnqueueOutcome::QueueFull(_) => {}
+                    other => panic!("{other:?}"),
+                }
+                if take_in_every.is_some_and(|every| number % every == every - 1) {
+                    harness.core.take_in_all();
+                }
+            }
+            let case = format!("take in every {take_in_every:?}, through a sender: {through_sender}");
+            assert_eq!(accepted, CAPACITY, "{case}");
+            let counts = harness.core.webhook_stats("bot").unwrap().counts;
+            let refused = (OFFERED - CAPACITY) as u64;
+            assert_eq!(
+                (counts.accepted, counts.pending, counts.refused(Refusal::QueueFull)),
+                (accepted as u64, accepted as u64, refused),
+                "{case}"
+            );
+
+            deliver_everything(&mut harness);
+            assert_eq!(harness.core.stats().totals.delivered, CAPACITY as u64, "{case}");
+            for number in 0..CAPACITY {
+                let event = harness.message("bot", &format!("again {number}"));
+                assert_eq!(sender.enqueue(event), EnqueueOutcome::Accepted, "{case}: room again");
+            }
+            assert!(matches!(sender.enqueue(harness.message("bot", "full")), EnqueueOutcome::QueueFull(_)), "{case}");
+            harness.check_balance();
+        }
+    }
+}
+
+/// Issue 16: the same for the global bound, over several webhooks.
+#[test]
+fn a_global_bound_larger_than_the_intake_ring_holds_exactly() {
+    const GLOBAL: usize = 6_000;
+    for take_in in [false, true] {
+        let limits = CoreLimits { max_pending_events: GLOBAL, ..CoreLimits::default() };
+        let mut harness = Harness::with_limits(limits);
+        let bots = ["a", "b", "c"];
+        for bot in bots {
+            harness.configure(Harness::config(bot).queue_capacity(10_000).build().unwrap());
+        }
+        let senders: Vec<_> = bots.iter().map(|bot| harness.enqueuer.bot_sender(bot)).collect();
+        let mut accepted = 0;
+        for number in 0..GLOBAL + 300 {
+            let (bot, sender) = (bots[number % 3], &senders[number % 3]);
+            match sender.enqueue(harness.message(bot, &number.to_string())) {
+                EnqueueOutcome::Accepted => accepted += 1,
+                EnqueueOutcome::QueueFull(_) => {}
+                other => panic!("{other:?}"),
+            }
+            if take_in && number % 500 == 499 {
+                harness.core.take_in_all();
+            }
+        }
+        assert_eq!(accepted, GLOBAL, "take in: {take_in}");
+        let totals = harness.core.stats().totals;
+        assert_eq!((totals.pending, totals.refused(Refusal::QueueFull)), (GLOBAL as u64, 300), "take in: {take_in}");
+        deliver_everything(&mut harness);
+        assert_eq!(senders[0].enqueue(harness.message("a", "room again")), EnqueueOutcome::Accepted);
+    }
+}
+
+/// Issue 16: a `BotSender` keeps a copy of its webhook's settings; every
+/// change reaches it at once (the copy is tied to an epoch that each change moves).
+#[test]
+fn a_bot_sender_sees_a_disable_and_a_reconfiguration_at_once() {
+    let mut harness = Harness::new();
+    harness.configure(Harness::config("bot").build().unwrap());
+    let sender = harness.enqueuer.bot_sender("bot");
+    assert_eq!(sender.enqueue(harness.message("bot", "before")), EnqueueOutcome::Accepted);
+    for attempt in 0..=MAX_FAILURES_IN_ROW {
+        let push = harness.next_push();
+        harness.answer(&push, 500);
+        if attempt < MAX_FAILURES_IN_ROW {
+            assert!(sender.enqueue(harness.message("bot", "keeps it due")).is_accepted());
+        }
+    }
+    assert_eq!(harness.core.webhook_stats("bot").unwrap().state, WebhookState::Disabled);
+    assert_eq!(sender.enqueue(harness.message("bot", "after")), EnqueueOutcome::WebhookDisabled);
+    harness.configure(Harness::config("bot").plan(Plan::Free).build().unwrap());
+    assert_eq!(sender.enqueue(harness.message("bot", "free")), EnqueueOutcome::FreePlan);
+    harness.configure(Harness::config("bot").build().unwrap());
+    assert_eq!(sender.enqueue(harness.message("bot", "paid again")), EnqueueOutcome::Accepted);
+    harness.core.close();
+    assert!(matches!(sender.enqueue(harness.message("bot", "closed")), EnqueueOutcome::Closed(_)));
+}
+
 /// Issue 11: a snapshot taken while `enqueue` ran could be off by one.
 /// Producers accept and refuse (a small queue fills) while snapshots are taken.
 #[test]

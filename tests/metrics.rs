@@ -114,13 +114,13 @@ fn counters_and_gauges_agree_with_the_stats_through_failures_drops_and_a_disable
     let recorder = Keeping::default();
     // Handles are registered when the core is made: only that needs the recorder in force.
     let mut harness = metrics::with_local_recorder(&recorder, Harness::new);
-    let check = |harness: &Harness, step: &str| recorder.check(&harness.core.stats(), step);
+    let check = |harness: &mut Harness, step: &str| recorder.check(&harness.core.stats(), step);
     let selected = EventFlags::from_kinds([EventKind::UserMessage]);
     harness.configure(Harness::config("steady").events(selected).max_batch_bytes(1024).build().unwrap());
     harness.configure(Harness::config("flaky").build().unwrap());
     harness.configure(Harness::config("small").queue_capacity(2).build().unwrap());
     harness.configure(Harness::config("free").plan(Plan::Free).build().unwrap());
-    check(&harness, "configured");
+    check(&mut harness, "configured");
 
     // Refusals of every kind but closed, and a drop at take-in.
     let _ = harness.enqueue(harness.message("steady", "a"));
@@ -132,7 +132,7 @@ fn counters_and_gauges_agree_with_the_stats_through_failures_drops_and_a_disable
     for text in ["1", "2", "3"] {
         let _ = harness.enqueue(harness.message("small", text));
     }
-    check(&harness, "enqueued");
+    check(&mut harness, "enqueued");
     assert_eq!(recorder.counter("eventhook_events_refused_total{reason=queue_full}"), 1);
     assert_eq!(recorder.counter("eventhook_events_dropped_total{reason=too_large}"), 1);
 
@@ -140,13 +140,13 @@ fn counters_and_gauges_agree_with_the_stats_through_failures_drops_and_a_disable
     harness.advance(INTERVAL);
     let pushes = harness.poll_all();
     assert_eq!(recorder.gauge("eventhook_calls_in_flight"), pushes.len() as f64);
-    check(&harness, "pushes under way");
+    check(&mut harness, "pushes under way");
     harness.advance(Duration::from_secs(10));
     for push in &pushes {
         harness.answer(push, 200);
     }
     assert_eq!(recorder.gauge("eventhook_calls_in_flight"), 0.0);
-    check(&harness, "delivered");
+    check(&mut harness, "delivered");
     assert_eq!(recorder.histogram("eventhook_delivery_lag_seconds"), [40.0; 3]);
     assert_eq!(recorder.histogram("eventhook_call_duration_seconds"), vec![10.0; pushes.len()]);
 
@@ -163,18 +163,18 @@ fn counters_and_gauges_agree_with_the_stats_through_failures_drops_and_a_disable
         };
         harness.core.on_push_result(&push.id, result);
         harness.collect_notices();
-        check(&harness, &format!("failure {attempt}"));
+        check(&mut harness, &format!("failure {attempt}"));
     }
     assert_eq!(recorder.counter("eventhook_webhooks_disabled_total"), 1);
     assert_eq!(recorder.counter("eventhook_events_dropped_total{reason=disabled}"), 2);
     let _ = harness.enqueue(harness.message("flaky", "refused while disabled"));
-    check(&harness, "disabled");
+    check(&mut harness, "disabled");
 
     // Re-enabled by configuring; moving a bot with pending events to the free plan drops them.
     harness.configure(Harness::config("flaky").build().unwrap());
     let _ = harness.enqueue(harness.message("small", "4"));
     harness.configure(Harness::config("small").plan(Plan::Free).build().unwrap());
-    check(&harness, "reconfigured");
+    check(&mut harness, "reconfigured");
 
     // A call abandoned by `remove`, then shutdown with events pending.
     let _ = harness.enqueue(harness.message("flaky", "d"));
@@ -182,12 +182,12 @@ fn counters_and_gauges_agree_with_the_stats_through_failures_drops_and_a_disable
     let push = harness.poll_all().pop().expect("flaky is due within an interval");
     assert_eq!(harness.core.remove("flaky").len(), 1);
     harness.answer(&push, 200);
-    check(&harness, "removed");
+    check(&mut harness, "removed");
     let _ = harness.enqueue(harness.message("steady", "e"));
     harness.core.close();
     let _ = harness.enqueue(harness.message("steady", "after close"));
     assert_eq!(harness.core.take_undelivered().len(), 1);
-    check(&harness, "shut down");
+    check(&mut harness, "shut down");
     let totals = harness.core.stats().totals;
     for reason in DropReason::ALL {
         assert!(totals.dropped(reason) > 0, "the run drops for {reason}");

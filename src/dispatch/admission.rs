@@ -1,16 +1,29 @@
 //! Admission: the part of `enqueue` that runs on the caller's thread.
 //!
-//! It must cost about a channel send, so it only reads a shared map under a
-//! read lock, checks a few atomics and sends the event to the core's intake.
-//! Encoding and queueing happen later, on the dispatcher's task.
+//! It must cost about a channel send. On the common path an event of an
+//! open webhook with room to spare touches only memory that `enqueue`
+//! callers read and nobody writes (the dispatcher's epoch, the bot's
+//! settings word or a [`BotSender`](super::BotSender)'s copy of it), a lock
+//! shard of the caller's thread, and the intake's ring: nothing is counted
+//! here, the core counts the event when it takes it in.
+//!
+//! A webhook whose room is smaller than the ring ([`RING_CAPACITY`]), or a
+//! dispatcher near its global bound, is *crowded*: its events are counted
+//! here, exactly, against the bounds, and travel by the counted lane. The
+//! core marks a webhook crowded with every `enqueue` shut out and the ring
+//! drained, so no uncounted event of it is left anywhere; the bound is then
+//! exact, and while it is not crowded the ring cannot hold enough of its
+//! events to pass it.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
 
-use super::intake::{IntakeSender, Lane};
+use super::intake::{IntakeSender, RING_CAPACITY};
 use super::metrics::RefusalMetrics;
 use super::outcome::EnqueueOutcome;
 use super::stats::{Counters, Refusal};
@@ -18,22 +31,36 @@ use super::token_hash::TokenMap;
 use crate::config::{Plan, WebhookConfig};
 use crate::event::Event;
 
+/// A webhook's admission settings, in one word that `enqueue` reads at once.
+/// The low bits are the selected event kinds (bit `1 << code`).
+pub(crate) type Settings = u32;
+const SELECTED_KINDS: Settings = (1 << 16) - 1;
+const FREE_PLAN: Settings = 1 << 16;
+const DISABLED: Settings = 1 << 17;
+/// The webhook was removed; a new configuration makes a new gate.
+const REMOVED: Settings = 1 << 18;
+/// Less room than the ring holds: `enqueue` counts this webhook's events.
+const CROWDED: Settings = 1 << 19;
+/// Any of these sends an event down the counted path, which gives the answer.
+const NOT_OPEN: Settings = FREE_PLAN | DISABLED | REMOVED | CROWDED;
+
+/// The dispatcher's state that every `enqueue` reads: two flags and a
+/// generation that changes with any settings word, so that a copy of a word
+/// taken at one epoch is valid exactly while the epoch stays the same.
+pub(crate) type Epoch = u64;
+const CLOSED: Epoch = 1;
+/// Near the global bound: `enqueue` counts every event.
+const GLOBALLY_CROWDED: Epoch = 1 << 1;
+const GENERATION_STEP: Epoch = 1 << 2;
+
 /// The admission settings and live counters of one bot's webhook.
 ///
 /// Lives as long as the webhook is configured; reconfiguring updates it in
 /// place, so counts carry on.
-///
-/// `repr(C)` keeps what `enqueue` reads and writes in the first 48 bytes,
-/// so that an admission touches one or two cache lines, not four.
 #[derive(Debug)]
-#[repr(C)]
 pub(crate) struct Gate {
     pub(crate) bot_token: Arc<str>,
-    selected: AtomicU16,
-    free_plan: AtomicBool,
-    pub(crate) disabled: AtomicBool,
-    /// Set when the bot's webhook is removed; a new configuration makes a new gate.
-    removed: AtomicBool,
+    settings: AtomicU32,
     capacity: AtomicUsize,
     pub(crate) counters: Counters,
 }
@@ -42,10 +69,7 @@ impl Gate {
     pub(crate) fn new(bot_token: Arc<str>, config: &WebhookConfig) -> Gate {
         let gate = Gate {
             bot_token,
-            selected: AtomicU16::new(0),
-            free_plan: AtomicBool::new(false),
-            disabled: AtomicBool::new(false),
-            removed: AtomicBool::new(false),
+            settings: AtomicU32::new(0),
             capacity: AtomicUsize::new(0),
             counters: Counters::default(),
         };
@@ -54,45 +78,140 @@ impl Gate {
     }
 
     /// Takes the settings of `config`; a reconfiguration also re-enables.
+    /// Call with every `enqueue` shut out and the intake drained, so that the
+    /// held count it checks the new capacity against is complete.
     pub(crate) fn apply(&self, config: &WebhookConfig) {
-        let selected = config.events().iter().fold(0u16, |bits, kind| bits | 1 << kind.code());
-        self.selected.store(selected, Ordering::Relaxed);
-        self.free_plan.store(config.plan() == Plan::Free, Ordering::Relaxed);
+        let selected = config.events().iter().fold(0, |bits, kind| bits | 1 << kind.code());
+        let free_plan = if config.plan() == Plan::Free { FREE_PLAN } else { 0 };
         self.capacity.store(config.queue_capacity(), Ordering::Relaxed);
-        self.disabled.store(false, Ordering::Relaxed);
+        let crowded = if self.is_short_of_room() { CROWDED } else { 0 };
+        self.settings.store(selected | free_plan | crowded, Ordering::Release);
     }
 
-    /// Marks the gate as no longer configured; call with the gates' write lock held.
+    pub(crate) fn settings(&self) -> Settings {
+        self.settings.load(Ordering::Acquire)
+    }
+
+    fn set(&self, flag: Settings, on: bool) {
+        if on {
+            self.settings.fetch_or(flag, Ordering::AcqRel);
+        } else {
+            self.settings.fetch_and(!flag, Ordering::AcqRel);
+        }
+    }
+
+    /// Marks the gate as no longer configured; call with every `enqueue` shut out.
     pub(crate) fn retire(&self) {
-        self.removed.store(true, Ordering::Relaxed);
+        self.set(REMOVED, true);
     }
 
-    pub(crate) fn is_removed(&self) -> bool {
-        self.removed.load(Ordering::Relaxed)
+    pub(crate) fn disable(&self) {
+        self.set(DISABLED, true);
     }
 
-    fn selects(&self, event: &Event) -> bool {
-        event.kind().is_some_and(|kind| self.selected.load(Ordering::Relaxed) & (1 << kind.code()) != 0)
+    fn is_crowded(&self) -> bool {
+        self.settings() & CROWDED != 0
+    }
+
+    /// Less room than the ring could hold uncounted: must be crowded.
+    pub(crate) fn is_short_of_room(&self) -> bool {
+        self.held() + RING_CAPACITY as u64 > self.capacity.load(Ordering::Relaxed) as u64
+    }
+
+    /// Room for two rings: crowding can end without flapping back at once.
+    fn has_room_again(&self) -> bool {
+        self.held() + 2 * RING_CAPACITY as u64 <= self.capacity.load(Ordering::Relaxed) as u64
+    }
+
+    fn held(&self) -> u64 {
+        self.counters.held.load(Ordering::Acquire)
+    }
+}
+
+/// Whether a settings word is of a removed webhook's gate (exact in a copy:
+/// removal changes the epoch while every `enqueue` is shut out).
+#[inline]
+pub(crate) fn is_removed(settings: Settings) -> bool {
+    settings & REMOVED != 0
+}
+
+#[inline]
+fn selects(settings: Settings, event: &Event) -> bool {
+    event.kind().is_some_and(|kind| settings & SELECTED_KINDS & (1 << kind.code()) != 0)
+}
+
+/// What a [`BotSender`](super::BotSender) remembers of its gate's settings
+/// word, and the epoch it read it in: valid while the epoch has not changed.
+/// It lives with the sender, among the engine's per-bot state, so the common
+/// path does not read the gate at all.
+#[derive(Debug, Default)]
+pub(crate) struct SeenSettings(AtomicU64);
+
+/// The epoch's bits kept beside a settings word (its low 24 bits).
+const SEEN_EPOCH_BITS: u32 = 40;
+
+impl SeenSettings {
+    /// The gate's settings word as of `epoch`: the copy, or a fresh read.
+    #[inline]
+    pub(crate) fn settings(&self, epoch: Epoch, gate: &Gate) -> Settings {
+        let epoch_bits = epoch & ((1 << SEEN_EPOCH_BITS) - 1);
+        let seen = self.0.load(Ordering::Relaxed);
+        if seen >> 24 == epoch_bits {
+            return (seen & 0xff_ffff) as Settings;
+        }
+        let settings = gate.settings();
+        self.0.store(epoch_bits << 24 | u64::from(settings & 0xff_ffff), Ordering::Relaxed);
+        settings
+    }
+}
+
+impl Clone for SeenSettings {
+    fn clone(&self) -> SeenSettings {
+        SeenSettings(AtomicU64::new(self.0.load(Ordering::Relaxed)))
     }
 }
 
 /// Wakes the dispatcher's task when there is new work it must look at.
 #[derive(Debug, Default)]
 pub(crate) struct Doorbell {
-    rung: AtomicBool,
+    /// Events arrived since the core last began to take in; `enqueue` rings
+    /// only when this was clear, so a stream of events costs one wake-up per
+    /// take-in, not one per event.
+    events: AtomicBool,
+    /// Settings, a flush or a shutdown: look now.
+    work: AtomicBool,
     waker: AtomicWaker,
 }
 
 impl Doorbell {
+    /// Something other than events needs the core's attention.
     pub(crate) fn ring(&self) {
-        self.rung.store(true, Ordering::Release);
+        self.work.store(true, Ordering::Release);
         self.waker.wake();
     }
 
-    /// Ready once the bell has rung since the last time it was answered.
+    /// An event was sent to the intake.
+    #[inline]
+    fn ring_for_events(&self) {
+        // SeqCst: pairs with `take_events`, so an event sent just after a
+        // take-in began either is taken in by it or rings.
+        if !self.events.load(Ordering::SeqCst) && !self.events.swap(true, Ordering::SeqCst) {
+            self.waker.wake();
+        }
+    }
+
+    /// Called by the core as it begins to take in: later events ring again.
+    pub(crate) fn take_events(&self) {
+        if self.events.load(Ordering::Relaxed) {
+            self.events.store(false, Ordering::SeqCst);
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// Ready once there is work or events since the core last looked.
     pub(crate) fn poll_rung(&self, context: &mut Context<'_>) -> Poll<()> {
         self.waker.register(context.waker());
-        if self.rung.swap(false, Ordering::AcqRel) {
+        if self.work.swap(false, Ordering::AcqRel) || self.events.load(Ordering::Acquire) {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -100,15 +219,75 @@ impl Doorbell {
     }
 }
 
+/// Lock shards: `enqueue` read-locks its thread's shard (a cache line that
+/// other threads rarely touch), and whoever must shut every `enqueue` out
+/// write-locks them all. One shared lock would cost every `enqueue` a write
+/// to a line all producers share.
+const READER_SHARDS: usize = 32;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct ReaderShard(RwLock<()>);
+
+/// The shard of the calling thread: threads are spread over the shards in
+/// the order they first enqueue.
+#[inline]
+fn reader_shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX
+        .try_with(|index| {
+            if index.get() == usize::MAX {
+                index.set(NEXT.fetch_add(1, Ordering::Relaxed) % READER_SHARDS);
+            }
+            index.get()
+        })
+        .unwrap_or(0) // A thread being torn down: any shard is correct.
+}
+
+/// The epoch, alone on its cache line: read by every `enqueue`, written
+/// only when settings change.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct EpochCell(AtomicU64);
+
+/// Held while no `enqueue` may be between its checks and its send: by
+/// `configure`, `remove`, `close`, snapshots and crowding. Gives the map.
+pub(crate) struct Exclusive<'a> {
+    _readers: Vec<RwLockWriteGuard<'a, ()>>,
+    gates: RwLockWriteGuard<'a, TokenMap<Arc<Gate>>>,
+}
+
+impl std::ops::Deref for Exclusive<'_> {
+    type Target = TokenMap<Arc<Gate>>;
+    fn deref(&self) -> &Self::Target {
+        &self.gates
+    }
+}
+
+impl std::ops::DerefMut for Exclusive<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.gates
+    }
+}
+
+/// Held by an `enqueue` from its checks to its send.
+pub(crate) type Shared<'a> = RwLockReadGuard<'a, ()>;
+
 /// The shared admission state: configured bots, global bound, intake.
 #[derive(Debug)]
 pub(crate) struct Admission {
+    epoch: EpochCell,
+    readers: Box<[ReaderShard]>,
     gates: RwLock<TokenMap<Arc<Gate>>>,
     intake: IntakeSender,
-    /// Accepted events not yet delivered or dropped, over all webhooks.
+    /// Counted events not yet delivered or dropped, over all webhooks: taken
+    /// in by the core (pending or in flight), or counted by `enqueue` on
+    /// their way.
     pending_total: AtomicUsize,
     max_pending_total: usize,
-    closed: AtomicBool,
     pub(crate) doorbell: Doorbell,
     /// Counts of bots no longer configured, and refusals naming no bot.
     pub(crate) retired: Counters,
@@ -117,37 +296,66 @@ pub(crate) struct Admission {
 
 impl Admission {
     pub(crate) fn new(intake: IntakeSender, max_pending_total: usize) -> Admission {
-        Admission {
+        let admission = Admission {
+            epoch: EpochCell::default(),
+            readers: (0..READER_SHARDS).map(|_| ReaderShard::default()).collect(),
             gates: RwLock::new(TokenMap::default()),
             intake,
             pending_total: AtomicUsize::new(0),
             max_pending_total,
-            closed: AtomicBool::new(false),
             doorbell: Doorbell::default(),
             retired: Counters::default(),
             refusals: RefusalMetrics::new(),
+        };
+        if admission.is_short_of_room() {
+            admission.epoch.0.fetch_or(GLOBALLY_CROWDED, Ordering::AcqRel);
+        }
+        admission
+    }
+
+    /// Shuts every `enqueue` out until the guard drops.
+    pub(crate) fn exclusive(&self) -> Exclusive<'_> {
+        let readers = self.readers.iter().map(|shard| shard.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        Exclusive {
+            _readers: readers.collect(),
+            gates: self.gates.write().unwrap_or_else(|poisoned| poisoned.into_inner()),
         }
     }
 
-    pub(crate) fn read_gates(&self) -> RwLockReadGuard<'_, TokenMap<Arc<Gate>>> {
-        self.gates.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// What an `enqueue` holds from its checks to its send.
+    #[inline]
+    pub(crate) fn shared(&self) -> Shared<'_> {
+        self.readers[reader_shard_index()].0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Holding this guarantees no `enqueue` is between its checks and its send.
-    pub(crate) fn write_gates(&self) -> RwLockWriteGuard<'_, TokenMap<Arc<Gate>>> {
-        self.gates.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    #[inline]
+    pub(crate) fn epoch(&self) -> Epoch {
+        self.epoch.0.load(Ordering::Acquire)
+    }
+
+    /// A settings word changed: every copy of one is stale now.
+    pub(crate) fn settings_changed(&self) {
+        self.epoch.0.fetch_add(GENERATION_STEP, Ordering::AcqRel);
+    }
+
+    fn set_epoch_flag(&self, flag: Epoch, on: bool) {
+        if on {
+            self.epoch.0.fetch_or(flag, Ordering::AcqRel);
+        } else {
+            self.epoch.0.fetch_and(!flag, Ordering::AcqRel);
+        }
     }
 
     pub(crate) fn close(&self) {
-        let _exclusive = self.write_gates();
-        self.closed.store(true, Ordering::Release);
+        let _exclusive = self.exclusive();
+        self.set_epoch_flag(CLOSED, true);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.epoch() & CLOSED != 0
     }
 
-    /// Accepted events not yet delivered or dropped, over all webhooks: pending or in flight.
+    /// Counted events not yet delivered or dropped, over all webhooks: pending or in flight.
     pub(crate) fn held(&self) -> usize {
         self.pending_total.load(Ordering::Relaxed)
     }
@@ -158,14 +366,64 @@ impl Admission {
         self.refusals.refused(refusal);
     }
 
-    /// Events accepted and not yet delivered or dropped, over all webhooks.
-    pub(crate) fn release(&self, events: usize) {
-        self.pending_total.fetch_sub(events, Ordering::Relaxed);
+    /// The core took in events that `enqueue` did not count: counts them
+    /// held against the global bound.
+    pub(crate) fn hold(&self, events: usize) {
+        self.pending_total.fetch_add(events, Ordering::AcqRel);
     }
 
-    /// The whole of `enqueue`: finds the bot's gate, then admits through it.
+    /// Events accepted and not yet delivered or dropped, over all webhooks.
+    pub(crate) fn release(&self, events: usize) {
+        self.pending_total.fetch_sub(events, Ordering::AcqRel);
+    }
+
+    fn is_short_of_room(&self) -> bool {
+        self.held() + RING_CAPACITY > self.max_pending_total
+    }
+
+    /// Whether the global bound or `gate`'s became too close for uncounted
+    /// events; the core then crowds them (see [`crowd`](Self::crowd)).
+    pub(crate) fn needs_crowding(&self, gate: &Gate) -> bool {
+        (!gate.is_crowded() && gate.is_short_of_room())
+            || (self.epoch() & GLOBALLY_CROWDED == 0 && self.is_short_of_room())
+    }
+
+    /// Counts the events of `gates`, and all events if the global bound is
+    /// near, from now on. Call with every `enqueue` shut out and the ring
+    /// drained: no uncounted event of theirs is left anywhere then.
+    pub(crate) fn crowd(&self, gates: &[Arc<Gate>]) {
+        for gate in gates {
+            if gate.is_short_of_room() {
+                gate.set(CROWDED, true);
+            }
+        }
+        if self.is_short_of_room() {
+            self.set_epoch_flag(GLOBALLY_CROWDED, true);
+        }
+        self.settings_changed();
+    }
+
+    /// After `gate`'s held events went down: ends its crowding, and the
+    /// global one, once there is room for two rings again.
+    pub(crate) fn relieve(&self, gate: &Gate) {
+        let mut changed = false;
+        if gate.is_crowded() && gate.has_room_again() {
+            gate.set(CROWDED, false);
+            changed = true;
+        }
+        if self.epoch() & GLOBALLY_CROWDED != 0 && self.held() + 2 * RING_CAPACITY <= self.max_pending_total {
+            self.set_epoch_flag(GLOBALLY_CROWDED, false);
+            changed = true;
+        }
+        if changed {
+            self.settings_changed();
+        }
+    }
+
+    /// The whole of `enqueue` by token: finds the bot's gate, then offers through it.
     pub(crate) fn enqueue(&self, event: Event) -> EnqueueOutcome {
-        let gates = self.read_gates();
+        let _shared = self.shared();
+        let gates = self.gates.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let Some(gate) = event.bot_token().and_then(|token| gates.get(token)) else {
             let refusal = if self.is_closed() { Refusal::Closed } else { Refusal::NoWebhook };
             self.refuse(&self.retired, refusal);
@@ -174,29 +432,70 @@ impl Admission {
                 _ => EnqueueOutcome::NoWebhook,
             };
         };
-        self.admit(gate, event)
+        let epoch = self.epoch();
+        if self.is_open(epoch, gate.settings(), &event) {
+            return self.send_open(gate, event);
+        }
+        self.admit_counted(gate, event)
     }
 
     /// The gate of `bot_token`, if it has a webhook now.
     pub(crate) fn gate(&self, bot_token: &str) -> Option<Arc<Gate>> {
-        self.read_gates().get(bot_token).cloned()
+        self.gates.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(bot_token).cloned()
     }
 
-    /// Checks, bounds, counts and the send to the core, for an event of `gate`'s bot.
+    /// Whether an event of a bot whose settings word as of `epoch` is
+    /// `settings` takes the common path: the webhook is open and selects it,
+    /// nothing is crowded ([`send_open`](Self::send_open) sends it); if not,
+    /// [`admit_counted`](Self::admit_counted) gives the answer.
+    #[inline]
+    pub(crate) fn is_open(&self, epoch: Epoch, settings: Settings, event: &Event) -> bool {
+        epoch & (CLOSED | GLOBALLY_CROWDED) == 0 && settings & NOT_OPEN == 0 && selects(settings, event)
+    }
+
+    /// Sends an event that [`is_open`](Self::is_open) cleared, uncounted
+    /// into the ring; counted after all if the ring is full.
     ///
-    /// The caller holds the gates' read lock and has checked that `gate` is
-    /// still configured, so that `remove` and `close` cannot be between
-    /// their write lock and their drain of the intake.
-    pub(crate) fn admit(&self, gate: &Gate, event: Event) -> EnqueueOutcome {
-        if self.closed.load(Ordering::Acquire) {
+    /// The caller holds [`shared`](Self::shared) since the checks and has
+    /// checked that `gate` is still configured, so that `remove` and `close`
+    /// cannot be between their exclusion and their drain of the intake.
+    #[inline]
+    pub(crate) fn send_open(&self, gate: &Gate, event: Event) -> EnqueueOutcome {
+        match self.intake.send_uncounted(event) {
+            Ok(()) => {
+                self.doorbell.ring_for_events();
+                EnqueueOutcome::Accepted
+            }
+            Err(refused) => self.not_in_ring(gate, refused),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn not_in_ring(&self, gate: &Gate, refused: TrySendError<Event>) -> EnqueueOutcome {
+        match refused {
+            TrySendError::Full(event) => self.admit_counted(gate, event),
+            TrySendError::Disconnected(event) => {
+                self.refuse(&gate.counters, Refusal::Closed);
+                EnqueueOutcome::Closed(event)
+            }
+        }
+    }
+
+    /// Checks, bounds, counts and the send by the counted lane, for an event
+    /// of `gate`'s bot; read fresh, as this path gives every refusal. The
+    /// caller holds [`shared`](Self::shared), as for [`send_open`](Self::send_open).
+    pub(crate) fn admit_counted(&self, gate: &Gate, event: Event) -> EnqueueOutcome {
+        if self.is_closed() {
             self.refuse(&gate.counters, Refusal::Closed);
             return EnqueueOutcome::Closed(event);
         }
-        let refusal = if gate.free_plan.load(Ordering::Relaxed) {
+        let settings = gate.settings();
+        let refusal = if settings & FREE_PLAN != 0 {
             Some((Refusal::FreePlan, EnqueueOutcome::FreePlan))
-        } else if !gate.selects(&event) {
+        } else if !selects(settings, &event) {
             Some((Refusal::NotSelected, EnqueueOutcome::NotSelected))
-        } else if gate.disabled.load(Ordering::Relaxed) {
+        } else if settings & DISABLED != 0 {
             Some((Refusal::WebhookDisabled, EnqueueOutcome::WebhookDisabled))
         } else {
             None
@@ -205,15 +504,24 @@ impl Admission {
             self.refuse(&gate.counters, refusal);
             return outcome;
         }
+        // Up to a ring of uncounted events may be on their way, unless the
+        // bound in question is crowded (the core then drained them all): count
+        // them as held, so the bound is never passed. Only while the ring is
+        // full can that refuse an event a little early, and only for a webhook
+        // within a ring of its bound, which the next take-in crowds anyway.
+        let globally_crowded = self.epoch() & GLOBALLY_CROWDED != 0;
+        let on_their_way = |crowded: bool| if crowded { 0 } else { RING_CAPACITY };
+        let webhook_margin = on_their_way(globally_crowded || settings & CROWDED != 0) as u64;
         // The bound counts the webhook's batch in flight too: `held` includes it.
         let capacity = gate.capacity.load(Ordering::Relaxed) as u64;
         let held_before = gate.counters.held.fetch_add(1, Ordering::AcqRel);
-        if held_before >= capacity {
+        if held_before + webhook_margin >= capacity {
             gate.counters.held.fetch_sub(1, Ordering::AcqRel);
             self.refuse(&gate.counters, Refusal::QueueFull);
             return EnqueueOutcome::QueueFull(event);
         }
-        if self.pending_total.fetch_add(1, Ordering::AcqRel) >= self.max_pending_total {
+        let pending_before = self.pending_total.fetch_add(1, Ordering::AcqRel);
+        if pending_before + on_their_way(globally_crowded) >= self.max_pending_total {
             self.pending_total.fetch_sub(1, Ordering::AcqRel);
             gate.counters.held.fetch_sub(1, Ordering::AcqRel);
             self.refuse(&gate.counters, Refusal::QueueFull);
@@ -221,21 +529,15 @@ impl Admission {
         }
         gate.counters.accepted.fetch_add(1, Ordering::Relaxed);
         // Only the event travels: the core finds its webhook by token, off this thread.
-        let lane = match self.intake.send(event) {
-            Ok(lane) => lane,
-            Err(returned) => {
-                // The core is gone: undo, and hand the event back.
-                gate.counters.accepted.fetch_sub(1, Ordering::Relaxed);
-                gate.counters.held.fetch_sub(1, Ordering::AcqRel);
-                self.pending_total.fetch_sub(1, Ordering::AcqRel);
-                self.refuse(&gate.counters, Refusal::Closed);
-                return EnqueueOutcome::Closed(returned);
-            }
-        };
-        if held_before == 0 || lane == Lane::Overflow {
-            // The webhook was idle (nothing queued, no call), or the ring is full: the core must take in.
-            self.doorbell.ring();
+        if let Err(returned) = self.intake.send_counted(event) {
+            // The core is gone: undo, and hand the event back.
+            gate.counters.accepted.fetch_sub(1, Ordering::Relaxed);
+            gate.counters.held.fetch_sub(1, Ordering::AcqRel);
+            self.pending_total.fetch_sub(1, Ordering::AcqRel);
+            self.refuse(&gate.counters, Refusal::Closed);
+            return EnqueueOutcome::Closed(returned);
         }
+        self.doorbell.ring_for_events();
         EnqueueOutcome::Accepted
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::admission::{Admission, Gate};
+use super::admission::{self, Admission, Gate, SeenSettings};
 use super::dispatcher::Dispatcher;
 use super::outcome::EnqueueOutcome;
 use crate::event::Event;
@@ -54,6 +54,8 @@ enum Route {
         admission: Arc<Admission>,
         /// The bot's gate when the sender was made; `None` if it had no webhook then.
         gate: Option<Arc<Gate>>,
+        /// The gate's settings as last read, so the common path reads only the sender.
+        seen: SeenSettings,
     },
     /// Through another dispatcher's `enqueue`.
     Dispatcher(Arc<dyn Dispatcher>),
@@ -64,7 +66,8 @@ impl BotSender {
         let gate = admission.gate(bot_token);
         // Its own copy, not the gate's: it lives with the engine's per-bot state,
         // so checking an event's token reads memory the engine has at hand.
-        BotSender { bot_token: Arc::from(bot_token), route: Route::Admission { admission, gate } }
+        let route = Route::Admission { admission, gate, seen: SeenSettings::default() };
+        BotSender { bot_token: Arc::from(bot_token), route }
     }
 
     /// A sender for `bot_token` that enqueues through `dispatcher`: how a
@@ -92,30 +95,45 @@ impl BotSender {
     /// Offers `event` to the bot's webhook; see [`EnqueueOutcome`].
     ///
     /// Never blocks and never panics.
+    #[inline]
     pub fn enqueue(&self, event: Event) -> EnqueueOutcome {
-        let (admission, gate) = match &self.route {
-            Route::Admission { admission, gate } => (admission, gate),
-            Route::Dispatcher(dispatcher) => return dispatcher.enqueue(event),
-        };
-        match gate {
-            Some(gate) if self.is_own(&event) => {
-                // The read lock, as on the token path: `remove` and `close` take
-                // the write lock and then drain the intake, so no event can
-                // slip in after them (it would be neither handed back nor counted).
-                let consistent = admission.read_gates();
-                if gate.is_removed() {
-                    drop(consistent);
+        // The common path, checked by reference so that the event moves once, into the intake.
+        if let Route::Admission { admission, gate: Some(gate), seen } = &self.route {
+            if self.is_own(&event) {
+                // Held from the checks to the send, as on the token path: `remove`
+                // and `close` shut every `enqueue` out and then drain the intake,
+                // so no event can slip in after them (it would be neither handed
+                // back nor counted).
+                let _shared = admission.shared();
+                let epoch = admission.epoch();
+                if admission.is_open(epoch, seen.settings(epoch, gate), &event) {
+                    return admission.send_open(gate, event);
+                }
+            }
+        }
+        self.enqueue_otherwise(event)
+    }
+
+    /// Everything but the common path: refusals, counted admission, another
+    /// bot's event, a removed webhook, another dispatcher.
+    #[inline(never)]
+    fn enqueue_otherwise(&self, event: Event) -> EnqueueOutcome {
+        match &self.route {
+            Route::Dispatcher(dispatcher) => dispatcher.enqueue(event),
+            Route::Admission { admission, gate: Some(gate), seen } if self.is_own(&event) => {
+                let shared = admission.shared();
+                if admission::is_removed(seen.settings(admission.epoch(), gate)) {
+                    drop(shared);
                     return admission.enqueue(event);
                 }
-                let outcome = admission.admit(gate, event);
-                drop(consistent);
-                outcome
+                admission.admit_counted(gate, event)
             }
-            _ => admission.enqueue(event),
+            Route::Admission { admission, .. } => admission.enqueue(event),
         }
     }
 
     /// Whether `event` is of this sender's bot: usually the same shared token.
+    #[inline]
     fn is_own(&self, event: &Event) -> bool {
         match event.origin() {
             Some(origin) => Arc::ptr_eq(&origin.bot_token, &self.bot_token) || *origin.bot_token == *self.bot_token,

@@ -23,12 +23,10 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use super::admission::{Admission, Gate};
 use super::bot_sender::BotSender;
 use super::endpoint::{Endpoint, TokenKey};
-use super::intake::{self, IntakeReceiver};
+use super::intake::{self, IntakeReceiver, Lane};
 use super::metrics::CoreMetrics;
 use super::outcome::{CallOutcome, CallRecord, DroppedEvents, EnqueueOutcome};
-use super::stats::{
-    CallCounts, Counters, DispatcherStats, DropReason, EventCounts, StalledWebhook, WebhookState, WebhookStats,
-};
+use super::stats::{CallCounts, DispatcherStats, DropReason, EventCounts, StalledWebhook, WebhookState, WebhookStats};
 use super::store::{array_length, WebhookStore};
 use super::token_hash::BuildTokenHasher;
 use crate::alert::WebhookDisabledAlert;
@@ -372,8 +370,9 @@ impl DispatchCore {
     pub fn configure(&mut self, config: WebhookConfig) {
         let now = self.clock.now();
         let admission = Arc::clone(&self.admission);
-        let mut gates = admission.write_gates();
-        self.drain_intake();
+        let mut gates = admission.exclusive();
+        // Complete held counts for the capacity the gate checks the new settings against.
+        self.take_in_shut_out();
         let token = config.shared_bot_token();
         let anchor = now + phase(&token, config.push_interval());
         let (key, endpoint) = Endpoint::new(&config);
@@ -410,6 +409,7 @@ impl DispatchCore {
                 self.webhooks.insert(key, Box::new(webhook));
             }
         }
+        admission.settings_changed();
         drop(gates);
         self.settle(&token, now, Settled::Reconfigured);
         self.publish_gauges();
@@ -420,12 +420,13 @@ impl DispatchCore {
     /// abandoned: its events are returned too, and may also arrive.
     pub fn remove(&mut self, bot_token: &str) -> Vec<Event> {
         let admission = Arc::clone(&self.admission);
-        let mut gates = admission.write_gates();
+        let mut gates = admission.exclusive();
         if let Some(gate) = gates.remove(bot_token) {
             gate.retire();
+            admission.settings_changed();
         }
         // No enqueue is mid-way now, so the intake holds every event this bot will get.
-        self.drain_intake();
+        self.take_in_shut_out();
         drop(gates);
         let Some(mut webhook) = self.webhooks.remove(bot_token.as_bytes()) else {
             return Vec::new();
@@ -541,6 +542,7 @@ impl DispatchCore {
             webhook.gate.counters.release_delivered(events as u64);
             webhook.calls.delivered += events as u64;
             self.admission.release(events);
+            self.admission.relieve(&webhook.gate);
             webhook.store.failures_in_row = 0;
             if webhook.flush_remaining > 0 {
                 webhook.flush_remaining = webhook.flush_remaining.saturating_sub(events);
@@ -677,10 +679,13 @@ impl DispatchCore {
     }
 
     /// A snapshot of one bot's webhook. It balances (see [`EventCounts`]):
-    /// it waits for any `enqueue` half-way through its counting.
-    pub fn webhook_stats(&self, bot_token: &str) -> Option<WebhookStats> {
-        // `enqueue` raises two counters under the read lock; the core moves events only under `&mut self`.
-        let _no_enqueue_half_way = self.admission.write_gates();
+    /// it waits for any `enqueue` half-way through, and counts every event
+    /// accepted so far (it takes in what waits in the intake).
+    pub fn webhook_stats(&mut self, bot_token: &str) -> Option<WebhookStats> {
+        // `enqueue` raises two counters while shared; the core moves events only under `&mut self`.
+        let admission = Arc::clone(&self.admission);
+        let _no_enqueue_half_way = admission.exclusive();
+        self.take_in_shut_out();
         self.webhooks.get(bot_token.as_bytes()).map(|webhook| WebhookStats {
             bot_token: bot_token.to_owned(),
             state: webhook.state(),
@@ -690,8 +695,10 @@ impl DispatchCore {
         })
     }
 
-    /// The webhooks that still hold undelivered events, with their last failure.
-    pub fn stalled_webhooks(&self) -> Vec<StalledWebhook> {
+    /// The webhooks that still hold undelivered events, with their last
+    /// failure (after taking in what waits in the intake).
+    pub fn stalled_webhooks(&mut self) -> Vec<StalledWebhook> {
+        self.drain_intake();
         let mut stalled: Vec<StalledWebhook> = self
             .webhooks
             .values()
@@ -711,10 +718,13 @@ impl DispatchCore {
 
     /// A snapshot of every webhook, in total (including removed ones). It
     /// balances (see [`EventCounts`]): it waits for any `enqueue` half-way
-    /// through its counting.
-    pub fn stats(&self) -> DispatcherStats {
+    /// through, and counts every event accepted so far (it takes in what
+    /// waits in the intake).
+    pub fn stats(&mut self) -> DispatcherStats {
         // As in `webhook_stats`.
-        let _no_enqueue_half_way = self.admission.write_gates();
+        let admission = Arc::clone(&self.admission);
+        let _no_enqueue_half_way = admission.exclusive();
+        self.take_in_shut_out();
         let mut totals: EventCounts = self.admission.retired.snapshot();
         for webhook in self.webhooks.values() {
             totals.add(&webhook.counts());
@@ -738,26 +748,67 @@ impl DispatchCore {
         self.take_in(INTAKE_SHARE);
     }
 
+    /// Takes in up to `limit` events; then crowds the webhooks that came too
+    /// near their bound, with every `enqueue` shut out for that moment.
+    fn take_in(&mut self, limit: usize) {
+        let mut crowding = Vec::new();
+        self.take_in_events(limit, &mut crowding);
+        if !crowding.is_empty() {
+            let admission = Arc::clone(&self.admission);
+            let _exclusive = admission.exclusive();
+            self.take_in_events(usize::MAX, &mut crowding);
+            admission.crowd(&crowding);
+        }
+    }
+
+    /// Takes in every event, crowding as needed; the caller has every
+    /// `enqueue` shut out (see [`Admission::exclusive`]).
+    fn take_in_shut_out(&mut self) {
+        let mut crowding = Vec::new();
+        self.take_in_events(usize::MAX, &mut crowding);
+        if !crowding.is_empty() {
+            self.admission.crowd(&crowding);
+        }
+    }
+
     /// Moves up to `limit` accepted events from the intake into their
     /// webhooks' queues, encoding them once here, off the callers' threads.
-    fn take_in(&mut self, limit: usize) {
+    /// Counts the events `enqueue` did not, and adds to `crowding` the gates
+    /// (with no uncounted events left once the ring is drained with every
+    /// `enqueue` shut out) that now have too little room for uncounted events.
+    fn take_in_events(&mut self, limit: usize, crowding: &mut Vec<Arc<Gate>>) {
         let now = self.clock.now();
+        self.admission.doorbell.take_events();
         // One arrival time per take-in: the events taken in together share a run in each queue.
         let arrival = self.metrics.arrival(now);
         let mut encoded = Vec::new();
         let mut taken = 0;
         while taken < limit {
-            let Some(event) = self.intake.try_recv() else { break };
+            let Some((event, lane)) = self.intake.try_recv() else { break };
             taken += 1;
             let webhook = event.bot_token().and_then(|token| self.webhooks.get_mut(token.as_bytes()));
             let Some(webhook) = webhook else {
                 // Unreachable by the locking protocol of `remove`, which counted
                 // the event as pending among the retired counts; never lost silently.
-                count_dropped(&self.admission, &self.metrics, &self.admission.retired, 1, DropReason::Removed);
+                if lane == Lane::Uncounted {
+                    self.admission.retired.accept_held(1);
+                    self.admission.hold(1);
+                }
+                self.admission.retired.held_to_dropped(1, DropReason::Removed);
+                self.admission.release(1);
+                self.metrics.dropped(DropReason::Removed, 1);
                 continue;
             };
             // Borrowed, not cloned: a clone would write the gate's cache line, which `enqueue` reads.
             let gate = &webhook.gate;
+            if lane == Lane::Uncounted {
+                gate.counters.accept_held(1);
+                self.admission.hold(1);
+                let already = crowding.last().is_some_and(|last| Arc::ptr_eq(last, gate));
+                if !already && self.admission.needs_crowding(gate) {
+                    crowding.push(Arc::clone(gate));
+                }
+            }
             let drop_reason = if webhook.store.disabled {
                 Some(DropReason::Disabled)
             } else if webhook.config.plan() == Plan::Free {
@@ -768,7 +819,7 @@ impl DispatchCore {
                 (array_length(1, encoded.len()) > webhook.config.max_batch_bytes()).then_some(DropReason::TooLarge)
             };
             if let Some(reason) = drop_reason {
-                count_dropped(&self.admission, &self.metrics, &gate.counters, 1, reason);
+                count_dropped(&self.admission, &self.metrics, gate, 1, reason);
                 push_dropped(&mut self.notices, &gate.bot_token, reason, vec![event]);
                 continue;
             }
@@ -817,8 +868,7 @@ impl DispatchCore {
             let events = webhook.store.take_waiting();
             let count = events.len();
             if count > 0 {
-                let counters = &webhook.gate.counters;
-                count_dropped(&self.admission, &self.metrics, counters, count, DropReason::Reconfigured);
+                count_dropped(&self.admission, &self.metrics, &webhook.gate, count, DropReason::Reconfigured);
                 let decoded = decode(&events);
                 push_dropped(&mut self.notices, token, DropReason::Reconfigured, decoded);
             }
@@ -848,7 +898,8 @@ impl DispatchCore {
         let wall_time = self.clock.wall_time();
         let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { return };
         webhook.store.disabled = true;
-        webhook.gate.disabled.store(true, std::sync::atomic::Ordering::Relaxed);
+        webhook.gate.disable();
+        self.admission.settings_changed();
         self.disabled_webhooks += 1;
         self.metrics.webhook_disabled();
         webhook.scheduled = None;
@@ -862,7 +913,7 @@ impl DispatchCore {
         };
         let events = webhook.store.take_all();
         let count = events.len();
-        count_dropped(&self.admission, &self.metrics, &webhook.gate.counters, count, DropReason::Disabled);
+        count_dropped(&self.admission, &self.metrics, &webhook.gate, count, DropReason::Disabled);
         if count > 0 {
             push_dropped(&mut self.notices, token, DropReason::Disabled, decode(&events));
         }
@@ -871,16 +922,17 @@ impl DispatchCore {
 
     fn take_all_events(&mut self, webhook: &mut Webhook, reason: DropReason) -> Vec<Event> {
         let events = webhook.store.take_all();
-        count_dropped(&self.admission, &self.metrics, &webhook.gate.counters, events.len(), reason);
+        count_dropped(&self.admission, &self.metrics, &webhook.gate, events.len(), reason);
         decode(&events)
     }
 }
 
-/// Counts `events` held by `counters` as dropped for `reason`: in the
-/// stats, against the global bound and in the metrics.
-fn count_dropped(admission: &Admission, metrics: &CoreMetrics, counters: &Counters, events: usize, reason: DropReason) {
-    counters.held_to_dropped(events as u64, reason);
+/// Counts `events` held by `gate` as dropped for `reason`: in the stats,
+/// against the bounds and in the metrics.
+fn count_dropped(admission: &Admission, metrics: &CoreMetrics, gate: &Gate, events: usize, reason: DropReason) {
+    gate.counters.held_to_dropped(events as u64, reason);
     admission.release(events);
+    admission.relieve(gate);
     metrics.dropped(reason, events);
 }
 

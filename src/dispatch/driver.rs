@@ -239,7 +239,7 @@ impl WebhookDispatcher {
             Either::Left((result, _)) => result.is_ok(),
             Either::Right(_) => false,
         };
-        let core = self.shared.lock_core();
+        let mut core = self.shared.lock_core();
         let totals = core.stats().totals;
         let pending = totals.pending + totals.in_flight;
         if !completed {

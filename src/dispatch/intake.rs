@@ -1,70 +1,84 @@
 //! The intake: how accepted events travel from `enqueue` callers to the core.
 //!
-//! A preallocated ring (std's bounded channel, the same algorithm as
-//! crossbeam's) carries events while the core keeps up: a send there costs
-//! about what a bare channel send costs. When a burst fills the ring, events
-//! go to an unbounded overflow channel instead, which allocates as it grows,
-//! so `enqueue` never blocks and never refuses an event the bounds allow.
-//! Memory stays bounded by the dispatcher's pending-event bounds, which
-//! admission checks before sending. The core reads the ring first, so during
-//! an overflow events may be taken in out of order, which the platform
-//! allows ("delivery might differ from execution order").
+//! Two lanes, std's channels. The ring, preallocated (std's bounded
+//! channel, the same algorithm as crossbeam's: crossbeam's own `try_send`
+//! copies the 208-byte event once more on its way), carries events that `enqueue` did not count:
+//! a send there is the whole cost of an accepted event, and the core counts
+//! the event when it takes it in. The counted lane, an unbounded channel,
+//! carries events that `enqueue` counted against the bounds itself: those
+//! of a webhook near its queue bound (or of a dispatcher near its global
+//! one), where the answer must be exact, and those that found the ring full
+//! during a burst. The ring holds at most [`RING_CAPACITY`] events, so the
+//! uncounted ones never exceed that margin, and admission switches a
+//! webhook to counting while its room is smaller (see
+//! [`Admission`](super::admission::Admission)). The core reads the ring
+//! first, so events may be taken in out of order across lanes, which the
+//! platform allows ("delivery might differ from execution order").
 
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 
 use crate::event::Event;
 
-/// Events the ring holds before the overflow takes over: about 850 KB of
-/// `Event`s, allocated once, more than the core takes in per poll.
-pub(crate) const RING_CAPACITY: usize = 4096;
+/// Events the ring holds: about 210 KB of `Event`s, allocated once, as
+/// many as the core takes in per poll. Also the margin of room below which a
+/// webhook's events are counted by `enqueue` (see the module docs); a
+/// smaller ring keeps that margin, and the ring's share of the cache, small.
+pub(crate) const RING_CAPACITY: usize = 1024;
 
-/// Where a sent event went.
+/// Which lane an event came by: whether `enqueue` counted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lane {
-    Ring,
-    Overflow,
+    /// The ring: not counted yet; the core counts it at take-in.
+    Uncounted,
+    /// Counted against the bounds by `enqueue`.
+    Counted,
 }
 
 /// The callers' end; cheap to share between threads.
 #[derive(Debug)]
 pub(crate) struct IntakeSender {
     ring: SyncSender<Event>,
-    overflow: Sender<Event>,
+    counted: Sender<Event>,
 }
 
 /// The core's end.
 #[derive(Debug)]
 pub(crate) struct IntakeReceiver {
     ring: Receiver<Event>,
-    overflow: Receiver<Event>,
+    counted: Receiver<Event>,
 }
 
 /// A new intake whose ring holds `ring_capacity` events.
 pub(crate) fn intake(ring_capacity: usize) -> (IntakeSender, IntakeReceiver) {
     let (ring_sender, ring) = mpsc::sync_channel(ring_capacity);
-    let (overflow_sender, overflow) = mpsc::channel();
-    (IntakeSender { ring: ring_sender, overflow: overflow_sender }, IntakeReceiver { ring, overflow })
+    let (counted_sender, counted) = mpsc::channel();
+    (IntakeSender { ring: ring_sender, counted: counted_sender }, IntakeReceiver { ring, counted })
 }
 
 impl IntakeSender {
-    /// Sends `event` without blocking; hands it back if the core is gone.
-    // The event travels by value, as in std's `SendError`; boxing it would allocate on the hot path.
+    /// Sends an event `enqueue` did not count, without blocking; a full
+    /// ring or a gone core hands it back. The channel's own error, unmapped:
+    /// each layer a 208-byte event passes through can cost a copy of it.
+    #[inline]
     #[allow(clippy::result_large_err)]
-    pub(crate) fn send(&self, event: Event) -> Result<Lane, Event> {
-        match self.ring.try_send(event) {
-            Ok(()) => Ok(Lane::Ring),
-            Err(TrySendError::Full(event)) => {
-                self.overflow.send(event).map(|()| Lane::Overflow).map_err(|error| error.0)
-            }
-            Err(TrySendError::Disconnected(event)) => Err(event),
-        }
+    pub(crate) fn send_uncounted(&self, event: Event) -> Result<(), TrySendError<Event>> {
+        self.ring.try_send(event)
+    }
+
+    /// Sends an event `enqueue` counted; hands it back if the core is gone.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn send_counted(&self, event: Event) -> Result<(), Event> {
+        self.counted.send(event).map_err(|error| error.0)
     }
 }
 
 impl IntakeReceiver {
-    /// The next waiting event, if any.
-    pub(crate) fn try_recv(&self) -> Option<Event> {
-        self.ring.try_recv().or_else(|_| self.overflow.try_recv()).ok()
+    /// The next waiting event, if any, and the lane it came by.
+    pub(crate) fn try_recv(&self) -> Option<(Event, Lane)> {
+        match self.ring.try_recv() {
+            Ok(event) => Some((event, Lane::Uncounted)),
+            Err(_) => self.counted.try_recv().ok().map(|event| (event, Lane::Counted)),
+        }
     }
 }
 
@@ -82,18 +96,24 @@ mod tests {
     }
 
     #[test]
-    fn a_full_ring_overflows_and_nothing_is_lost() {
+    fn a_full_ring_refuses_and_the_counted_lane_takes_the_rest() {
         let (sender, receiver) = intake(2);
-        let lanes: Vec<Lane> = (0..5).map(|number| sender.send(event(number)).expect("core alive")).collect();
-        assert_eq!(lanes, [Lane::Ring, Lane::Ring, Lane::Overflow, Lane::Overflow, Lane::Overflow]);
-        let received: Vec<Event> = std::iter::from_fn(|| receiver.try_recv()).collect();
-        assert_eq!(received, (0..5).map(event).collect::<Vec<_>>());
+        assert!(sender.send_uncounted(event(0)).is_ok());
+        assert!(sender.send_uncounted(event(1)).is_ok());
+        let Err(TrySendError::Full(third)) = sender.send_uncounted(event(2)) else { panic!("the ring holds two") };
+        sender.send_counted(third).expect("core alive");
+        let received: Vec<(Event, Lane)> = std::iter::from_fn(|| receiver.try_recv()).collect();
+        let expected = vec![(event(0), Lane::Uncounted), (event(1), Lane::Uncounted), (event(2), Lane::Counted)];
+        assert_eq!(received, expected);
     }
 
     #[test]
     fn a_gone_core_hands_the_event_back() {
         let (sender, receiver) = intake(1);
         drop(receiver);
-        assert_eq!(sender.send(event(7)), Err(event(7)));
+        assert!(
+            matches!(sender.send_uncounted(event(7)), Err(TrySendError::Disconnected(returned)) if returned == event(7))
+        );
+        assert_eq!(sender.send_counted(event(8)), Err(event(8)));
     }
 }

@@ -146,6 +146,13 @@ impl Counters {
         add(&self.refused[refusal as usize], 1);
     }
 
+    /// Events accepted and not yet delivered or dropped: counted by the core
+    /// as it takes in events that `enqueue` sent uncounted.
+    pub(crate) fn accept_held(&self, events: u64) {
+        add(&self.accepted, events);
+        add(&self.held, events);
+    }
+
     /// Held events were delivered (the core counts them as delivered).
     pub(crate) fn release_delivered(&self, events: u64) {
         subtract(&self.held, events);

@@ -123,7 +123,7 @@ impl Harness {
         }
     }
 
-    pub fn check_balance(&self) {
+    pub fn check_balance(&mut self) {
         let totals = self.core.stats().totals;
         assert!(totals.is_balanced(), "accepted != delivered + pending + in flight + dropped: {totals:?}");
     }
