@@ -146,45 +146,38 @@ impl CrateSide {
     }
 
     fn round(&mut self, events: &Arc<Vec<Event>>, producers: &Producers, through_senders: bool) -> Duration {
-        let jobs: Vec<Job> =
-            shares(events.len(), producers.count())
-                .into_iter()
-                .map(|range| {
-                    let events = Arc::clone(events);
-                    let sender_of = Arc::clone(&self.sender_of);
-                    let enqueuer = self.enqueuer.clone();
-                    let senders = Arc::clone(&self.senders);
-                    Box::new(move || {
-                        let share: Vec<(Event, usize)> =
-                            events[range.clone()].iter().cloned().zip(sender_of[range].iter().copied()).collect();
-                        if through_senders {
-                            // The engine has each bot's state at hand when it builds the bot's
-                            // event: its sender and the bot token it holds (not the dispatcher's data).
-                            for &(_, sender) in &share {
-                                std::hint::black_box(senders[sender].bot_token().as_bytes().first());
-                            }
-                        }
-                        Box::new(move || {
-                            share
-                                .into_iter()
-                                .map(|(event, sender)| {
-                                    if through_senders {
-                                        senders[sender].enqueue(event)
-                                    } else {
-                                        enqueuer.enqueue(event)
-                                    }
-                                })
-                                .filter(EnqueueOutcome::is_accepted)
-                                .count()
-                        }) as Timed
-                    }) as Job
-                })
-                .collect();
+        let jobs: Vec<Job> = shares(events.len(), producers.count())
+            .into_iter()
+            .map(|range| {
+                let events = Arc::clone(events);
+                let sender_of = Arc::clone(&self.sender_of);
+                let enqueuer = self.enqueuer.clone();
+                let senders = Arc::clone(&self.senders);
+                Box::new(move || {
+                    let share = prepare_share(&events, &sender_of, &senders, range, through_senders);
+                    Box::new(move || send_share(share, &enqueuer, &senders, through_senders)) as Timed
+                }) as Job
+            })
+            .collect();
         let (time, accepted) = producers.run(jobs);
         assert_eq!(accepted, events.len(), "every event accepted");
         self.rounds += 1;
         self.settle(self.rounds.is_multiple_of(DELIVER_EVERY));
         time
+    }
+
+    /// The first `count` events sent by this thread, only the sends counted
+    /// by callgrind (the share is prepared before, the intake drained after).
+    fn counted_run(&mut self, events: &[Event], count: usize, through_senders: bool) {
+        let mut share = Some(prepare_share(events, &self.sender_of, &self.senders, 0..count, through_senders));
+        let mut accepted = 0;
+        support::callgrind::counted(&mut || {
+            if let Some(share) = share.take() {
+                accepted = send_share(share, &self.enqueuer, &self.senders, through_senders);
+            }
+        });
+        assert_eq!(accepted, count, "every event accepted");
+        self.settle(false);
     }
 
     /// Drains the intake into the queues; when `deliver`, also delivers everything.
@@ -221,9 +214,7 @@ impl ChannelSide {
                 let sender = self.sender.clone();
                 Box::new(move || {
                     let share = events[range].to_vec();
-                    Box::new(move || {
-                        share.into_iter().map(|event| sender.send(event).is_ok()).filter(|&sent| sent).count()
-                    }) as Timed
+                    Box::new(move || send_to_channel(share, &sender)) as Timed
                 }) as Job
             })
             .collect();
@@ -232,6 +223,87 @@ impl ChannelSide {
         while self.receiver.try_recv().is_ok() {}
         time
     }
+
+    /// Like [`CrateSide::counted_run`].
+    fn counted_run(&mut self, events: &[Event], count: usize) {
+        let mut share = Some(events[..count].to_vec());
+        let mut sent = 0;
+        support::callgrind::counted(&mut || {
+            if let Some(share) = share.take() {
+                sent = send_to_channel(share, &self.sender);
+            }
+        });
+        assert_eq!(sent, count, "every event sent");
+        while self.receiver.try_recv().is_ok() {}
+    }
+}
+
+/// A producer's share of a round, each event with its bot's sender, cloned
+/// on the producer's thread.
+fn prepare_share(
+    events: &[Event],
+    sender_of: &[usize],
+    senders: &[BotSender],
+    range: std::ops::Range<usize>,
+    through_senders: bool,
+) -> Vec<(Event, usize)> {
+    let share: Vec<(Event, usize)> =
+        events[range.clone()].iter().cloned().zip(sender_of[range].iter().copied()).collect();
+    if through_senders {
+        // The engine has each bot's state at hand when it builds the bot's
+        // event: its sender and the bot token it holds (not the dispatcher's data).
+        for &(_, sender) in &share {
+            std::hint::black_box(senders[sender].bot_token().as_bytes().first());
+        }
+    }
+    share
+}
+
+/// The timed part of the crate's side: returns how many events were accepted.
+fn send_share(share: Vec<(Event, usize)>, enqueuer: &Enqueuer, senders: &[BotSender], through_senders: bool) -> usize {
+    share
+        .into_iter()
+        .map(|(event, sender)| if through_senders { senders[sender].enqueue(event) } else { enqueuer.enqueue(event) })
+        .filter(EnqueueOutcome::is_accepted)
+        .count()
+}
+
+/// The timed part of the baseline: returns how many events were sent.
+fn send_to_channel(share: Vec<Event>, sender: &crossbeam_channel::Sender<Event>) -> usize {
+    share.into_iter().map(|event| sender.send(event).is_ok()).filter(|&sent| sent).count()
+}
+
+/// Instructions per event of the three ways in, 1 producer: under valgrind
+/// threads run one at a time, so 2 producers would count the same work.
+fn count_instructions(
+    crate_side: &mut CrateSide,
+    channel_side: &mut ChannelSide,
+    events: &[Event],
+) -> support::callgrind::Counts {
+    let crate_side = std::cell::RefCell::new(crate_side);
+    let plan = support::callgrind::Plan { unit: "event", events_per_unit: 1, small: ROUND / 10, large: ROUND };
+    let counts = support::callgrind::count(
+        "enqueue",
+        plan,
+        vec![
+            support::callgrind::Routine {
+                id: "eventhook_10k_webhooks/1_producers",
+                run: Box::new(|count| crate_side.borrow_mut().counted_run(events, count, false)),
+            },
+            support::callgrind::Routine {
+                id: "eventhook_bot_senders_10k_webhooks/1_producers",
+                run: Box::new(|count| crate_side.borrow_mut().counted_run(events, count, true)),
+            },
+            support::callgrind::Routine {
+                id: "crossbeam_bounded_send/1_producers",
+                run: Box::new(|count| channel_side.counted_run(events, count)),
+            },
+        ],
+    );
+    if matches!(counts, support::callgrind::Counts::Measured { .. }) {
+        println!("(1 producer only: under valgrind threads run one at a time)");
+    }
+    counts
 }
 
 fn main() {
@@ -240,6 +312,7 @@ fn main() {
     let mut crate_side = CrateSide::new();
     crate_side.pair_senders(&events);
     let mut channel_side = ChannelSide::new();
+    let instructions = count_instructions(&mut crate_side, &mut channel_side, &events);
     let mut ratios = Vec::new();
 
     for threads in [1, 2] {
@@ -300,17 +373,18 @@ fn main() {
             "token" => format!("eventhook_10k_webhooks/{threads}_producers"),
             _ => format!("eventhook_bot_senders_10k_webhooks/{threads}_producers"),
         };
-        let criterion_detail = support::criterion_ratio_detail(
-            "enqueue",
-            &crate_id,
-            &format!("crossbeam_bounded_send/{threads}_producers"),
-        );
+        let baseline_id = format!("crossbeam_bounded_send/{threads}_producers");
+        let criterion_detail = support::criterion_ratio_detail("enqueue", &crate_id, &baseline_id);
+        let instructions = match threads {
+            1 => instructions.detail(&crate_id, &baseline_id, false),
+            _ => "; instructions: counted with 1 producer only".to_owned(),
+        };
         support::report(
             &format!("enqueue/{path}/{threads}_producers"),
             "eventhook time / crossbeam time",
             ratio,
             Goal::AtMost(2.0),
-            &format!("{detail}{criterion_detail}"),
+            &format!("{detail}{criterion_detail}{instructions}"),
         );
     }
 }

@@ -16,6 +16,20 @@ fn main() {
     assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&body).expect("valid JSON").len(), events.len());
     println!("push: {} events, {} bytes", events.len(), body.len());
 
+    let plan = support::callgrind::Plan { unit: "push", events_per_unit: events.len(), small: 1, large: 4 };
+    let instructions = support::callgrind::count(
+        "parse",
+        plan,
+        vec![
+            support::callgrind::Routine::repeating("eventhook_parse_push", || {
+                drop(black_box(eventhook::wire::parse_push(black_box(&body))))
+            }),
+            support::callgrind::Routine::repeating("serde_json_value", || {
+                drop(black_box(serde_json::from_slice::<Vec<serde_json::Value>>(black_box(&body))))
+            }),
+        ],
+    );
+
     let mut criterion = support::criterion();
     {
         let mut group = criterion.benchmark_group("parse");
@@ -40,6 +54,7 @@ fn main() {
         crate_id: "eventhook_parse_push",
         baseline_id: "serde_json_value",
         goal: Goal::AtLeast(2.0),
+        instructions: &instructions,
     }
     .run(
         || drop(black_box(eventhook::wire::parse_push(black_box(&body)))),

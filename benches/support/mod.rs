@@ -5,6 +5,9 @@
 //! all of it.
 #![allow(dead_code)]
 
+pub mod callgrind;
+pub mod serde_wire;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -416,6 +419,8 @@ pub struct SpeedupCheck<'a> {
     pub crate_id: &'a str,
     pub baseline_id: &'a str,
     pub goal: Goal,
+    /// Instructions per push of both sides, under the same ids.
+    pub instructions: &'a callgrind::Counts,
 }
 
 impl SpeedupCheck<'_> {
@@ -426,16 +431,19 @@ impl SpeedupCheck<'_> {
             start.elapsed()
         };
         let (ours, theirs) = interleaved(20, 200, || once(&mut crate_side), || once(&mut baseline));
-        let (ratio, criterion_detail) = match self.goal {
-            Goal::AtLeast(_) => (
+        let faster = matches!(self.goal, Goal::AtLeast(_));
+        let (ratio, criterion_detail) = if faster {
+            (
                 theirs.as_secs_f64() / ours.as_secs_f64(),
                 criterion_ratio_detail(self.group, self.baseline_id, self.crate_id),
-            ),
-            Goal::AtMost(_) | Goal::Reported => (
+            )
+        } else {
+            (
                 ours.as_secs_f64() / theirs.as_secs_f64(),
                 criterion_ratio_detail(self.group, self.crate_id, self.baseline_id),
-            ),
+            )
         };
+        let instructions = self.instructions.detail(self.crate_id, self.baseline_id, faster);
         println!();
         report(
             self.name,
@@ -443,7 +451,7 @@ impl SpeedupCheck<'_> {
             ratio,
             self.goal,
             &format!(
-                "{:.1} µs vs {:.1} µs per push{criterion_detail}",
+                "{:.1} µs vs {:.1} µs per push{criterion_detail}{instructions}",
                 ours.as_secs_f64() * 1e6,
                 theirs.as_secs_f64() * 1e6
             ),
