@@ -424,6 +424,18 @@ fn main() {
         "end_to_end: {WEBHOOKS} webhooks, {EVENTS} events ({:.1} MB encoded), push interval {PUSH_INTERVAL:?}, concurrency {CONCURRENCY}",
         body_bytes as f64 / 1e6
     );
+    if std::env::var_os("EVENTHOOK_END_TO_END_DISPATCHER_ONLY").is_some() {
+        // For a profiler (see benches/README.md): the dispatcher's runs alone, no report.
+        for _ in 0..=RUNS {
+            let run = bench.run_dispatcher();
+            println!(
+                "dispatcher: {:.0} events/s, CPU {:.3} s",
+                EVENTS as f64 / run.elapsed.as_secs_f64(),
+                run.cpu.as_secs_f64()
+            );
+        }
+        return;
+    }
     // Warm-up (connections, allocator, page faults), then rotate.
     let _ = (bench.run_dispatcher(), bench.run_bare_client(), bench.run_naive_user());
     let mut ours = Vec::new();

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::channel::oneshot;
 use futures::future::{self, BoxFuture, Either};
-use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 
 use super::bot_sender::BotSender;
@@ -74,6 +73,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     /// Woken (under the core lock) when a flush completes.
     flush_waiters: Mutex<Vec<oneshot::Sender<()>>>,
+    /// Results of calls that ended, for the driver to report to the core.
+    ended_calls: Mutex<Vec<CallResult>>,
     stop: AtomicBool,
 }
 
@@ -121,24 +122,23 @@ impl fmt::Debug for WebhookDispatcher {
     }
 }
 
-/// What woke the driver.
-enum Wake {
-    CallsEnded(Vec<(PushId, Result<http::StatusCode, TransportError>)>),
-    Work,
-}
+/// A call's result, as its task hands it to the driver.
+type CallResult = (PushId, Result<http::StatusCode, TransportError>);
 
 async fn drive(shared: Arc<Shared>) {
-    let mut calls: FuturesUnordered<BoxFuture<'static, (PushId, Result<http::StatusCode, TransportError>)>> =
-        FuturesUnordered::new();
     // The timer and the time it is set for; kept while the wake-up time does not change.
     let mut timer: Option<(Instant, BoxFuture<'static, ()>)> = None;
     while !shared.stop.load(Ordering::Acquire) {
         let mut notices = Vec::new();
         let mut flushed = Vec::new();
+        let ended = std::mem::take(&mut *shared.ended_calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         let wake_at = {
             let mut core = shared.lock_core();
+            for (id, result) in ended {
+                core.on_push_result(&id, result);
+            }
             while let Some(push) = core.poll_push() {
-                calls.push(make_call(&shared, push));
+                spawn_call(&shared, push);
             }
             while let Some(notice) = core.poll_notice() {
                 notices.push(notice);
@@ -161,51 +161,46 @@ async fn drive(shared: Arc<Shared>) {
             }
             None => timer = None,
         }
-        let wake = future::poll_fn(|context| {
-            let mut ended = Vec::new();
-            while let Poll::Ready(Some(result)) = calls.poll_next_unpin(context) {
-                ended.push(result);
-            }
-            if !ended.is_empty() {
-                return Poll::Ready(Wake::CallsEnded(ended));
-            }
+        future::poll_fn(|context| {
             if shared.enqueuer.doorbell().poll_rung(context).is_ready() {
-                return Poll::Ready(Wake::Work);
+                return Poll::Ready(());
             }
             if let Some((_, sleep)) = timer.as_mut() {
                 if sleep.poll_unpin(context).is_ready() {
                     timer = None;
-                    return Poll::Ready(Wake::Work);
+                    return Poll::Ready(());
                 }
             }
             Poll::Pending
         })
         .await;
-        if let Wake::CallsEnded(ended) = wake {
-            let mut core = shared.lock_core();
-            for (id, result) in ended {
-                core.on_push_result(&id, result);
-            }
-        }
     }
 }
 
-fn make_call(shared: &Shared, push: Push) -> BoxFuture<'static, (PushId, Result<http::StatusCode, TransportError>)> {
+/// Makes the call on a task of its own, so that it progresses while the
+/// driver takes events in, on whichever thread the runtime has free; its
+/// result goes back to the driver, which the task wakes.
+fn spawn_call(shared: &Arc<Shared>, push: Push) {
     let transport = Arc::clone(&shared.transport);
+    let deadline = shared.runtime.sleep(push.timeout);
+    // Weak: a call still under way when the dispatcher goes does not keep it alive.
+    let driver = Arc::downgrade(shared);
     let Push { id, request, timeout, events } = push;
     #[cfg(feature = "tracing")]
     let bot_token = id.bot_token().to_owned();
-    // The timeout is applied here so that any transport is bounded.
-    let deadline = shared.runtime.sleep(timeout);
     let call = async move {
         let send = transport.send(request);
+        // The timeout is applied here so that any transport is bounded.
         let result = match future::select(send, deadline).await {
             Either::Left((result, _)) => result,
             Either::Right(((), _)) => {
                 Err(TransportError::new(TransportErrorKind::Timeout, format!("no answer within {timeout:?}")))
             }
         };
-        (id, result)
+        if let Some(shared) = driver.upgrade() {
+            shared.ended_calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push((id, result));
+            shared.ring();
+        }
     };
     #[cfg(feature = "tracing")]
     let call = tracing::Instrument::instrument(
@@ -214,7 +209,7 @@ fn make_call(shared: &Shared, push: Push) -> BoxFuture<'static, (PushId, Result<
     );
     #[cfg(not(feature = "tracing"))]
     let _ = events;
-    call.boxed()
+    shared.runtime.spawn(call.boxed());
 }
 
 impl WebhookDispatcher {
@@ -473,6 +468,7 @@ impl WebhookDispatcherBuilder {
             observer: self.observer,
             clock: self.clock,
             flush_waiters: Mutex::new(Vec::new()),
+            ended_calls: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
         runtime.spawn(drive(Arc::clone(&shared)).boxed());
