@@ -816,14 +816,16 @@ impl DispatchCore {
             } else {
                 encoded.clear();
                 wire::encode_event_including(&event, &webhook.config.included_variables, &mut encoded);
-                (array_length(1, encoded.len()) > webhook.config.max_batch_bytes()).then_some(DropReason::TooLarge)
+                let too_large = array_length(1, encoded.len()) > webhook.config.max_batch_bytes()
+                    || encoded.len() > WebhookStore::MAX_EVENT_BYTES;
+                too_large.then_some(DropReason::TooLarge)
             };
             if let Some(reason) = drop_reason {
                 count_dropped(&self.admission, &self.metrics, gate, 1, reason);
                 push_dropped(&mut self.notices, &gate.bot_token, reason, vec![event]);
                 continue;
             }
-            webhook.store.push(encoded.as_slice().into(), arrival);
+            webhook.store.push(&encoded, arrival);
             let idle = webhook.scheduled.is_none() && webhook.call.is_none();
             if idle {
                 let due = webhook.due_time_after_idle(now);

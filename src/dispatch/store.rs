@@ -11,20 +11,33 @@ use std::collections::VecDeque;
 
 use super::metrics::{Arrival, Arrivals};
 
+/// The usual size of a chunk of encoded events: one allocation holds many
+/// events (not one per event), and a webhook's partly filled last chunk
+/// costs little.
+const CHUNK_BYTES: usize = 16 * 1024;
+
+/// Bytes before each stored event: its length.
+const LENGTH_BYTES: usize = 4;
+
 /// One webhook's pending events (encoded, oldest first) and call health.
 ///
-/// Events are kept as their encoded JSON: a pending event then costs its
-/// bytes plus one boxed-slice pointer, and a push is a concatenation. The
-/// first events belong to the webhook's [`Call`], when it has one: they
-/// leave the queue only when that call succeeds. A failed call stays, with
-/// its events at the head, and its next attempt sends exactly them again
-/// (the same body, rebuilt from the same bytes) under the same serial, so a
-/// receiver can tell it already processed that call; events that arrived
-/// meanwhile wait for later calls.
+/// Events are kept as their encoded JSON, each after its length, in chunks
+/// that hold whole events: a pending event then costs its bytes plus four,
+/// with one allocation per chunk rather than per event, and a push is a
+/// concatenation. The first events belong to the webhook's [`Call`], when it
+/// has one: they leave the queue only when that call succeeds. A failed call
+/// stays, with its events at the head, and its next attempt sends exactly
+/// them again (the same body, rebuilt from the same bytes) under the same
+/// serial, so a receiver can tell it already processed that call; events
+/// that arrived meanwhile wait for later calls.
 #[derive(Debug, Default)]
 pub(crate) struct WebhookStore {
-    events: VecDeque<Box<[u8]>>,
-    /// Encoded bytes of all events in `events`.
+    chunks: VecDeque<Vec<u8>>,
+    /// Where the oldest pending event's length starts in the first chunk.
+    head: usize,
+    /// Pending events, in flight or not.
+    events: usize,
+    /// Encoded bytes of all pending events (lengths not included).
     bytes: usize,
     /// When each event was taken in, for the delivery-lag metric (empty without the feature).
     arrivals: Arrivals,
@@ -57,16 +70,50 @@ pub(crate) struct Batch {
     pub(crate) serial: u64,
 }
 
+/// The stored events of a chunk from `offset` on.
+fn chunk_events(chunk: &[u8], mut offset: usize) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let length = chunk.get(offset..offset + LENGTH_BYTES)?;
+        let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
+        let start = offset + LENGTH_BYTES;
+        offset = start + length;
+        chunk.get(start..offset)
+    })
+}
+
 impl WebhookStore {
-    pub(crate) fn push(&mut self, encoded: Box<[u8]>, arrival: Arrival) {
+    /// The longest event a store keeps (its length must fit the length field).
+    pub(crate) const MAX_EVENT_BYTES: usize = u32::MAX as usize;
+
+    /// Adds an event of at most [`MAX_EVENT_BYTES`](Self::MAX_EVENT_BYTES).
+    pub(crate) fn push(&mut self, encoded: &[u8], arrival: Arrival) {
+        let needed = LENGTH_BYTES + encoded.len();
+        let chunk = match self.chunks.back_mut() {
+            Some(chunk) if chunk.capacity() - chunk.len() >= needed => chunk,
+            _ => {
+                self.chunks.push_back(Vec::with_capacity(needed.max(CHUNK_BYTES)));
+                self.chunks.back_mut().expect("just pushed")
+            }
+        };
+        let length = u32::try_from(encoded.len()).unwrap_or(u32::MAX);
+        chunk.extend_from_slice(&length.to_le_bytes());
+        chunk.extend_from_slice(encoded);
+        self.events += 1;
         self.bytes += encoded.len();
-        self.events.push_back(encoded);
         self.arrivals.push(arrival);
+    }
+
+    /// Every pending event, oldest first.
+    fn stored(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(index, chunk)| chunk_events(chunk, if index == 0 { self.head } else { 0 }))
     }
 
     /// Events waiting for a call (not in flight).
     pub(crate) fn waiting(&self) -> usize {
-        self.events.len() - self.in_flight()
+        self.events - self.in_flight()
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -113,7 +160,7 @@ impl WebhookStore {
         };
         let mut body = Vec::with_capacity(array_length(call.events, call.bytes));
         body.push(b'[');
-        for (index, event) in self.events.iter().take(call.events).enumerate() {
+        for (index, event) in self.stored().take(call.events).enumerate() {
             if index > 0 {
                 body.push(b',');
             }
@@ -129,7 +176,7 @@ impl WebhookStore {
         let mut events = 0;
         let mut body_length = 1; // '['
         let mut event_bytes = 0;
-        for event in &self.events {
+        for event in self.stored() {
             let next_length = body_length + event.len() + 1; // ',' or ']'
             if events == max_events || (events > 0 && next_length > max_bytes) {
                 break;
@@ -149,17 +196,37 @@ impl WebhookStore {
         let Some(call) = self.call.filter(|call| call.in_flight) else { return 0 };
         if delivered {
             self.call = None;
-            self.bytes -= call.bytes;
-            self.events.drain(..call.events);
+            self.remove_oldest(call.events, call.bytes);
             self.arrivals.take_front(call.events, arrived);
-            if self.events.is_empty() {
-                // Give a drained burst's memory back.
-                self.events.shrink_to(16);
-            }
         } else {
             self.call = Some(Call { in_flight: false, ..call });
         }
         call.events
+    }
+
+    /// Removes the `events` oldest events, of `bytes` encoded bytes.
+    fn remove_oldest(&mut self, events: usize, bytes: usize) {
+        let mut left = events;
+        while left > 0 {
+            let Some(chunk) = self.chunks.front() else { break };
+            let in_chunk = chunk_events(chunk, self.head).take(left).fold(0, |end, event| {
+                left -= 1;
+                end + LENGTH_BYTES + event.len()
+            });
+            self.head += in_chunk;
+            if self.head >= chunk.len() {
+                self.chunks.pop_front();
+                self.head = 0;
+            }
+        }
+        self.events -= events;
+        self.bytes -= bytes;
+        if self.events == 0 {
+            // Give a drained burst's memory back.
+            self.chunks.clear();
+            self.chunks.shrink_to(4);
+            self.head = 0;
+        }
     }
 
     /// Forgets a failed call waiting for its next attempt: its events stay
@@ -172,18 +239,47 @@ impl WebhookStore {
     /// Removes and returns every waiting event (not those in flight).
     pub(crate) fn take_waiting(&mut self) -> Vec<Box<[u8]>> {
         self.release_failed_call();
-        let taken: Vec<_> = self.events.drain(self.in_flight()..).collect();
-        self.arrivals.truncate(self.in_flight());
-        self.bytes = self.in_flight_bytes();
+        let kept = self.in_flight();
+        let taken = self.stored().skip(kept).map(Box::from).collect();
+        self.keep_oldest(kept);
         taken
+    }
+
+    /// Drops every event but the `kept` oldest.
+    fn keep_oldest(&mut self, kept: usize) {
+        let mut left = kept;
+        let mut kept_bytes = 0;
+        let mut chunks = 0;
+        let mut end = 0;
+        for (index, chunk) in self.chunks.iter().enumerate() {
+            if left == 0 {
+                break;
+            }
+            end = if index == 0 { self.head } else { 0 };
+            for event in chunk_events(chunk, end).take(left) {
+                end += LENGTH_BYTES + event.len();
+                kept_bytes += event.len();
+                left -= 1;
+            }
+            chunks = index + 1;
+        }
+        self.chunks.truncate(chunks);
+        if let Some(last) = self.chunks.back_mut() {
+            last.truncate(end);
+        } else {
+            self.head = 0;
+        }
+        self.events = kept;
+        self.bytes = kept_bytes;
+        self.arrivals.truncate(kept);
     }
 
     /// Removes and returns every event, in flight or not; abandons the call under way.
     pub(crate) fn take_all(&mut self) -> Vec<Box<[u8]>> {
+        let taken = self.stored().map(Box::from).collect();
         self.call = None;
-        self.bytes = 0;
-        self.arrivals.truncate(0);
-        self.events.drain(..).collect()
+        self.keep_oldest(0);
+        taken
     }
 }
 
@@ -199,7 +295,7 @@ mod tests {
     fn store_with(events: &[&str]) -> WebhookStore {
         let mut store = WebhookStore::default();
         for event in events {
-            store.push(event.as_bytes().into(), Arrival::default());
+            store.push(event.as_bytes(), Arrival::default());
         }
         store
     }
@@ -211,7 +307,7 @@ mod tests {
         assert_eq!(batch.body, b"[{\"a\":1},{\"b\":2}]");
         assert_eq!(store.waiting(), 1);
         assert_eq!(store.finish_batch(true, |_, _| {}), 2);
-        store.push(b"{\"d\":4}".as_slice().into(), Arrival::default());
+        store.push(b"{\"d\":4}", Arrival::default());
         // 7-byte events: "[" + 7 + "," + 7 + "]" = 17 bytes fits two, not three.
         let batch = store.start_batch(10, 17, || 2);
         assert_eq!((batch.events, batch.body.len(), batch.serial), (2, 17, 2));
@@ -226,7 +322,7 @@ mod tests {
         let first = store.start_batch(2, 1024, || 7);
         assert_eq!(store.finish_batch(false, |_, _| {}), 2);
         assert_eq!((store.waiting(), store.in_flight()), (2, 0));
-        store.push(b"{\"c\":3}".as_slice().into(), Arrival::default());
+        store.push(b"{\"c\":3}", Arrival::default());
         // Other limits, a new event: the same events, body and serial.
         let retry = store.start_batch(10, 1024, || unreachable!("no new call"));
         assert_eq!((retry.events, retry.serial, &retry.body), (2, 7, &first.body));
@@ -245,6 +341,45 @@ mod tests {
         store.release_failed_call();
         let batch = store.start_batch(2, 1024, || 2);
         assert_eq!((batch.events, batch.serial), (2, 2));
+    }
+
+    /// Events over many chunks, one larger than a chunk: batches, a call
+    /// kept across `take_waiting`, and removal all see the same events.
+    #[test]
+    fn events_across_chunks_come_out_whole_and_in_order() {
+        let events: Vec<String> = (0..2_000)
+            .map(|number| {
+                let filler = if number == 700 { "x".repeat(3 * CHUNK_BYTES) } else { "y".repeat(number % 50) };
+                format!("{{\"n\":{number},\"f\":\"{filler}\"}}")
+            })
+            .collect();
+        let mut store = WebhookStore::default();
+        for event in &events {
+            store.push(event.as_bytes(), Arrival::default());
+        }
+        assert!(store.chunks.len() > 3, "{} chunks", store.chunks.len());
+        assert_eq!(store.bytes, events.iter().map(String::len).sum::<usize>());
+        let stored: Vec<&[u8]> = store.stored().collect();
+        assert_eq!(stored, events.iter().map(String::as_bytes).collect::<Vec<_>>());
+
+        let mut delivered = Vec::new();
+        let batch = store.start_batch(650, usize::MAX, || 1);
+        assert_eq!(batch.events, 650);
+        delivered.push(batch.body);
+        assert_eq!(store.finish_batch(true, |_, _| {}), 650);
+        // A call under way across the large event; the rest is taken back.
+        let batch = store.start_batch(100, usize::MAX, || 2);
+        let waiting = store.take_waiting();
+        assert_eq!(waiting.len(), 2_000 - 750);
+        assert_eq!(&*waiting[0], events[750].as_bytes());
+        assert_eq!((store.events, store.in_flight()), (100, 100));
+        assert_eq!(store.bytes, events[650..750].iter().map(String::len).sum::<usize>());
+        assert_eq!(store.finish_batch(true, |_, _| {}), 100);
+        delivered.push(batch.body);
+        assert_eq!((store.events, store.bytes, store.chunks.len()), (0, 0, 0), "a drained store gives its chunks back");
+
+        let expected = |range: std::ops::Range<usize>| format!("[{}]", events[range].join(",")).into_bytes();
+        assert_eq!(delivered, vec![expected(0..650), expected(650..750)]);
     }
 
     #[test]
