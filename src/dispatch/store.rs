@@ -204,20 +204,20 @@ impl WebhookStore {
         call.events
     }
 
-    /// Removes the `events` oldest events, of `bytes` encoded bytes.
+    /// Removes the `events` oldest events, of `bytes` encoded bytes: a walk
+    /// over chunks, not events (each event's length is stored before it).
     fn remove_oldest(&mut self, events: usize, bytes: usize) {
-        let mut left = events;
-        while left > 0 {
+        let mut stored = bytes + events * LENGTH_BYTES;
+        while stored > 0 {
             let Some(chunk) = self.chunks.front() else { break };
-            let in_chunk = chunk_events(chunk, self.head).take(left).fold(0, |end, event| {
-                left -= 1;
-                end + LENGTH_BYTES + event.len()
-            });
-            self.head += in_chunk;
-            if self.head >= chunk.len() {
-                self.chunks.pop_front();
-                self.head = 0;
+            let in_chunk = chunk.len() - self.head;
+            if stored < in_chunk {
+                self.head += stored;
+                break;
             }
+            stored -= in_chunk;
+            self.chunks.pop_front();
+            self.head = 0;
         }
         self.events -= events;
         self.bytes -= bytes;
