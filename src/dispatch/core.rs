@@ -243,8 +243,13 @@ pub struct Enqueuer {
 impl Enqueuer {
     /// Offers `event` to its bot's webhook; see [`EnqueueOutcome`].
     ///
-    /// Never blocks and never panics: it reads the bot's settings, checks
-    /// the bounds and sends the event to the core's intake.
+    /// Never blocks on a full queue and never panics. For an open webhook
+    /// that selects the event and has room to spare it only reads settings
+    /// and sends the event to the core's intake, uncounted (the core counts
+    /// it when it takes it in); otherwise it checks the bounds exactly and
+    /// gives the answer. It waits a moment while the core holds every
+    /// `enqueue` off (`configure`, `remove`, `close`, snapshots, and when a
+    /// webhook comes near its bound).
     pub fn enqueue(&self, event: Event) -> EnqueueOutcome {
         self.admission.enqueue(event)
     }

@@ -33,7 +33,10 @@ use crate::event::Event;
 /// ```
 #[async_trait]
 pub trait Dispatcher: Send + Sync + fmt::Debug {
-    /// Offers an event to its bot's webhook. Never blocks, never panics.
+    /// Offers an event to its bot's webhook. Never blocks on I/O or on a
+    /// full queue, never panics; on the [`WebhookDispatcher`](super::WebhookDispatcher)
+    /// it may wait a moment while the dispatcher is reconfigured, takes a
+    /// snapshot (`stats`) or switches a webhook near its bound to exact counting.
     fn enqueue(&self, event: Event) -> EnqueueOutcome;
 
     /// A sender for one bot's events, which a bot engine keeps in that bot's
