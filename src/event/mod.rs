@@ -363,6 +363,7 @@ pub enum Event {
 
 impl Event {
     /// The event's kind, or `None` for [`Event::Unknown`].
+    #[inline]
     pub fn kind(&self) -> Option<EventKind> {
         Some(match self {
             Event::BotMessage(_) => EventKind::BotMessage,
@@ -413,6 +414,7 @@ impl Event {
     }
 
     /// `BotToken` and `AccountName`, for every known kind.
+    #[inline]
     pub fn origin(&self) -> Option<&Origin> {
         match self.payload() {
             Payload::Message(message) => Some(&message.origin),
@@ -425,6 +427,7 @@ impl Event {
 
     /// `BotToken`: the bot the event belongs to. For an unknown event, its
     /// `BotToken` field when that is a string.
+    #[inline]
     pub fn bot_token(&self) -> Option<&str> {
         match self {
             Event::Unknown(unknown) => unknown.field("BotToken").and_then(serde_json::Value::as_str),
