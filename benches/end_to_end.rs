@@ -64,6 +64,17 @@ fn cpu_time() -> Duration {
     time(usage.ru_utime) + time(usage.ru_stime)
 }
 
+/// The reqwest client the bare client and the naive user post with: what the
+/// crate's transport does by default (no redirects, no proxies, a timeout).
+fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
 /// One run of one side: wall time to the last event received, CPU time to the end of its work.
 #[derive(Debug, Clone, Copy)]
 struct Run {
@@ -267,12 +278,7 @@ impl Bench {
     /// One run of the bare client.
     fn run_bare_client(&self) -> Run {
         self.tally.reset();
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("client");
+        let client = plain_client();
         let requests: Vec<_> = self.bodies.clone();
 
         let cpu_start = cpu_time();
@@ -316,12 +322,7 @@ impl Bench {
     /// One run of what a user would write instead of the crate.
     fn run_naive_user(&self) -> Run {
         self.tally.reset();
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("client");
+        let client = plain_client();
         let events = self.events.clone();
 
         let cpu_start = cpu_time();
