@@ -25,9 +25,10 @@ use super::bot_sender::BotSender;
 use super::endpoint::{Endpoint, TokenKey};
 use super::intake::{self, IntakeReceiver, Lane};
 use super::metrics::CoreMetrics;
-use super::outcome::{CallOutcome, CallRecord, DroppedEvents, EnqueueOutcome};
+use super::outcome::{CallRecord, DroppedEvents, EnqueueOutcome};
+use super::rules::{self, Settled};
 use super::stats::{CallCounts, DispatcherStats, DropReason, EventCounts, StalledWebhook, WebhookState, WebhookStats};
-use super::store::{array_length, WebhookStore};
+use super::store::WebhookStore;
 use super::token_hash::BuildTokenHasher;
 use crate::alert::WebhookDisabledAlert;
 use crate::clock::Clock;
@@ -36,10 +37,6 @@ use crate::event::Event;
 use crate::signing::{self, SigningSecret};
 use crate::transport::TransportError;
 use crate::wire;
-
-/// Failed calls in a row a webhook survives; the next failure disables it
-/// ("more than 10 times", as the platform says).
-pub const MAX_FAILURES_IN_ROW: u32 = 10;
 
 /// Events taken in from the intake per poll during a burst.
 const INTAKE_SHARE: usize = 1024;
@@ -183,8 +180,7 @@ impl Webhook {
     }
 
     fn batch_limits(&self) -> (usize, usize) {
-        let events = if self.config.one_event_per_call { 1 } else { self.config.max_batch_events };
-        (events, self.config.max_batch_bytes)
+        rules::batch_limits(self.config.one_event_per_call, self.config.max_batch_events, self.config.max_batch_bytes)
     }
 
     /// The first grid time at or after `earliest`.
@@ -192,44 +188,19 @@ impl Webhook {
         if earliest <= self.anchor {
             return self.anchor;
         }
-        let interval = self.config.push_interval().as_nanos().max(1);
-        let elapsed = (earliest - self.anchor).as_nanos();
-        let steps = elapsed.div_ceil(interval);
-        let offset = u64::try_from(steps * interval).unwrap_or(u64::MAX);
-        self.anchor.checked_add(Duration::from_nanos(offset)).unwrap_or(earliest)
+        rules::next_grid_offset(earliest - self.anchor, self.config.push_interval())
+            .and_then(|offset| self.anchor.checked_add(offset))
+            .unwrap_or(earliest)
     }
 
-    /// When a webhook that had nothing to send may push again, now that it
-    /// has: at its next grid time, so that webhooks woken together (say, by
-    /// a broadcast) stay spread, and at least an interval after its last push.
-    fn due_time_after_idle(&self, now: Instant) -> Instant {
-        let grid_time = self.next_grid_time(now);
-        match self.last_push_started {
-            Some(started) => grid_time.max(started + self.config.push_interval()),
-            None => grid_time,
-        }
+    /// When this webhook, with events waiting and no call under way, pushes
+    /// next after `settled` (see [`rules::next_push`]).
+    fn next_push_time(&self, settled: Settled, now: Instant, flushing: bool, full_batch: bool) -> Instant {
+        let since_last_push = self.last_push_started.map(|started| now.saturating_duration_since(started));
+        let until_grid = || self.next_grid_time(now).saturating_duration_since(now);
+        let interval = self.config.push_interval();
+        now + rules::next_push(settled, flushing, full_batch, interval, since_last_push, until_grid)
     }
-}
-
-/// What just happened to a webhook that [`DispatchCore::settle`] schedules.
-#[derive(Clone, Copy)]
-enum Settled {
-    /// It was configured (again); scheduled as if it had been idle.
-    Reconfigured,
-    /// A call that started at `started` succeeded.
-    Delivered { started: Instant },
-    /// A call that started at `started` failed.
-    Failed { started: Instant },
-}
-
-/// Spreads first pushes over the interval, the same way for the same bot.
-fn phase(bot_token: &str, interval: Duration) -> Duration {
-    // FNV-1a: deterministic across processes, unlike std's RandomState.
-    let hash = bot_token
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3));
-    let interval_nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1);
-    Duration::from_nanos(hash % interval_nanos)
 }
 
 /// Accepts events for a [`DispatchCore`] from any thread, without blocking.
@@ -379,7 +350,7 @@ impl DispatchCore {
         // Complete held counts for the capacity the gate checks the new settings against.
         self.take_in_shut_out();
         let token = config.shared_bot_token();
-        let anchor = now + phase(&token, config.push_interval());
+        let anchor = now + rules::phase(&token, config.push_interval());
         let (key, endpoint) = Endpoint::new(&config);
         match self.webhooks.remove(token.as_bytes()) {
             Some(mut webhook) => {
@@ -416,7 +387,7 @@ impl DispatchCore {
         }
         admission.settings_changed();
         drop(gates);
-        self.settle(&token, now, Settled::Reconfigured);
+        self.settle(&token, now, Settled::Idle);
         self.publish_gauges();
     }
 
@@ -520,13 +491,7 @@ impl DispatchCore {
         let started = webhook.last_push_started.unwrap_or(now);
         let bytes = webhook.store.in_flight_body_length();
         let accept_any_2xx = webhook.config.accept_any_2xx;
-        let outcome = match result {
-            Ok(status) if status == StatusCode::OK || (accept_any_2xx && status.is_success()) => {
-                CallOutcome::Delivered(status)
-            }
-            Ok(status) => CallOutcome::FailedStatus(status),
-            Err(error) => CallOutcome::FailedTransport(error),
-        };
+        let outcome = rules::call_outcome(result, accept_any_2xx);
         let delivered = outcome.is_success();
         let metrics = &self.metrics;
         let events =
@@ -558,7 +523,8 @@ impl DispatchCore {
             }
         } else {
             webhook.calls.calls_failed += 1;
-            webhook.store.failures_in_row += 1;
+            let (failures_in_row, disables) = rules::after_failure(webhook.store.failures_in_row);
+            webhook.store.failures_in_row = failures_in_row;
             webhook.store.last_failure = Some(outcome.to_string().into());
             if webhook.flush_remaining > 0 {
                 // A flush makes one attempt per webhook; the failure rule paces retries.
@@ -566,7 +532,7 @@ impl DispatchCore {
                 self.flushing_webhooks -= 1;
                 self.flush_failures += 1;
             }
-            if webhook.store.failures_in_row > MAX_FAILURES_IN_ROW {
+            if disables {
                 self.disable(&id.bot_token);
                 return;
             }
@@ -577,7 +543,7 @@ impl DispatchCore {
             return;
         }
         let token = Arc::clone(&id.bot_token);
-        let settled = if delivered { Settled::Delivered { started } } else { Settled::Failed { started } };
+        let settled = if delivered { Settled::Delivered } else { Settled::Failed };
         self.settle(&token, now, settled);
     }
 
@@ -821,7 +787,7 @@ impl DispatchCore {
             } else {
                 encoded.clear();
                 wire::encode_event_including(&event, &webhook.config.included_variables, &mut encoded);
-                let too_large = array_length(1, encoded.len()) > webhook.config.max_batch_bytes()
+                let too_large = !rules::fits_alone(encoded.len(), webhook.config.max_batch_bytes())
                     || encoded.len() > WebhookStore::MAX_EVENT_BYTES;
                 too_large.then_some(DropReason::TooLarge)
             };
@@ -833,7 +799,7 @@ impl DispatchCore {
             webhook.store.push(&encoded, arrival);
             let idle = webhook.scheduled.is_none() && webhook.call.is_none();
             if idle {
-                let due = webhook.due_time_after_idle(now);
+                let due = webhook.next_push_time(Settled::Idle, now, false, false);
                 let token = Arc::clone(&gate.bot_token);
                 self.schedule_at(&token, due);
             }
@@ -855,13 +821,8 @@ impl DispatchCore {
     }
 
     /// Schedules a webhook that has no call under way, after a call or a
-    /// reconfiguration: at once when a flush is under way, or when a whole
-    /// batch waits after a success or a reconfiguration (a backlog drains at
-    /// network speed), else on its grid.
-    ///
-    /// After a failed call the next attempt always waits an interval, full
-    /// batch or not: the platform disables a webhook after 11 failures in a
-    /// row, and that must take 10 intervals after the first, not 11 round trips.
+    /// reconfiguration, by [`rules::next_push`]; a webhook moved to the free
+    /// plan drops what waits.
     fn settle(&mut self, token: &Arc<str>, now: Instant, settled: Settled) {
         let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { return };
         if webhook.call.is_some() || webhook.store.disabled {
@@ -886,18 +847,8 @@ impl DispatchCore {
             return;
         }
         let (max_events, max_bytes) = webhook.batch_limits();
-        let backlog = !matches!(settled, Settled::Failed { .. }) && webhook.store.has_full_batch(max_events, max_bytes);
-        let due = if webhook.flush_remaining > 0 || backlog {
-            now
-        } else {
-            match settled {
-                // The next regular push comes one interval after the call that just ended started.
-                Settled::Delivered { started } | Settled::Failed { started } => {
-                    now.max(started + webhook.config.push_interval())
-                }
-                Settled::Reconfigured => webhook.due_time_after_idle(now),
-            }
-        };
+        let full_batch = webhook.store.has_full_batch(max_events, max_bytes);
+        let due = webhook.next_push_time(settled, now, webhook.flush_remaining > 0, full_batch);
         self.schedule_at(token, due);
     }
 

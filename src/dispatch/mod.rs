@@ -26,11 +26,12 @@ mod noop;
 mod observer;
 mod outcome;
 mod recording;
+mod rules;
 mod stats;
 mod store;
 mod token_hash;
 
-pub use self::core::{CoreLimits, DispatchCore, Enqueuer, Notice, Push, PushId, MAX_FAILURES_IN_ROW};
+pub use self::core::{CoreLimits, DispatchCore, Enqueuer, Notice, Push, PushId};
 pub use bot_sender::BotSender;
 pub use dispatcher::Dispatcher;
 pub use driver::{WebhookDispatcher, WebhookDispatcherBuilder};
@@ -40,4 +41,5 @@ pub use outcome::{
     CallOutcome, CallRecord, DispatcherClosed, DroppedEvents, EnqueueOutcome, FlushError, ShutdownReport,
 };
 pub use recording::RecordingDispatcher;
+pub use rules::MAX_FAILURES_IN_ROW;
 pub use stats::{DispatcherStats, DropReason, EventCounts, Refusal, StalledWebhook, WebhookState, WebhookStats};

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 
 use super::metrics::{Arrival, Arrivals};
+use super::rules::{self, array_length};
 
 /// The usual size of a chunk of encoded events: one allocation holds many
 /// events (not one per event), and a webhook's partly filled last chunk
@@ -173,19 +174,7 @@ impl WebhookStore {
 
     /// How many of the oldest events fit in a batch, and their encoded bytes.
     fn fitting(&self, max_events: usize, max_bytes: usize) -> (usize, usize) {
-        let mut events = 0;
-        let mut body_length = 1; // '['
-        let mut event_bytes = 0;
-        for event in self.stored() {
-            let next_length = body_length + event.len() + 1; // ',' or ']'
-            if events == max_events || (events > 0 && next_length > max_bytes) {
-                break;
-            }
-            body_length = next_length;
-            event_bytes += event.len();
-            events += 1;
-        }
-        (events, event_bytes)
+        rules::fitting(self.stored().map(<[u8]>::len), max_events, max_bytes)
     }
 
     /// Ends the attempt under way: a success removes its call's events
@@ -281,11 +270,6 @@ impl WebhookStore {
         self.keep_oldest(0);
         taken
     }
-}
-
-/// The length of a JSON array holding `events` elements of `bytes` in total.
-pub(crate) fn array_length(events: usize, bytes: usize) -> usize {
-    bytes + events.max(1) + 1
 }
 
 #[cfg(test)]
