@@ -225,9 +225,15 @@ impl Doorbell {
 /// to a line all producers share.
 const READER_SHARDS: usize = 32;
 
+/// The configured bots' gates, by token.
+type Gates = TokenMap<Arc<Gate>>;
+
+/// One lock shard, holding the gates' map (the same map in every shard), so
+/// that finding a gate by token needs no lock but the shard's. `None` only
+/// while an [`Exclusive`] holds the map.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct ReaderShard(RwLock<()>);
+struct ReaderShard(RwLock<Option<Arc<Gates>>>);
 
 /// The shard of the calling thread: threads are spread over the shards in
 /// the order they first enqueue.
@@ -254,34 +260,44 @@ fn reader_shard_index() -> usize {
 struct EpochCell(AtomicU64);
 
 /// Held while no `enqueue` may be between its checks and its send: by
-/// `configure`, `remove`, `close`, snapshots and crowding. Gives the map.
+/// `configure`, `remove`, `close`, snapshots and crowding. Gives the map:
+/// it takes the map out of every shard, so it holds the only reference and
+/// changes it in place; dropping it puts the map back.
 pub(crate) struct Exclusive<'a> {
-    _readers: Vec<RwLockWriteGuard<'a, ()>>,
-    gates: RwLockWriteGuard<'a, TokenMap<Arc<Gate>>>,
+    shards: Vec<RwLockWriteGuard<'a, Option<Arc<Gates>>>>,
+    gates: Arc<Gates>,
 }
 
 impl std::ops::Deref for Exclusive<'_> {
-    type Target = TokenMap<Arc<Gate>>;
-    fn deref(&self) -> &Self::Target {
+    type Target = Gates;
+    fn deref(&self) -> &Gates {
         &self.gates
     }
 }
 
 impl std::ops::DerefMut for Exclusive<'_> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.gates
+    fn deref_mut(&mut self) -> &mut Gates {
+        // The only reference (every shard's was taken), so this never copies.
+        Arc::make_mut(&mut self.gates)
     }
 }
 
-/// Held by an `enqueue` from its checks to its send.
-pub(crate) type Shared<'a> = RwLockReadGuard<'a, ()>;
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        for shard in &mut self.shards {
+            **shard = Some(Arc::clone(&self.gates));
+        }
+    }
+}
+
+/// Held by an `enqueue` from its checks to its send; gives the gates' map.
+pub(crate) type Shared<'a> = RwLockReadGuard<'a, Option<Arc<Gates>>>;
 
 /// The shared admission state: configured bots, global bound, intake.
 #[derive(Debug)]
 pub(crate) struct Admission {
     epoch: EpochCell,
     readers: Box<[ReaderShard]>,
-    gates: RwLock<TokenMap<Arc<Gate>>>,
     intake: IntakeSender,
     /// Counted events not yet delivered or dropped, over all webhooks: taken
     /// in by the core (pending or in flight), or counted by `enqueue` on
@@ -298,8 +314,10 @@ impl Admission {
     pub(crate) fn new(intake: IntakeSender, max_pending_total: usize) -> Admission {
         let admission = Admission {
             epoch: EpochCell::default(),
-            readers: (0..READER_SHARDS).map(|_| ReaderShard::default()).collect(),
-            gates: RwLock::new(TokenMap::default()),
+            readers: {
+                let gates = Arc::new(Gates::default());
+                (0..READER_SHARDS).map(|_| ReaderShard(RwLock::new(Some(Arc::clone(&gates))))).collect()
+            },
             intake,
             pending_total: AtomicUsize::new(0),
             max_pending_total,
@@ -315,11 +333,14 @@ impl Admission {
 
     /// Shuts every `enqueue` out until the guard drops.
     pub(crate) fn exclusive(&self) -> Exclusive<'_> {
-        let readers = self.readers.iter().map(|shard| shard.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        Exclusive {
-            _readers: readers.collect(),
-            gates: self.gates.write().unwrap_or_else(|poisoned| poisoned.into_inner()),
+        let mut shards: Vec<_> =
+            self.readers.iter().map(|shard| shard.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())).collect();
+        let mut gates = None;
+        for shard in &mut shards {
+            // The same map in each; keep one, drop the other references.
+            gates = shard.take().or(gates);
         }
+        Exclusive { shards, gates: gates.unwrap_or_default() }
     }
 
     /// What an `enqueue` holds from its checks to its send.
@@ -422,9 +443,9 @@ impl Admission {
 
     /// The whole of `enqueue` by token: finds the bot's gate, then offers through it.
     pub(crate) fn enqueue(&self, event: Event) -> EnqueueOutcome {
-        let _shared = self.shared();
-        let gates = self.gates.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(gate) = event.bot_token().and_then(|token| gates.get(token)) else {
+        let shared = self.shared();
+        let gate = shared.as_deref().zip(event.bot_token()).and_then(|(gates, token)| gates.get(token));
+        let Some(gate) = gate else {
             let refusal = if self.is_closed() { Refusal::Closed } else { Refusal::NoWebhook };
             self.refuse(&self.retired, refusal);
             return match refusal {
@@ -441,7 +462,7 @@ impl Admission {
 
     /// The gate of `bot_token`, if it has a webhook now.
     pub(crate) fn gate(&self, bot_token: &str) -> Option<Arc<Gate>> {
-        self.gates.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(bot_token).cloned()
+        self.shared().as_deref().and_then(|gates| gates.get(bot_token)).cloned()
     }
 
     /// Whether an event of a bot whose settings word as of `epoch` is
