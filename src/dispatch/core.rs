@@ -17,12 +17,11 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
-use http::{HeaderValue, Method, Request, StatusCode};
+use http::{Request, StatusCode};
 
 use super::admission::{Admission, Gate};
 use super::bot_sender::BotSender;
-use super::endpoint::{Endpoint, TokenKey};
+use super::endpoint::{CallSignature, Endpoint, TokenKey};
 use super::intake::{self, IntakeReceiver, Lane};
 use super::metrics::CoreMetrics;
 use super::outcome::{CallRecord, DroppedEvents, EnqueueOutcome};
@@ -920,25 +919,13 @@ fn start_push(
     });
     webhook.last_push_started = Some(now);
     webhook.call = Some(sequence);
-    let mut request = Request::new(batch.body);
-    *request.method_mut() = Method::POST;
-    *request.uri_mut() = webhook.endpoint.url.as_uri().clone();
-    let headers = request.headers_mut();
-    headers.insert(AUTHORIZATION, webhook.endpoint.authorization.clone());
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
-    headers.insert(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT));
     let secrets = &webhook.config.signing_secrets;
-    if !secrets.is_empty() {
-        let id = signing::call_id(call_ids.prefix, batch.serial);
-        let timestamp = clock.wall_time().timestamp();
-        let signature = signing::signature_header(secrets, &id, timestamp, request.body());
-        let headers = request.headers_mut();
-        headers.insert(signing::WEBHOOK_SIGNATURE, signature);
-        headers.insert(signing::WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
-        // `msg_` and hexadecimal digits: always a valid header value.
-        headers
-            .insert(signing::WEBHOOK_ID, HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("")));
-    }
+    let signature = (!secrets.is_empty()).then(|| CallSignature {
+        secrets,
+        call_id: signing::call_id(call_ids.prefix, batch.serial),
+        timestamp: clock.wall_time().timestamp(),
+    });
+    let request = webhook.endpoint.call_request(batch.body, signature);
     Push {
         id: PushId { sequence, bot_token: Arc::clone(token) },
         request,

@@ -1,4 +1,5 @@
-//! Where and how a webhook is called, kept on one cache line with its key.
+//! Where and how a webhook is called, kept on one cache line with its key,
+//! and the request of each attempt of a call to it ([`Endpoint::call_request`]).
 //!
 //! Every push clones the webhook's URL and `Authorization` value into its
 //! request, and every call record shares the URL and the account name. Each
@@ -23,9 +24,11 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderValue, Method, Request};
 
 use crate::config::{WebhookConfig, WebhookUrl};
+use crate::signing::{self, SigningSecret};
 
 /// The key of the core's webhook map: the bot token, at the head of its
 /// endpoint's shared buffer. Looked up by the token's bytes.
@@ -78,7 +81,39 @@ pub(crate) struct Endpoint {
     pub(crate) account_name: Bytes,
 }
 
+/// What signs one attempt of a call (Standard Webhooks): the webhook's
+/// secrets, the call's id (the same on every attempt) and the attempt's time.
+pub(crate) struct CallSignature<'a> {
+    pub(crate) secrets: &'a [SigningSecret],
+    pub(crate) call_id: String,
+    /// Unix seconds.
+    pub(crate) timestamp: i64,
+}
+
 impl Endpoint {
+    /// The request of one attempt of a call to this endpoint: a `POST` of
+    /// `body` with the bearer, the JSON content type and the crate's user
+    /// agent, and the Standard Webhooks headers when it is signed.
+    pub(crate) fn call_request(&self, body: Vec<u8>, signature: Option<CallSignature<'_>>) -> Request<Vec<u8>> {
+        let mut request = Request::new(body);
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.url.as_uri().clone();
+        let headers = request.headers_mut();
+        headers.insert(AUTHORIZATION, self.authorization.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        headers.insert(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT));
+        if let Some(CallSignature { secrets, call_id, timestamp }) = signature {
+            let signature = signing::signature_header(secrets, &call_id, timestamp, request.body());
+            let headers = request.headers_mut();
+            headers.insert(signing::WEBHOOK_SIGNATURE, signature);
+            headers.insert(signing::WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
+            // `msg_` and hexadecimal digits: always a valid header value.
+            let id = HeaderValue::from_str(&call_id).unwrap_or_else(|_| HeaderValue::from_static(""));
+            headers.insert(signing::WEBHOOK_ID, id);
+        }
+        request
+    }
+
     /// The endpoint of `config`, and the map key that shares its buffer.
     pub(crate) fn new(config: &WebhookConfig) -> (TokenKey, Endpoint) {
         let token = config.bot_token().as_bytes();
