@@ -259,6 +259,13 @@ fn reader_shard_index() -> usize {
 #[repr(align(128))]
 struct EpochCell(AtomicU64);
 
+/// The global count, on a cache line of its own: the core changes it for
+/// every event it takes in, and that must not move the lines every
+/// `enqueue` reads (the epoch, the doorbell) away from the producers.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct PendingTotal(AtomicUsize);
+
 /// Held while no `enqueue` may be between its checks and its send: by
 /// `configure`, `remove`, `close`, snapshots and crowding. Gives the map:
 /// it takes the map out of every shard, so it holds the only reference and
@@ -302,7 +309,7 @@ pub(crate) struct Admission {
     /// Counted events not yet delivered or dropped, over all webhooks: taken
     /// in by the core (pending or in flight), or counted by `enqueue` on
     /// their way.
-    pending_total: AtomicUsize,
+    pending_total: PendingTotal,
     max_pending_total: usize,
     pub(crate) doorbell: Doorbell,
     /// Counts of bots no longer configured, and refusals naming no bot.
@@ -319,7 +326,7 @@ impl Admission {
                 (0..READER_SHARDS).map(|_| ReaderShard(RwLock::new(Some(Arc::clone(&gates))))).collect()
             },
             intake,
-            pending_total: AtomicUsize::new(0),
+            pending_total: PendingTotal::default(),
             max_pending_total,
             doorbell: Doorbell::default(),
             retired: Counters::default(),
@@ -378,7 +385,7 @@ impl Admission {
 
     /// Counted events not yet delivered or dropped, over all webhooks: pending or in flight.
     pub(crate) fn held(&self) -> usize {
-        self.pending_total.load(Ordering::Relaxed)
+        self.pending_total.0.load(Ordering::Relaxed)
     }
 
     /// Counts a refusal in `counters` and in the metrics.
@@ -390,12 +397,12 @@ impl Admission {
     /// The core took in events that `enqueue` did not count: counts them
     /// held against the global bound.
     pub(crate) fn hold(&self, events: usize) {
-        self.pending_total.fetch_add(events, Ordering::AcqRel);
+        self.pending_total.0.fetch_add(events, Ordering::AcqRel);
     }
 
     /// Events accepted and not yet delivered or dropped, over all webhooks.
     pub(crate) fn release(&self, events: usize) {
-        self.pending_total.fetch_sub(events, Ordering::AcqRel);
+        self.pending_total.0.fetch_sub(events, Ordering::AcqRel);
     }
 
     fn is_short_of_room(&self) -> bool {
@@ -541,9 +548,9 @@ impl Admission {
             self.refuse(&gate.counters, Refusal::QueueFull);
             return EnqueueOutcome::QueueFull(event);
         }
-        let pending_before = self.pending_total.fetch_add(1, Ordering::AcqRel);
+        let pending_before = self.pending_total.0.fetch_add(1, Ordering::AcqRel);
         if pending_before + on_their_way(globally_crowded) >= self.max_pending_total {
-            self.pending_total.fetch_sub(1, Ordering::AcqRel);
+            self.pending_total.0.fetch_sub(1, Ordering::AcqRel);
             gate.counters.held.fetch_sub(1, Ordering::AcqRel);
             self.refuse(&gate.counters, Refusal::QueueFull);
             return EnqueueOutcome::QueueFull(event);
@@ -554,7 +561,7 @@ impl Admission {
             // The core is gone: undo, and hand the event back.
             gate.counters.accepted.fetch_sub(1, Ordering::Relaxed);
             gate.counters.held.fetch_sub(1, Ordering::AcqRel);
-            self.pending_total.fetch_sub(1, Ordering::AcqRel);
+            self.pending_total.0.fetch_sub(1, Ordering::AcqRel);
             self.refuse(&gate.counters, Refusal::Closed);
             return EnqueueOutcome::Closed(returned);
         }
