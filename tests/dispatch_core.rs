@@ -1000,3 +1000,30 @@ fn saving_the_settings_forms_a_failed_call_again_with_them() {
     assert_eq!(texts(&next), ["a", "b"]);
     assert_ne!(header(&next, "webhook-id"), header(&push, "webhook-id"));
 }
+
+/// Issue 16 (found by the simulation): a webhook filled while the whole
+/// dispatcher was crowded (every event counted) must still be crowded when
+/// the global crowding ends, or a ring of uncounted events takes it past
+/// its bound.
+#[test]
+fn a_webhook_filled_during_global_crowding_keeps_its_bound_after_it() {
+    let limits = CoreLimits { max_pending_events: 5_000, ..CoreLimits::default() };
+    let mut harness = Harness::with_limits(limits);
+    for bot in ["a", "b", "c", "d"] {
+        harness.configure(Harness::config(bot).queue_capacity(2_200).build().unwrap());
+    }
+    // A take-in after each event. b, c and d bring the total near the global
+    // bound; a's events past 977 are then counted by `enqueue`, up to 1,800.
+    for (bot, events) in [("b", 1_000), ("c", 1_000), ("d", 1_000), ("a", 1_800)] {
+        for number in 0..events {
+            assert!(harness.enqueue(harness.message(bot, &number.to_string())).is_accepted(), "{bot} {number}");
+        }
+    }
+    // Removing b and c ends the global crowding; a's next events come without a take-in.
+    assert_eq!(harness.core.remove("b").len() + harness.core.remove("c").len(), 2_000);
+    let accepted = (0..1_000)
+        .filter(|number| harness.enqueuer.enqueue(harness.message("a", &format!("more {number}"))).is_accepted())
+        .count();
+    assert_eq!(accepted, 400, "a's bound of 2,200 holds");
+    assert_eq!(harness.core.webhook_stats("a").unwrap().counts.pending, 2_200);
+}

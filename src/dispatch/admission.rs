@@ -113,9 +113,11 @@ impl Gate {
         self.settings() & CROWDED != 0
     }
 
-    /// Less room than the ring could hold uncounted: must be crowded.
+    /// No more room than the ring could hold uncounted: must be crowded.
+    /// (At exactly a ring's room, the counted path already refuses what it
+    /// cannot prove fits, so crowding must begin there, not one event later.)
     pub(crate) fn is_short_of_room(&self) -> bool {
-        self.held() + RING_CAPACITY as u64 > self.capacity.load(Ordering::Relaxed) as u64
+        self.held() + RING_CAPACITY as u64 >= self.capacity.load(Ordering::Relaxed) as u64
     }
 
     /// Room for two rings: crowding can end without flapping back at once.
@@ -406,7 +408,7 @@ impl Admission {
     }
 
     fn is_short_of_room(&self) -> bool {
-        self.held() + RING_CAPACITY > self.max_pending_total
+        self.held() + RING_CAPACITY >= self.max_pending_total
     }
 
     /// Whether the global bound or `gate`'s became too close for uncounted
@@ -534,12 +536,14 @@ impl Admission {
         }
         // Up to a ring of uncounted events may be on their way, unless the
         // bound in question is crowded (the core then drained them all): count
-        // them as held, so the bound is never passed. Only while the ring is
-        // full can that refuse an event a little early, and only for a webhook
-        // within a ring of its bound, which the next take-in crowds anyway.
+        // them as held, so the bound is never passed. A webhook's own flag
+        // decides, not the global one: once the global crowding ends, its
+        // events may go uncounted again. This can refuse an event a little
+        // early, only for a webhook within a ring of its bound, which the next
+        // take-in crowds.
         let globally_crowded = self.epoch() & GLOBALLY_CROWDED != 0;
         let on_their_way = |crowded: bool| if crowded { 0 } else { RING_CAPACITY };
-        let webhook_margin = on_their_way(globally_crowded || settings & CROWDED != 0) as u64;
+        let webhook_margin = on_their_way(settings & CROWDED != 0) as u64;
         // The bound counts the webhook's batch in flight too: `held` includes it.
         let capacity = gate.capacity.load(Ordering::Relaxed) as u64;
         let held_before = gate.counters.held.fetch_add(1, Ordering::AcqRel);

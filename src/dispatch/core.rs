@@ -744,8 +744,8 @@ impl DispatchCore {
     /// Moves up to `limit` accepted events from the intake into their
     /// webhooks' queues, encoding them once here, off the callers' threads.
     /// Counts the events `enqueue` did not, and adds to `crowding` the gates
-    /// (with no uncounted events left once the ring is drained with every
-    /// `enqueue` shut out) that now have too little room for uncounted events.
+    /// that now have too little room for uncounted events (the caller crowds
+    /// them with every `enqueue` shut out and the ring drained).
     fn take_in_events(&mut self, limit: usize, crowding: &mut Vec<Arc<Gate>>) {
         let now = self.clock.now();
         self.admission.doorbell.take_events();
@@ -774,10 +774,12 @@ impl DispatchCore {
             if lane == Lane::Uncounted {
                 gate.counters.accept_held(1);
                 self.admission.hold(1);
-                let already = crowding.last().is_some_and(|last| Arc::ptr_eq(last, gate));
-                if !already && self.admission.needs_crowding(gate) {
-                    crowding.push(Arc::clone(gate));
-                }
+            }
+            // Counted events too: a webhook filled while `enqueue` counted
+            // everything must be crowded before its events go uncounted again.
+            let already = crowding.last().is_some_and(|last| Arc::ptr_eq(last, gate));
+            if !already && self.admission.needs_crowding(gate) {
+                crowding.push(Arc::clone(gate));
             }
             let drop_reason = if webhook.store.disabled {
                 Some(DropReason::Disabled)
