@@ -7,7 +7,7 @@
 //! shard of the caller's thread, and the intake's ring: nothing is counted
 //! here, the core counts the event when it takes it in.
 //!
-//! A webhook whose room is smaller than the ring ([`RING_CAPACITY`]), or a
+//! A webhook with no more room than the ring ([`RING_CAPACITY`]), or a
 //! dispatcher near its global bound, is *crowded*: its events are counted
 //! here, exactly, against the bounds, and travel by the counted lane. The
 //! core marks a webhook crowded with every `enqueue` shut out and the ring
