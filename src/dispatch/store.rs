@@ -89,16 +89,15 @@ impl WebhookStore {
     /// Adds an event of at most [`MAX_EVENT_BYTES`](Self::MAX_EVENT_BYTES).
     pub(crate) fn push(&mut self, encoded: &[u8], arrival: Arrival) {
         let needed = LENGTH_BYTES + encoded.len();
-        let chunk = match self.chunks.back_mut() {
-            Some(chunk) if chunk.capacity() - chunk.len() >= needed => chunk,
-            _ => {
-                self.chunks.push_back(Vec::with_capacity(needed.max(CHUNK_BYTES)));
-                self.chunks.back_mut().expect("just pushed")
-            }
-        };
+        let has_room = self.chunks.back().is_some_and(|chunk| chunk.capacity() - chunk.len() >= needed);
+        if !has_room {
+            self.chunks.push_back(Vec::with_capacity(needed.max(CHUNK_BYTES)));
+        }
         let length = u32::try_from(encoded.len()).unwrap_or(u32::MAX);
-        chunk.extend_from_slice(&length.to_le_bytes());
-        chunk.extend_from_slice(encoded);
+        if let Some(chunk) = self.chunks.back_mut() {
+            chunk.extend_from_slice(&length.to_le_bytes());
+            chunk.extend_from_slice(encoded);
+        }
         self.events += 1;
         self.bytes += encoded.len();
         self.arrivals.push(arrival);
