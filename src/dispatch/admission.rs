@@ -149,8 +149,11 @@ fn selects(settings: Settings, event: &Event) -> bool {
 #[derive(Debug, Default)]
 pub(crate) struct SeenSettings(AtomicU64);
 
-/// The epoch's bits kept beside a settings word (its low 24 bits).
-const SEEN_EPOCH_BITS: u32 = 40;
+/// A copy keeps a settings word in its low 24 bits (every flag fits) and
+/// the epoch's low 40 bits above them.
+const SEEN_SETTINGS_BITS: u32 = 24;
+const SEEN_SETTINGS_MASK: u64 = (1 << SEEN_SETTINGS_BITS) - 1;
+const SEEN_EPOCH_BITS: u32 = 64 - SEEN_SETTINGS_BITS;
 
 impl SeenSettings {
     /// The gate's settings word as of `epoch`: the copy, or a fresh read.
@@ -158,11 +161,11 @@ impl SeenSettings {
     pub(crate) fn settings(&self, epoch: Epoch, gate: &Gate) -> Settings {
         let epoch_bits = epoch & ((1 << SEEN_EPOCH_BITS) - 1);
         let seen = self.0.load(Ordering::Relaxed);
-        if seen >> 24 == epoch_bits {
-            return (seen & 0xff_ffff) as Settings;
+        if seen >> SEEN_SETTINGS_BITS == epoch_bits {
+            return (seen & SEEN_SETTINGS_MASK) as Settings;
         }
         let settings = gate.settings();
-        self.0.store(epoch_bits << 24 | u64::from(settings & 0xff_ffff), Ordering::Relaxed);
+        self.0.store(epoch_bits << SEEN_SETTINGS_BITS | u64::from(settings) & SEEN_SETTINGS_MASK, Ordering::Relaxed);
         settings
     }
 }
@@ -204,6 +207,7 @@ impl Doorbell {
 
     /// Called by the core as it begins to take in: later events ring again.
     pub(crate) fn take_events(&self) {
+        // Written only when set: a clear flag stays a line the producers share.
         if self.events.load(Ordering::Relaxed) {
             self.events.store(false, Ordering::SeqCst);
         }

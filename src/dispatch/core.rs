@@ -26,7 +26,9 @@ use super::intake::{self, IntakeReceiver, Lane};
 use super::metrics::CoreMetrics;
 use super::outcome::{CallRecord, DroppedEvents, EnqueueOutcome};
 use super::rules::{self, Settled};
-use super::stats::{CallCounts, DispatcherStats, DropReason, EventCounts, StalledWebhook, WebhookState, WebhookStats};
+use super::stats::{
+    CallCounts, Counters, DispatcherStats, DropReason, EventCounts, StalledWebhook, WebhookState, WebhookStats,
+};
 use super::store::WebhookStore;
 use super::token_hash::BuildTokenHasher;
 use crate::alert::WebhookDisabledAlert;
@@ -761,19 +763,15 @@ impl DispatchCore {
                 // Unreachable by the locking protocol of `remove`, which counted
                 // the event as pending among the retired counts; never lost silently.
                 if lane == Lane::Uncounted {
-                    self.admission.retired.accept_held(1);
-                    self.admission.hold(1);
+                    hold_taken_in(&self.admission, &self.admission.retired);
                 }
-                self.admission.retired.held_to_dropped(1, DropReason::Removed);
-                self.admission.release(1);
-                self.metrics.dropped(DropReason::Removed, 1);
+                count_dropped_in(&self.admission, &self.metrics, &self.admission.retired, 1, DropReason::Removed);
                 continue;
             };
             // Borrowed, not cloned: a clone would write the gate's cache line, which `enqueue` reads.
             let gate = &webhook.gate;
             if lane == Lane::Uncounted {
-                gate.counters.accept_held(1);
-                self.admission.hold(1);
+                hold_taken_in(&self.admission, &gate.counters);
             }
             // Counted events too: a webhook filled while `enqueue` counted
             // everything must be crowded before its events go uncounted again.
@@ -886,13 +884,32 @@ impl DispatchCore {
     }
 }
 
-/// Counts `events` held by `gate` as dropped for `reason`: in the stats,
-/// against the bounds and in the metrics.
-fn count_dropped(admission: &Admission, metrics: &CoreMetrics, gate: &Gate, events: usize, reason: DropReason) {
-    gate.counters.held_to_dropped(events as u64, reason);
+/// Counts an event that `enqueue` sent uncounted, now taken in, as accepted
+/// and held: in `counters` and against the global bound.
+fn hold_taken_in(admission: &Admission, counters: &Counters) {
+    counters.accept_held(1);
+    admission.hold(1);
+}
+
+/// Counts `events` held by `counters` as dropped for `reason`: in the
+/// stats, against the global bound and in the metrics.
+fn count_dropped_in(
+    admission: &Admission,
+    metrics: &CoreMetrics,
+    counters: &Counters,
+    events: usize,
+    reason: DropReason,
+) {
+    counters.held_to_dropped(events as u64, reason);
     admission.release(events);
-    admission.relieve(gate);
     metrics.dropped(reason, events);
+}
+
+/// [`count_dropped_in`] a configured webhook's gate, whose crowding (and
+/// the global one) may end with the room freed.
+fn count_dropped(admission: &Admission, metrics: &CoreMetrics, gate: &Gate, events: usize, reason: DropReason) {
+    count_dropped_in(admission, metrics, &gate.counters, events, reason);
+    admission.relieve(gate);
 }
 
 /// Where a new call's serial comes from, and the core's `webhook-id` prefix.
