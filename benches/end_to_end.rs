@@ -75,6 +75,34 @@ fn plain_client() -> reqwest::Client {
         .expect("client")
 }
 
+/// A JSON `POST` of `body` with a bearer, as both baselines send it.
+fn json_post(client: &reqwest::Client, url: &str, bearer: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header(http::header::AUTHORIZATION, bearer)
+        .header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(body)
+}
+
+/// Sends `request`, reads its answer whole and gives its status.
+async fn status_of(request: reqwest::RequestBuilder) -> reqwest::StatusCode {
+    let response = request.send().await.expect("sent");
+    let status = response.status();
+    let _ = response.bytes().await;
+    status
+}
+
+/// Makes the posts of `posts`, `CONCURRENCY` at a time; each must answer `200`.
+async fn post_all(posts: impl futures::Stream<Item = impl std::future::Future<Output = reqwest::StatusCode>>) {
+    posts
+        .buffer_unordered(CONCURRENCY)
+        .for_each(|status| {
+            assert_eq!(status, reqwest::StatusCode::OK);
+            futures::future::ready(())
+        })
+        .await;
+}
+
 /// One run of one side: wall time to the last event received, CPU time to the end of its work.
 #[derive(Debug, Clone, Copy)]
 struct Run {
@@ -284,27 +312,12 @@ impl Bench {
         let cpu_start = cpu_time();
         let start = Instant::now();
         let sending = async move {
-            futures::stream::iter(requests)
-                .map(|(url, bearer, body)| {
-                    let request = client
-                        .post(url)
-                        .header(http::header::AUTHORIZATION, bearer)
-                        .header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")
-                        .header(http::header::USER_AGENT, eventhook::USER_AGENT)
-                        .body(body);
-                    async move {
-                        let response = request.send().await.expect("sent");
-                        let status = response.status();
-                        let _ = response.bytes().await;
-                        status
-                    }
-                })
-                .buffer_unordered(CONCURRENCY)
-                .for_each(|status| {
-                    assert_eq!(status, reqwest::StatusCode::OK);
-                    futures::future::ready(())
-                })
-                .await;
+            post_all(futures::stream::iter(requests).map(|(url, bearer, body)| {
+                let request =
+                    json_post(&client, &url, &bearer, body).header(http::header::USER_AGENT, eventhook::USER_AGENT);
+                status_of(request)
+            }))
+            .await;
         };
         self.runtime.block_on(self.runtime.spawn(sending)).expect("bare client task");
         let end = self.runtime.block_on(self.tally.wait_complete());
@@ -388,30 +401,11 @@ async fn naive_post(
     targets: &HashMap<String, (String, String)>,
     batches: &mut HashMap<String, Vec<Event>>,
 ) {
-    futures::stream::iter(batches.drain())
-        .map(|(token, batch)| {
-            let (url, bearer) = &targets[&token];
-            async move {
-                let body = support::serde_wire::serde_encode(&batch);
-                let response = client
-                    .post(url)
-                    .header(http::header::AUTHORIZATION, bearer)
-                    .header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")
-                    .body(body)
-                    .send()
-                    .await
-                    .expect("sent");
-                let status = response.status();
-                let _ = response.bytes().await;
-                status
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .for_each(|status| {
-            assert_eq!(status, reqwest::StatusCode::OK);
-            futures::future::ready(())
-        })
-        .await;
+    post_all(futures::stream::iter(batches.drain()).map(|(token, batch)| {
+        let (url, bearer) = &targets[&token];
+        async move { status_of(json_post(client, url, bearer, support::serde_wire::serde_encode(&batch))).await }
+    }))
+    .await;
 }
 
 fn main() {
