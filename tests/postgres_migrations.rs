@@ -109,8 +109,11 @@ fn a_schema_name_that_is_not_a_plain_identifier_is_refused_naming_it() {
     }
 }
 
-/// Every column migration 1 creates, per table: name, type, nullable.
-const EXPECTED_COLUMNS: &[(&str, &[(&str, &str, bool)])] = &[
+/// A column: name, type as `information_schema` names it, nullable.
+type Column = (&'static str, &'static str, bool);
+
+/// Every column migration 1 creates, per table.
+const EXPECTED_COLUMNS: &[(&str, &[Column])] = &[
     (
         "alerts",
         &[
