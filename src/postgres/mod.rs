@@ -87,6 +87,8 @@
 
 mod migrate;
 mod schema;
+mod webhooks;
 
 pub use migrate::{migrate, migrations, MigrateError, Migration, MigrationReport};
 pub use schema::{PostgresSchema, SchemaNameError};
+pub use webhooks::{load_webhook, load_webhooks, remove_webhook, save_webhook, StoredWebhook, WebhookStoreError};
