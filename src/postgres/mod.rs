@@ -57,6 +57,16 @@
 //!   when each user of a bot last fired (`bot_token`, `user_id`,
 //!   `last_fired_at`).
 //!
+//! ## Webhooks' settings
+//! [`save_webhook`] writes a [`WebhookConfig`](crate::WebhookConfig) into its
+//! bot's `webhooks` row (an upsert of every setting column that also
+//! re-enables the webhook, as saving the bot's settings does on the
+//! platform); [`remove_webhook`] deletes the row, and its queued events with
+//! it; [`load_webhooks`] and [`load_webhook`] read rows back as
+//! [`StoredWebhook`]s, each config built through
+//! [`WebhookConfig::builder`](crate::WebhookConfig::builder), so a row edited
+//! by hand obeys the same rules and is refused naming its bot and column.
+//!
 //! Every change of a webhook's settings or `disabled`, and every configured
 //! or removed webhook, is announced on the channel
 //! [`PostgresSchema::webhooks_channel`] (`<schema>.webhooks`) when its

@@ -150,7 +150,7 @@ pub async fn save_webhook(
     let unstorable =
         |column, reason| WebhookStoreError::Unstorable { bot_token: shortened(config.bot_token()), column, reason };
     let milliseconds = |column, duration: Duration| {
-        if duration.subsec_nanos() % 1_000_000 != 0 {
+        if !duration.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(unstorable(column, "it is not a whole number of milliseconds"));
         }
         i64::try_from(duration.as_millis())
