@@ -94,6 +94,8 @@ mod error_text;
 mod event;
 #[cfg(feature = "tracing")]
 mod log_escape;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod receiver;
 mod runtime;
 mod signing;

@@ -1,0 +1,150 @@
+-- Migration 1: the shared store. Run by `eventhook::postgres::migrate` with
+-- `search_path` set to the configured schema, so names are unqualified.
+
+-- One row per configured bot: its settings (what `WebhookConfig` holds), its
+-- health, its schedule and the lease of the call under way.
+CREATE TABLE webhooks (
+    bot_token          text PRIMARY KEY,
+    account_name       text NOT NULL,
+    url                text NOT NULL,
+    -- The bot's API secret, sent as bearer; the platform's database holds it already.
+    secret             text NOT NULL,
+    signing_secrets    text[] NOT NULL DEFAULT '{}',
+    -- `EventFlags` bits: the selected event kinds.
+    events             integer NOT NULL CHECK (events >= 0),
+    plan               text NOT NULL CHECK (plan IN ('free', 'paid')),
+    push_interval_ms   bigint NOT NULL,
+    max_batch_events   integer NOT NULL,
+    max_batch_bytes    bigint NOT NULL,
+    one_event_per_call boolean NOT NULL,
+    request_timeout_ms bigint NOT NULL,
+    queue_capacity     integer NOT NULL,
+    accept_any_2xx     boolean NOT NULL,
+    included_variables text[] NOT NULL DEFAULT '{}',
+    disabled           boolean NOT NULL DEFAULT false,
+    failures_in_row    integer NOT NULL DEFAULT 0 CHECK (failures_in_row >= 0),
+    last_failure       text,
+    -- When the next push is due; NULL while nothing is scheduled.
+    due_at             timestamptz,
+    -- The lease of the call under way: which claim holds it and until when.
+    claim_id           bigint,
+    lease_until        timestamptz,
+    -- Bumped by a trigger whenever the settings or `disabled` change.
+    generation         bigint NOT NULL DEFAULT 1,
+    CHECK ((claim_id IS NULL) = (lease_until IS NULL))
+);
+
+-- The claim's scan: enabled webhooks in due order.
+CREATE INDEX webhooks_due ON webhooks (due_at) WHERE NOT disabled AND due_at IS NOT NULL;
+
+-- Claim ids, unique across processes: a lease holds one, its call's ledger row repeats it.
+CREATE SEQUENCE claim_ids AS bigint;
+
+-- Accepted events waiting for delivery, one row each, in acceptance order per bot.
+-- The primary key is also the claim's ordered read, so an insert updates one index.
+CREATE TABLE events (
+    id          bigint GENERATED ALWAYS AS IDENTITY,
+    bot_token   text NOT NULL REFERENCES webhooks (bot_token) ON DELETE CASCADE,
+    -- The event as the wire encodes it (one JSON object).
+    body        bytea NOT NULL,
+    accepted_at timestamptz NOT NULL,
+    PRIMARY KEY (bot_token, id)
+);
+
+-- The billing ledger: one row per call made, written with the call's outcome.
+-- No foreign key: the ledger outlives a removed webhook.
+CREATE TABLE calls (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- At most one row per claim, so a call is billed once.
+    claim_id    bigint NOT NULL UNIQUE,
+    bot_token   text NOT NULL,
+    events      integer NOT NULL CHECK (events >= 0),
+    bytes       bigint NOT NULL CHECK (bytes >= 0),
+    outcome     text NOT NULL CHECK (outcome IN ('delivered', 'failed_status', 'failed_transport')),
+    -- The HTTP status; NULL when there was none (`failed_transport`).
+    status      smallint CHECK ((status IS NULL) = (outcome = 'failed_transport')),
+    failure     text,
+    started_at  timestamptz NOT NULL,
+    ended_at    timestamptz NOT NULL CHECK (ended_at >= started_at)
+);
+
+-- Billing per bot and period.
+CREATE INDEX calls_bot_token_started_at ON calls (bot_token, started_at);
+-- Pruning rows older than the retention.
+CREATE INDEX calls_ended_at ON calls (ended_at);
+
+-- Alerts to deliver to the `AlertSink`, written in the transaction that disabled the
+-- webhook; any process delivers them (under a lease) and marks them delivered.
+-- The id is stable, so a sink can ignore a repeat. No foreign key: an alert outlives its webhook.
+CREATE TABLE alerts (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    bot_token    text NOT NULL,
+    -- The `WebhookDisabledAlert`'s fields.
+    payload      jsonb NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    lease_until  timestamptz,
+    delivered_at timestamptz
+);
+
+CREATE INDEX alerts_undelivered ON alerts (id) WHERE delivered_at IS NULL;
+
+-- The returning-user gate (type 9 at most once per 24 h per user of a bot),
+-- shared by all processes: when each user last fired it.
+CREATE TABLE returning_users (
+    bot_token     text NOT NULL,
+    user_id       text NOT NULL,
+    last_fired_at timestamptz NOT NULL,
+    PRIMARY KEY (bot_token, user_id)
+);
+
+-- Forgetting users whose window has passed.
+CREATE INDEX returning_users_last_fired_at ON returning_users (last_fired_at);
+
+-- A change of the settings or of `disabled` bumps `generation`; leases, due
+-- times and health counts do not, so a process can tell a reconfiguration
+-- from its own bookkeeping. A writer cannot set `generation` by hand.
+CREATE FUNCTION webhooks_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_jsonb(NEW) - ARRAY['failures_in_row', 'last_failure', 'due_at', 'claim_id', 'lease_until', 'generation']
+       IS DISTINCT FROM
+       to_jsonb(OLD) - ARRAY['failures_in_row', 'last_failure', 'due_at', 'claim_id', 'lease_until', 'generation']
+    THEN
+        NEW.generation := OLD.generation + 1;
+    ELSE
+        NEW.generation := OLD.generation;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER webhooks_bump_generation BEFORE UPDATE ON webhooks
+    FOR EACH ROW EXECUTE FUNCTION webhooks_bump_generation();
+
+-- Tells listening processes that a webhook was configured, changed, disabled
+-- or removed: on channel `<schema>.webhooks`, a JSON payload with `op`,
+-- `bot_token` and `generation`. Delivered at commit; polling covers a missed one.
+CREATE FUNCTION webhooks_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    -- Plain types: a row type would be looked up on the caller's search_path.
+    token text;
+    generation bigint;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        token := OLD.bot_token;
+        generation := OLD.generation;
+    ELSIF TG_OP = 'UPDATE' AND NEW.generation = OLD.generation THEN
+        RETURN NULL;
+    ELSE
+        token := NEW.bot_token;
+        generation := NEW.generation;
+    END IF;
+    PERFORM pg_notify(
+        TG_TABLE_SCHEMA || '.webhooks',
+        json_build_object('op', lower(TG_OP), 'bot_token', token, 'generation', generation)::text
+    );
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER webhooks_notify AFTER INSERT OR UPDATE OR DELETE ON webhooks
+    FOR EACH ROW EXECUTE FUNCTION webhooks_notify();
