@@ -64,6 +64,16 @@ pub struct WebhookDisabledAlert {
     pub disabled_at: DateTime<Utc>,
 }
 
+impl WebhookDisabledAlert {
+    /// A stable id of this alert: the same each time the same disabling is
+    /// reported, so a sink can ignore a repeat (a process of a cluster that
+    /// dies after delivering an alert and before marking it delivered leaves
+    /// it to another, which delivers it again).
+    pub fn alert_id(&self) -> String {
+        format!("{}@{}", self.bot_token, self.disabled_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+    }
+}
+
 impl fmt::Display for WebhookDisabledAlert {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

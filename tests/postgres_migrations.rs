@@ -153,7 +153,7 @@ const EXPECTED_COLUMNS: &[(&str, &[Column])] = &[
         "returning_users",
         &[
             ("bot_token", "text", false),
-            ("user_id", "text", false),
+            ("user_key", "bytea", false),
             ("last_fired_at", "timestamp with time zone", false),
         ],
     ),
@@ -182,7 +182,11 @@ const EXPECTED_COLUMNS: &[(&str, &[Column])] = &[
             ("disabled", "boolean", false),
             ("failures_in_row", "integer", false),
             ("last_failure", "text", true),
+            ("anchor_at", "timestamp with time zone", false),
             ("due_at", "timestamp with time zone", true),
+            ("last_push_at", "timestamp with time zone", true),
+            ("retry_events", "integer", true),
+            ("retry_call_id", "text", true),
             ("claim_id", "bigint", true),
             ("lease_until", "timestamp with time zone", true),
             ("generation", "bigint", false),
@@ -266,9 +270,10 @@ async fn settings_changes_bump_the_generation_and_are_announced_bookkeeping_is_n
 
     execute(format!(
         "INSERT INTO {table} (bot_token, account_name, url, secret, events, plan, push_interval_ms,
-            max_batch_events, max_batch_bytes, one_event_per_call, request_timeout_ms, queue_capacity, accept_any_2xx)
+            max_batch_events, max_batch_bytes, one_event_per_call, request_timeout_ms, queue_capacity, accept_any_2xx,
+            anchor_at)
         VALUES ('bot-1', 'Matelab Srl', 'https://hooks.example.com/events', 's3cr3t', 16383, 'paid', 30000,
-            500, 1048576, false, 10000, 10000, false)"
+            500, 1048576, false, 10000, 10000, false, now())"
     ))
     .await;
     assert_eq!(generation().await, 1);
@@ -277,7 +282,8 @@ async fn settings_changes_bump_the_generation_and_are_announced_bookkeeping_is_n
     // A claim, a failed call and a new due time: bookkeeping, neither bumped nor announced.
     execute(format!(
         "UPDATE {table} SET claim_id = nextval('{schema}.claim_ids'), lease_until = now() + interval '30 s',
-            due_at = now() + interval '30 s', failures_in_row = 1, last_failure = 'answered 500'",
+            due_at = now() + interval '30 s', failures_in_row = 1, last_failure = 'answered 500',
+            anchor_at = now(), last_push_at = now(), retry_events = 3, retry_call_id = 'msg_1'",
         schema = test.quoted()
     ))
     .await;

@@ -961,7 +961,12 @@ fn start_push(
 /// one still not parse, it is handed back as an [`Event::Unknown`] with the
 /// fields it was stored with, never left out.
 fn decode(encoded: &[Box<[u8]>]) -> Vec<Event> {
-    encoded.iter().map(|bytes| wire::parse_event(bytes).unwrap_or_else(|_| stored_fields(bytes))).collect()
+    encoded.iter().map(|bytes| decode_stored(bytes)).collect()
+}
+
+/// One stored event back as an event (see [`decode`]).
+pub(crate) fn decode_stored(bytes: &[u8]) -> Event {
+    wire::parse_event(bytes).unwrap_or_else(|_| stored_fields(bytes))
 }
 
 /// An event the parser refused, as its stored JSON object's fields.

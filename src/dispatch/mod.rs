@@ -19,18 +19,20 @@ mod bot_sender;
 mod core;
 mod dispatcher;
 mod driver;
-mod endpoint;
+pub(crate) mod endpoint;
 mod intake;
 mod metrics;
 mod noop;
 mod observer;
 mod outcome;
 mod recording;
-mod rules;
-mod stats;
+pub(crate) mod rules;
+pub(crate) mod stats;
 mod store;
 mod token_hash;
 
+#[cfg(feature = "postgres")]
+pub(crate) use self::core::decode_stored;
 pub use self::core::{CoreLimits, DispatchCore, Enqueuer, Notice, Push, PushId};
 pub use bot_sender::BotSender;
 pub use dispatcher::Dispatcher;

@@ -13,7 +13,7 @@ use crate::transport::TransportError;
 /// What [`Dispatcher::enqueue`](super::Dispatcher::enqueue) did with an event.
 ///
 /// Every refusal is also counted in the stats under its [`Refusal`]. Only
-/// `QueueFull` and `Closed` hand the event back: the bot's webhook exists
+/// `QueueFull`, `Closed` and `StoreUnavailable` hand the event back: the bot's webhook exists
 /// and wants it, so keep it (or count it lost); the other refusals mean the
 /// webhook does not want it, and dropping it is right.
 ///
@@ -25,7 +25,9 @@ use crate::transport::TransportError;
 ///     match dispatcher.enqueue(event) {
 ///         EnqueueOutcome::Accepted => {}
 ///         // Handed back: the queue is full or the dispatcher is shutting down.
-///         EnqueueOutcome::QueueFull(event) | EnqueueOutcome::Closed(event) => spill.push(event),
+///         EnqueueOutcome::QueueFull(event)
+///         | EnqueueOutcome::Closed(event)
+///         | EnqueueOutcome::StoreUnavailable(event) => spill.push(event),
 ///         // Not wanted by the bot's webhook: nothing to keep.
 ///         EnqueueOutcome::NotSelected
 ///         | EnqueueOutcome::FreePlan
@@ -57,6 +59,10 @@ pub enum EnqueueOutcome {
     QueueFull(Event),
     /// The dispatcher is shut down; here is the event back.
     Closed(Event),
+    /// A shared store (PostgreSQL) has not taken the events accepted before
+    /// it, up to the dispatcher's buffer bound: the database is unreachable
+    /// or slower than the events arrive. Here is the event back.
+    StoreUnavailable(Event),
 }
 
 impl EnqueueOutcome {
@@ -75,6 +81,7 @@ impl EnqueueOutcome {
             EnqueueOutcome::WebhookDisabled => Refusal::WebhookDisabled,
             EnqueueOutcome::QueueFull(_) => Refusal::QueueFull,
             EnqueueOutcome::Closed(_) => Refusal::Closed,
+            EnqueueOutcome::StoreUnavailable(_) => Refusal::StoreUnavailable,
         })
     }
 }
@@ -123,7 +130,7 @@ impl fmt::Display for CallOutcome {
 pub struct CallRecord {
     /// The bot billed.
     pub bot_token: Arc<str>,
-    pub(super) account_name: bytes::Bytes,
+    pub(crate) account_name: bytes::Bytes,
     /// Where the call went.
     pub url: WebhookUrl,
     /// Events in the body.
@@ -213,6 +220,9 @@ pub enum FlushError {
     /// The dispatcher is shut down.
     #[error("the dispatcher is shut down")]
     Closed,
+    /// The shared store (PostgreSQL) did not answer; its error, without secrets.
+    #[error("flush could not reach the store: {0}")]
+    StoreUnavailable(String),
 }
 
 /// `: a; b; c` for the first few stalled webhooks, `and N more` after them.

@@ -52,6 +52,12 @@ pub(crate) fn array_length(events: usize, bytes: usize) -> usize {
     bytes + events.max(1) + 1
 }
 
+/// Whether `events` waiting events of `bytes` in total make a full batch:
+/// more than one call carries, so a backlog to drain at once after a success.
+pub(crate) fn is_full_batch(events: usize, bytes: usize, max_events: usize, max_bytes: usize) -> bool {
+    events >= max_events || array_length(events, bytes) > max_bytes
+}
+
 /// Whether an event of `length` encoded bytes fits in a call alone; one that
 /// does not is dropped when it is taken in ([`DropReason::TooLarge`](super::DropReason::TooLarge)).
 pub(crate) fn fits_alone(length: usize, max_batch_bytes: usize) -> bool {

@@ -66,17 +66,20 @@ pub enum Refusal {
     QueueFull,
     /// The dispatcher is shut down.
     Closed,
+    /// The shared store has not taken the events buffered before this one.
+    StoreUnavailable,
 }
 
 impl Refusal {
     /// Every refusal, in a fixed order.
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::NotSelected,
         Refusal::FreePlan,
         Refusal::NoWebhook,
         Refusal::WebhookDisabled,
         Refusal::QueueFull,
         Refusal::Closed,
+        Refusal::StoreUnavailable,
     ];
 
     /// A stable snake-case name, e.g. `"queue_full"`.
@@ -88,6 +91,7 @@ impl Refusal {
             Refusal::WebhookDisabled => "webhook_disabled",
             Refusal::QueueFull => "queue_full",
             Refusal::Closed => "closed",
+            Refusal::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -159,6 +163,10 @@ impl Counters {
     }
 
     /// Held events, waiting or in an abandoned call, are dropped.
+    pub(crate) fn add_dropped(&self, events: u64, reason: DropReason) {
+        add(&self.dropped[reason as usize], events);
+    }
+
     pub(crate) fn held_to_dropped(&self, events: u64, reason: DropReason) {
         add(&self.dropped[reason as usize], events);
         subtract(&self.held, events);

@@ -136,7 +136,7 @@ impl WebhookStore {
     /// Whether the waiting events fill at least one whole batch.
     pub(crate) fn has_full_batch(&self, max_events: usize, max_bytes: usize) -> bool {
         let waiting_bytes = self.bytes - self.in_flight_bytes();
-        self.waiting() >= max_events || array_length(self.waiting(), waiting_bytes) > max_bytes
+        rules::is_full_batch(self.waiting(), waiting_bytes, max_events, max_bytes)
     }
 
     /// Starts an attempt and returns its batch: the failed call again, when

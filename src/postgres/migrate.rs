@@ -120,6 +120,17 @@ pub async fn migrate(client: &mut Client, schema: &PostgresSchema) -> Result<Mig
     Ok(MigrationReport { applied, version })
 }
 
+/// The version `schema` is migrated to: 0 when it has no `schema_migrations`.
+pub(crate) async fn applied_version(client: &Client, schema: &PostgresSchema) -> Result<u32, tokio_postgres::Error> {
+    let ledger = format!("{}.schema_migrations", schema.quoted());
+    let row = client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&ledger]).await?;
+    if !row.try_get::<_, bool>(0)? {
+        return Ok(0);
+    }
+    let row = client.query_one(&format!("SELECT COALESCE(max(version), 0) FROM {ledger}"), &[]).await?;
+    Ok(u32::try_from(row.try_get::<_, i64>(0)?).unwrap_or(u32::MAX))
+}
+
 /// Creates the schema and its `schema_migrations` table when missing; checks
 /// first, so that an up-to-date schema needs no `CREATE` privilege.
 async fn prepare_ledger(transaction: &Transaction<'_>, schema: &PostgresSchema) -> Result<(), tokio_postgres::Error> {

@@ -54,8 +54,8 @@
 //!   as `payload`, `created_at`, the delivering process's `lease_until`,
 //!   `delivered_at`).
 //! - `returning_users`: the returning-user gate shared by all processes:
-//!   when each user of a bot last fired (`bot_token`, `user_id`,
-//!   `last_fired_at`).
+//!   when each user of a bot last fired (`bot_token`, `user_key`, the
+//!   SHA-256 of the user id, so no user id is kept, and `last_fired_at`).
 //!
 //! ## Webhooks' settings
 //! [`save_webhook`] writes a [`WebhookConfig`](crate::WebhookConfig) into its
@@ -95,10 +95,19 @@
 //! the platform's own database does; grant it to no one else. No type here
 //! holds a secret.
 
+mod connection;
+mod delivery;
+mod dispatcher;
+mod due;
 mod migrate;
+mod returning_users;
 mod schema;
+mod sync;
+mod timestamps;
 mod webhooks;
+mod writer;
 
+pub use dispatcher::{BuildError, PostgresDispatcher, PostgresDispatcherBuilder, StoreError};
 pub use migrate::{migrate, migrations, MigrateError, Migration, MigrationReport};
 pub use schema::{PostgresSchema, SchemaNameError};
 pub use webhooks::{load_webhook, load_webhooks, remove_webhook, save_webhook, StoredWebhook, WebhookStoreError};

@@ -10,11 +10,15 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{GenericClient, Row};
 
 use super::schema::PostgresSchema;
+use super::timestamps::later;
 use crate::config::{ConfigError, Plan, WebhookConfig};
+use crate::dispatch::rules;
 use crate::error_text::shortened;
 use crate::event::{EventFlags, EventKind};
 
@@ -147,6 +151,17 @@ pub async fn save_webhook(
     schema: &PostgresSchema,
     config: &WebhookConfig,
 ) -> Result<u64, WebhookStoreError> {
+    save_webhook_at(client, schema, config, chrono::Utc::now()).await
+}
+
+/// [`save_webhook`] as of `now` (the dispatcher's clock): the webhook's grid
+/// of push times starts at `now` plus its phase, as in memory.
+pub(crate) async fn save_webhook_at(
+    client: &impl GenericClient,
+    schema: &PostgresSchema,
+    config: &WebhookConfig,
+    now: DateTime<Utc>,
+) -> Result<u64, WebhookStoreError> {
     let unstorable =
         |column, reason| WebhookStoreError::Unstorable { bot_token: shortened(config.bot_token()), column, reason };
     let milliseconds = |column, duration: Duration| {
@@ -168,6 +183,7 @@ pub async fn save_webhook(
     let signing_secrets: Vec<String> = config.signing_secrets().iter().map(|secret| secret.expose()).collect();
     let included_variables: Vec<&str> = config.included_variables().iter().collect();
     let url = config.url().to_string();
+    let anchor_at = later(now, rules::phase(config.bot_token(), config.push_interval()));
 
     let columns = SETTING_COLUMNS.join(", ");
     let placeholders: Vec<String> = (1..=SETTING_COLUMNS.len()).map(|index| format!("${index}")).collect();
@@ -175,11 +191,13 @@ pub async fn save_webhook(
         SETTING_COLUMNS[1..].iter().map(|column| format!("{column} = EXCLUDED.{column}")).collect();
     let statement = format!(
         "INSERT INTO {schema}.webhooks ({columns}) VALUES ({placeholders})
-         ON CONFLICT (bot_token) DO UPDATE SET {updates},
-             disabled = false, failures_in_row = 0, last_failure = NULL
+         ON CONFLICT (bot_token) DO UPDATE SET {updates}, anchor_at = EXCLUDED.anchor_at,
+             disabled = false, failures_in_row = 0, last_failure = NULL,
+             retry_events = NULL, retry_call_id = NULL
          RETURNING generation",
         schema = schema.quoted(),
-        placeholders = placeholders.join(", "),
+        columns = format!("{columns}, anchor_at"),
+        placeholders = format!("{}, ${}", placeholders.join(", "), SETTING_COLUMNS.len() + 1),
         updates = updates.join(", "),
     );
     let row = client
@@ -201,6 +219,7 @@ pub async fn save_webhook(
                 &queue_capacity,
                 &config.accept_any_2xx(),
                 &included_variables,
+                &anchor_at,
             ],
         )
         .await
@@ -264,7 +283,7 @@ fn select_statement(schema: &PostgresSchema) -> String {
 }
 
 /// A row of [`select_statement`] as a [`StoredWebhook`], its settings checked by the builder.
-fn webhook_from_row(row: &Row) -> Result<StoredWebhook, WebhookStoreError> {
+pub(crate) fn webhook_from_row(row: &Row) -> Result<StoredWebhook, WebhookStoreError> {
     let bot_token: String =
         row.try_get("bot_token").map_err(WebhookStoreError::database("reading a webhook's bot_token", None))?;
     let get = |column| WebhookStoreError::database(column, Some(&bot_token));

@@ -59,6 +59,11 @@ impl TestSchema {
         (client, receiver)
     }
 
+    /// `DATABASE_URL`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The password in `DATABASE_URL`, for checking that nothing shows it.
     pub fn password(&self) -> Option<String> {
         let config: tokio_postgres::Config = self.url.parse().expect("DATABASE_URL is a connection string");

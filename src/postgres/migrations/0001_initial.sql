@@ -24,14 +24,24 @@ CREATE TABLE webhooks (
     disabled           boolean NOT NULL DEFAULT false,
     failures_in_row    integer NOT NULL DEFAULT 0 CHECK (failures_in_row >= 0),
     last_failure       text,
+    -- Where the webhook's grid of push times starts: when it was configured,
+    -- plus its phase (`rules::phase`), so pushes are spread over the interval.
+    anchor_at          timestamptz NOT NULL,
     -- When the next push is due; NULL while nothing is scheduled.
     due_at             timestamptz,
+    -- When the last call started, for the interval between pushes.
+    last_push_at       timestamptz,
+    -- The failed call to send again as it was: its events (the oldest ones)
+    -- and its `webhook-id`; NULL after a success.
+    retry_events       integer CHECK (retry_events > 0),
+    retry_call_id      text,
     -- The lease of the call under way: which claim holds it and until when.
     claim_id           bigint,
     lease_until        timestamptz,
     -- Bumped by a trigger whenever the settings or `disabled` change.
     generation         bigint NOT NULL DEFAULT 1,
-    CHECK ((claim_id IS NULL) = (lease_until IS NULL))
+    CHECK ((claim_id IS NULL) = (lease_until IS NULL)),
+    CHECK ((retry_events IS NULL) = (retry_call_id IS NULL))
 );
 
 -- The claim's scan: enabled webhooks in due order.
@@ -92,9 +102,10 @@ CREATE INDEX alerts_undelivered ON alerts (id) WHERE delivered_at IS NULL;
 -- shared by all processes: when each user last fired it.
 CREATE TABLE returning_users (
     bot_token     text NOT NULL,
-    user_id       text NOT NULL,
+    -- SHA-256 of the user id: the gate needs no user ids, so it keeps none.
+    user_key      bytea NOT NULL,
     last_fired_at timestamptz NOT NULL,
-    PRIMARY KEY (bot_token, user_id)
+    PRIMARY KEY (bot_token, user_key)
 );
 
 -- Forgetting users whose window has passed.
@@ -105,9 +116,9 @@ CREATE INDEX returning_users_last_fired_at ON returning_users (last_fired_at);
 -- from its own bookkeeping. A writer cannot set `generation` by hand.
 CREATE FUNCTION webhooks_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF to_jsonb(NEW) - ARRAY['failures_in_row', 'last_failure', 'due_at', 'claim_id', 'lease_until', 'generation']
+    IF to_jsonb(NEW) - ARRAY['failures_in_row', 'last_failure', 'anchor_at', 'due_at', 'last_push_at', 'retry_events', 'retry_call_id', 'claim_id', 'lease_until', 'generation']
        IS DISTINCT FROM
-       to_jsonb(OLD) - ARRAY['failures_in_row', 'last_failure', 'due_at', 'claim_id', 'lease_until', 'generation']
+       to_jsonb(OLD) - ARRAY['failures_in_row', 'last_failure', 'anchor_at', 'due_at', 'last_push_at', 'retry_events', 'retry_call_id', 'claim_id', 'lease_until', 'generation']
     THEN
         NEW.generation := OLD.generation + 1;
     ELSE

@@ -1,0 +1,610 @@
+//! The delivery task: claims due webhooks under a lease, makes their calls
+//! with no transaction open, and settles each call in one transaction by
+//! the delivery rules; delivers alerts from the outbox; prunes the ledger.
+//! Also the cluster-wide flush.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use http::StatusCode;
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, Row, Transaction};
+
+use super::connection::{self, FIRST_RETRY_DELAY};
+use super::dispatcher::{lock, Shared};
+use super::due::Schedule;
+use super::timestamps::{later, since};
+use super::webhooks::webhook_from_row;
+use super::writer::{count_dropped, decode, delete_events};
+use crate::alert::WebhookDisabledAlert;
+use crate::config::WebhookConfig;
+use crate::dispatch::endpoint::{CallSignature, Endpoint};
+use crate::dispatch::rules::{self, Settled};
+use crate::dispatch::stats::StalledWebhook;
+use crate::dispatch::{CallOutcome, CallRecord, DropReason, FlushError, WebhookState};
+use crate::signing;
+use crate::transport::{TransportError, TransportErrorKind};
+
+/// A flush under way in this process: settlements then push a webhook
+/// with events left at once, as in memory.
+pub(crate) struct Flush;
+
+/// How long an alert taken for delivery is this process's before another may take it.
+const ALERT_LEASE: Duration = Duration::from_secs(60);
+/// Alerts and webhooks taken per statement.
+const CLAIM_LIMIT: i64 = 64;
+/// How often the ledger is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// A call made, waiting for its settlement.
+struct CallEnded {
+    bot_token: Arc<str>,
+    claim_id: i64,
+    config: Arc<WebhookConfig>,
+    event_ids: Vec<i64>,
+    bytes: usize,
+    call_id: String,
+    started_at: DateTime<Utc>,
+    duration: Duration,
+    result: Result<StatusCode, TransportError>,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let (ended_sender, mut ended) = mpsc::unbounded_channel::<CallEnded>();
+    let mut client: Option<Client> = None;
+    let mut unsettled: VecDeque<CallEnded> = VecDeque::new();
+    let mut last_prune: Option<Instant> = None;
+    let mut delay = FIRST_RETRY_DELAY;
+    let call_id_prefix = signing::call_id_prefix(&*shared.clock);
+    loop {
+        while let Ok(call) = ended.try_recv() {
+            unsettled.push_back(call);
+        }
+        let wait =
+            match round(&shared, &mut client, &mut unsettled, &ended_sender, &mut last_prune, call_id_prefix).await {
+                Ok(next_due) => {
+                    delay = FIRST_RETRY_DELAY;
+                    shared.database_state(None);
+                    let until_due = next_due.map_or(Duration::MAX, |due| since(due, shared.now()));
+                    until_due.min(shared.options.poll_interval)
+                }
+                Err(error) => {
+                    shared.database_state(Some(error));
+                    if client.as_ref().is_some_and(Client::is_closed) {
+                        client = None;
+                    }
+                    delay = connection::next_delay(delay);
+                    delay
+                }
+            };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shared.delivery_wake.notified() => {}
+            call = ended.recv() => unsettled.extend(call),
+        }
+    }
+}
+
+/// One pass: settle ended calls, deliver alerts, prune, claim and start
+/// calls. Returns the next due time the database knows of.
+async fn round(
+    shared: &Arc<Shared>,
+    client: &mut Option<Client>,
+    unsettled: &mut VecDeque<CallEnded>,
+    ended: &mpsc::UnboundedSender<CallEnded>,
+    last_prune: &mut Option<Instant>,
+    call_id_prefix: u64,
+) -> Result<Option<DateTime<Utc>>, String> {
+    if client.is_none() {
+        let connected = connection::connect(&shared.database, || {})
+            .await
+            .map_err(|error| connection::describe("connecting", &error))?;
+        *client = Some(connected);
+    }
+    let Some(client) = client.as_mut() else { return Err("no connection".to_owned()) };
+    // Settled oldest first; one left unsettled is tried again next pass.
+    while let Some(call) = unsettled.front() {
+        settle(shared, client, call).await?;
+        unsettled.pop_front();
+        shared.calls_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+    deliver_alerts(shared, client).await?;
+    if last_prune.is_none_or(|pruned| pruned.elapsed() >= PRUNE_EVERY) {
+        prune_ledger(shared, client).await?;
+        let window_ms = i64::try_from(shared.options.returning_user_window.as_millis()).unwrap_or(i64::MAX);
+        super::returning_users::forget_expired(client, &shared.schema, shared.now(), window_ms)
+            .await
+            .map_err(|error| connection::describe("forgetting returning users", &error))?;
+        *last_prune = Some(Instant::now());
+    }
+    if !shared.closed.load(Ordering::Acquire) {
+        let free = shared.options.max_concurrent_pushes.saturating_sub(shared.calls_in_flight.load(Ordering::Acquire));
+        if free > 0 {
+            claim_and_call(shared, client, free, ended, call_id_prefix).await?;
+        }
+    }
+    let statement = format!(
+        "SELECT min(greatest(due_at, coalesce(lease_until, due_at))) FROM {}.webhooks
+         WHERE due_at IS NOT NULL AND NOT disabled",
+        shared.schema.quoted()
+    );
+    let row =
+        client.query_one(&statement, &[]).await.map_err(|error| connection::describe("reading due times", &error))?;
+    row.try_get(0).map_err(|error| connection::describe("reading due times", &error))
+}
+
+/// Claims up to `free` due webhooks and starts a call for each that still has events.
+async fn claim_and_call(
+    shared: &Arc<Shared>,
+    client: &mut Client,
+    free: usize,
+    ended: &mpsc::UnboundedSender<CallEnded>,
+    call_id_prefix: u64,
+) -> Result<(), String> {
+    let schema = shared.schema.quoted();
+    let now = shared.now();
+    let lease_margin_ms = i64::try_from(shared.options.lease_margin.as_millis()).unwrap_or(i64::MAX);
+    let limit = i64::try_from(free).unwrap_or(CLAIM_LIMIT).min(CLAIM_LIMIT);
+    // Skipping locked rows: processes claiming at once take different webhooks.
+    let statement = format!(
+        "WITH due AS (
+             SELECT bot_token FROM {schema}.webhooks
+             WHERE due_at <= $1 AND NOT disabled AND plan = 'paid' AND (lease_until IS NULL OR lease_until <= $1)
+             ORDER BY due_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED)
+         UPDATE {schema}.webhooks AS webhook
+         SET claim_id = nextval('{schema}.claim_ids'),
+             lease_until = $1::timestamptz + make_interval(secs => (webhook.request_timeout_ms * 2 + $3::bigint) / 1000.0)
+         FROM due WHERE webhook.bot_token = due.bot_token
+         RETURNING webhook.*"
+    );
+    let rows = client
+        .query(&statement, &[&now, &limit, &lease_margin_ms])
+        .await
+        .map_err(|error| connection::describe("claiming due webhooks", &error))?;
+    for row in rows {
+        start_call(shared, client, &row, now, ended, call_id_prefix).await?;
+    }
+    Ok(())
+}
+
+async fn start_call(
+    shared: &Arc<Shared>,
+    client: &mut Client,
+    row: &Row,
+    now: DateTime<Utc>,
+    ended: &mpsc::UnboundedSender<CallEnded>,
+    call_id_prefix: u64,
+) -> Result<(), String> {
+    let read = |error: tokio_postgres::Error| connection::describe("reading a claimed webhook", &error);
+    let claim_id: i64 = row.try_get("claim_id").map_err(read)?;
+    let retry_events: Option<i32> = row.try_get("retry_events").map_err(read)?;
+    let retry_call_id: Option<String> = row.try_get("retry_call_id").map_err(read)?;
+    let stored = webhook_from_row(row).map_err(|error| error.to_string())?;
+    let config = Arc::new(stored.config);
+    let bot_token = config.shared_bot_token();
+    let (max_events, max_bytes) =
+        rules::batch_limits(config.one_event_per_call(), config.max_batch_events(), config.max_batch_bytes());
+    let limit = retry_events.map_or(max_events, |events| usize::try_from(events).unwrap_or(1));
+    let statement =
+        format!("SELECT id, body FROM {}.events WHERE bot_token = $1 ORDER BY id LIMIT $2", shared.schema.quoted());
+    let rows = client
+        .query(&statement, &[&&*bot_token, &i64::try_from(limit).unwrap_or(i64::MAX)])
+        .await
+        .map_err(|error| connection::describe("reading a call's events", &error))?;
+    let mut events: Vec<(i64, Vec<u8>)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let read = |error: tokio_postgres::Error| connection::describe("reading an event", &error);
+        events.push((row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?));
+    }
+    // The failed call again as it was; otherwise as many of the oldest as fit.
+    let count = match retry_events {
+        Some(_) => events.len(),
+        None => rules::fitting(events.iter().map(|(_, body)| body.len()), max_events, max_bytes).0,
+    };
+    events.truncate(count);
+    if events.is_empty() {
+        // Delivered or dropped meanwhile: nothing to call; hand the claim back.
+        let transaction = client.transaction().await.map_err(|error| connection::describe("beginning", &error))?;
+        release(shared, &transaction, &bot_token, claim_id, now, Settled::Idle).await?;
+        return transaction.commit().await.map_err(|error| connection::describe("releasing a claim", &error));
+    }
+    let bytes: usize = events.iter().map(|(_, body)| body.len()).sum();
+    let mut body = Vec::with_capacity(rules::array_length(events.len(), bytes));
+    body.push(b'[');
+    for (index, (_, event)) in events.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(event);
+    }
+    body.push(b']');
+    let call_id = retry_call_id.unwrap_or_else(|| signing::call_id(call_id_prefix, claim_id as u64));
+    let (_, endpoint) = Endpoint::new(&config);
+    let secrets = config.signing_secrets();
+    let signature = (!secrets.is_empty()).then(|| CallSignature {
+        secrets,
+        call_id: call_id.clone(),
+        timestamp: shared.clock.wall_time().timestamp(),
+    });
+    let request = endpoint.call_request(body, signature);
+    let body_length = request.body().len();
+    let event_ids: Vec<i64> = events.iter().map(|(id, _)| *id).collect();
+    let in_call = event_ids.len() as u64;
+    shared.calls_in_flight.fetch_add(1, Ordering::AcqRel);
+    shared.in_flight.fetch_add(in_call, Ordering::Relaxed);
+    if let Some(webhook) = shared.webhook(&bot_token) {
+        webhook.counters.in_flight.fetch_add(in_call, Ordering::Relaxed);
+    }
+    let transport = Arc::clone(&shared.transport);
+    let ended = ended.clone();
+    let started = Instant::now();
+    tokio::spawn(async move {
+        let timeout = config.request_timeout();
+        // The timeout is applied here so that any transport is bounded.
+        let result = match tokio::time::timeout(timeout, transport.send(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::new(TransportErrorKind::Timeout, format!("no answer within {timeout:?}"))),
+        };
+        let call = CallEnded {
+            bot_token,
+            claim_id,
+            config,
+            event_ids,
+            bytes: body_length,
+            call_id,
+            started_at: now,
+            duration: started.elapsed(),
+            result,
+        };
+        let _ = ended.send(call);
+    });
+    Ok(())
+}
+
+/// Settles one call in one transaction: its ledger row always; and, while
+/// the lease is still this call's, the rules' outcome on the webhook's row.
+async fn settle(shared: &Shared, client: &mut Client, call: &CallEnded) -> Result<(), String> {
+    let schema = shared.schema.quoted();
+    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
+    let now = shared.now();
+    let outcome = rules::call_outcome(call.result.clone(), call.config.accept_any_2xx());
+    let transaction = client.transaction().await.map_err(doing("beginning a settlement"))?;
+    let (outcome_name, status) = match &outcome {
+        CallOutcome::Delivered(status) => ("delivered", Some(status.as_u16() as i16)),
+        CallOutcome::FailedStatus(status) => ("failed_status", Some(status.as_u16() as i16)),
+        CallOutcome::FailedTransport(_) => ("failed_transport", None),
+    };
+    let failure = (!outcome.is_success()).then(|| outcome.to_string());
+    let events = i32::try_from(call.event_ids.len()).unwrap_or(i32::MAX);
+    let bytes = i64::try_from(call.bytes).unwrap_or(i64::MAX);
+    let ended_at = now.max(call.started_at);
+    let statement = format!(
+        "INSERT INTO {schema}.calls (claim_id, bot_token, events, bytes, outcome, status, failure, started_at, ended_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (claim_id) DO NOTHING"
+    );
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+        &call.claim_id,
+        &&*call.bot_token,
+        &events,
+        &bytes,
+        &outcome_name,
+        &status,
+        &failure,
+        &call.started_at,
+        &ended_at,
+    ];
+    let first_settlement =
+        transaction.execute(&statement, &parameters).await.map_err(doing("writing the ledger"))? == 1;
+    let statement =
+        format!("SELECT failures_in_row, claim_id FROM {schema}.webhooks WHERE bot_token = $1 FOR NO KEY UPDATE");
+    let row = transaction.query_opt(&statement, &[&&*call.bot_token]).await.map_err(doing("locking a webhook"))?;
+    let ours = match &row {
+        Some(row) => row.try_get::<_, Option<i64>>(1).map_err(doing("reading a lease"))? == Some(call.claim_id),
+        None => false,
+    };
+    let mut dropped = Vec::new();
+    let mut alert = None;
+    if ours && first_settlement {
+        let failures_in_row: i32 =
+            row.as_ref().map_or(Ok(0), |row| row.try_get(0)).map_err(doing("reading failures"))?;
+        if outcome.is_success() {
+            let statement = format!("DELETE FROM {schema}.events WHERE bot_token = $1 AND id = ANY($2)");
+            transaction
+                .execute(&statement, &[&&*call.bot_token, &call.event_ids])
+                .await
+                .map_err(doing("deleting delivered events"))?;
+            let statement = format!(
+                "UPDATE {schema}.webhooks SET failures_in_row = 0, last_failure = NULL,
+                     retry_events = NULL, retry_call_id = NULL, last_push_at = $2
+                 WHERE bot_token = $1"
+            );
+            transaction
+                .execute(&statement, &[&&*call.bot_token, &call.started_at])
+                .await
+                .map_err(doing("recording a success"))?;
+            release(shared, &transaction, &call.bot_token, call.claim_id, now, Settled::Delivered).await?;
+        } else {
+            let (failures_in_row, disables) = rules::after_failure(u32::try_from(failures_in_row).unwrap_or_default());
+            let failures = i32::try_from(failures_in_row).unwrap_or(i32::MAX);
+            if disables {
+                dropped = delete_events(&transaction, shared, &call.bot_token).await?;
+                let disabled_alert = WebhookDisabledAlert {
+                    bot_token: call.bot_token.to_string(),
+                    account_name: call.config.account_name().to_owned(),
+                    url: call.config.url().to_string(),
+                    failures_in_row,
+                    last_failure: failure.clone().unwrap_or_default(),
+                    disabled_at: now,
+                };
+                let statement = format!(
+                    "UPDATE {schema}.webhooks SET disabled = true, failures_in_row = $2, last_failure = $3,
+                         retry_events = NULL, retry_call_id = NULL, last_push_at = $4, due_at = NULL,
+                         claim_id = NULL, lease_until = NULL
+                     WHERE bot_token = $1"
+                );
+                transaction
+                    .execute(&statement, &[&&*call.bot_token, &failures, &failure, &call.started_at])
+                    .await
+                    .map_err(doing("disabling a webhook"))?;
+                let statement = format!("INSERT INTO {schema}.alerts (bot_token, payload) VALUES ($1, $2)");
+                transaction
+                    .execute(&statement, &[&&*call.bot_token, &alert_payload(&disabled_alert)])
+                    .await
+                    .map_err(doing("writing an alert"))?;
+                alert = Some(());
+            } else {
+                let statement = format!(
+                    "UPDATE {schema}.webhooks SET failures_in_row = $2, last_failure = $3,
+                         retry_events = $4, retry_call_id = $5, last_push_at = $6
+                     WHERE bot_token = $1"
+                );
+                transaction
+                    .execute(
+                        &statement,
+                        &[&&*call.bot_token, &failures, &failure, &events, &call.call_id, &call.started_at],
+                    )
+                    .await
+                    .map_err(doing("recording a failure"))?;
+                release(shared, &transaction, &call.bot_token, call.claim_id, now, Settled::Failed).await?;
+            }
+        }
+    }
+    transaction.commit().await.map_err(doing("committing a settlement"))?;
+    // Committed: count, and tell the observer of the call (in this process, once).
+    let in_call = call.event_ids.len() as u64;
+    shared.in_flight.fetch_sub(in_call, Ordering::Relaxed);
+    let webhook = shared.webhook(&call.bot_token);
+    if let Some(webhook) = &webhook {
+        let counters = &webhook.counters;
+        counters.in_flight.fetch_sub(in_call.min(counters.in_flight.load(Ordering::Relaxed)), Ordering::Relaxed);
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        if outcome.is_success() && ours {
+            counters.delivered.fetch_add(in_call, Ordering::Relaxed);
+            let pending = webhook.pending_in_database.load(Ordering::Relaxed);
+            webhook.pending_in_database.store(pending.saturating_sub(in_call), Ordering::Relaxed);
+        } else if !outcome.is_success() {
+            counters.calls_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if alert.is_some() {
+            webhook.disabled.store(true, Ordering::Relaxed);
+        }
+        if !dropped.is_empty() {
+            count_dropped(shared, webhook, &call.bot_token, DropReason::Disabled, decode(&dropped));
+        }
+    }
+    if first_settlement {
+        let (_, endpoint) = Endpoint::new(&call.config);
+        shared.observer.call_made(&CallRecord {
+            bot_token: Arc::clone(&call.bot_token),
+            account_name: endpoint.account_name,
+            url: endpoint.url,
+            events: call.event_ids.len(),
+            bytes: call.bytes,
+            duration: call.duration,
+            outcome,
+        });
+    }
+    if alert.is_some() {
+        shared.delivery_wake.notify_one();
+    }
+    Ok(())
+}
+
+/// Hands a claim back and schedules the webhook after `settled`: due by
+/// the rules when events wait, nothing scheduled when none do.
+async fn release(
+    shared: &Shared,
+    transaction: &Transaction<'_>,
+    bot_token: &str,
+    claim_id: i64,
+    now: DateTime<Utc>,
+    settled: Settled,
+) -> Result<(), String> {
+    let schema = shared.schema.quoted();
+    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
+    let statement = format!(
+        "SELECT anchor_at, push_interval_ms, last_push_at, max_batch_events, max_batch_bytes, one_event_per_call
+         FROM {schema}.webhooks WHERE bot_token = $1 AND claim_id = $2 FOR NO KEY UPDATE"
+    );
+    let Some(row) =
+        transaction.query_opt(&statement, &[&bot_token, &claim_id]).await.map_err(doing("locking a webhook"))?
+    else {
+        return Ok(());
+    };
+    let read = doing("reading a webhook's schedule");
+    let schedule = Schedule {
+        anchor_at: row.try_get(0).map_err(read)?,
+        push_interval_ms: row.try_get(1).map_err(read)?,
+        last_push_at: row.try_get(2).map_err(read)?,
+    };
+    let max_batch_events: i32 = row.try_get(3).map_err(read)?;
+    let max_batch_bytes: i64 = row.try_get(4).map_err(read)?;
+    let one_event_per_call: bool = row.try_get(5).map_err(read)?;
+    let (max_events, max_bytes) = rules::batch_limits(
+        one_event_per_call,
+        usize::try_from(max_batch_events).unwrap_or(1),
+        usize::try_from(max_batch_bytes).unwrap_or(usize::MAX),
+    );
+    // Enough of the oldest waiting events to tell whether a whole batch waits.
+    let statement = format!(
+        "SELECT count(*), coalesce(sum(length(body)), 0)::bigint FROM
+             (SELECT body FROM {schema}.events WHERE bot_token = $1 ORDER BY id LIMIT $2) AS oldest"
+    );
+    let limit = i64::try_from(max_events).unwrap_or(i64::MAX).saturating_add(1);
+    let row = transaction.query_one(&statement, &[&bot_token, &limit]).await.map_err(doing("counting events"))?;
+    let waiting: i64 = row.try_get(0).map_err(read)?;
+    let waiting_bytes: i64 = row.try_get(1).map_err(read)?;
+    let due_at = (waiting > 0).then(|| {
+        let waiting = usize::try_from(waiting).unwrap_or(usize::MAX);
+        let full_batch =
+            rules::is_full_batch(waiting, usize::try_from(waiting_bytes).unwrap_or(usize::MAX), max_events, max_bytes);
+        let flushing = lock(&shared.flush).is_some();
+        schedule.next_push_at(settled, now, flushing, full_batch)
+    });
+    let statement =
+        format!("UPDATE {schema}.webhooks SET claim_id = NULL, lease_until = NULL, due_at = $2 WHERE bot_token = $1");
+    transaction.execute(&statement, &[&bot_token, &due_at]).await.map_err(doing("releasing a claim"))?;
+    Ok(())
+}
+
+fn alert_payload(alert: &WebhookDisabledAlert) -> serde_json::Value {
+    serde_json::json!({
+        "bot_token": alert.bot_token,
+        "account_name": alert.account_name,
+        "url": alert.url,
+        "failures_in_row": alert.failures_in_row,
+        "last_failure": alert.last_failure,
+        "disabled_at": alert.disabled_at.to_rfc3339_opts(SecondsFormat::Nanos, true),
+    })
+}
+
+fn alert_from_payload(payload: &serde_json::Value) -> Option<WebhookDisabledAlert> {
+    let text = |field: &str| payload.get(field).and_then(serde_json::Value::as_str).map(str::to_owned);
+    Some(WebhookDisabledAlert {
+        bot_token: text("bot_token")?,
+        account_name: text("account_name")?,
+        url: text("url")?,
+        failures_in_row: u32::try_from(payload.get("failures_in_row")?.as_u64()?).ok()?,
+        last_failure: text("last_failure")?,
+        disabled_at: DateTime::parse_from_rfc3339(&text("disabled_at")?).ok()?.with_timezone(&Utc),
+    })
+}
+
+/// Takes undelivered alerts under a lease, hands each to the sink and
+/// marks it delivered: once per alert, unless this process dies between the
+/// two (then another delivers it again, with the same id).
+async fn deliver_alerts(shared: &Shared, client: &Client) -> Result<(), String> {
+    let schema = shared.schema.quoted();
+    let now = shared.now();
+    let statement = format!(
+        "UPDATE {schema}.alerts SET lease_until = $2 WHERE id IN (
+             SELECT id FROM {schema}.alerts
+             WHERE delivered_at IS NULL AND (lease_until IS NULL OR lease_until <= $1)
+             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING id, payload"
+    );
+    let rows = client
+        .query(&statement, &[&now, &later(now, ALERT_LEASE), &CLAIM_LIMIT])
+        .await
+        .map_err(|error| connection::describe("taking alerts", &error))?;
+    for row in rows {
+        let read = |error: tokio_postgres::Error| connection::describe("reading an alert", &error);
+        let id: i64 = row.try_get(0).map_err(read)?;
+        let payload: serde_json::Value = row.try_get(1).map_err(read)?;
+        if let Some(alert) = alert_from_payload(&payload) {
+            shared.alert_sink.webhook_disabled(&alert);
+        }
+        let statement = format!("UPDATE {schema}.alerts SET delivered_at = $2 WHERE id = $1");
+        client
+            .execute(&statement, &[&id, &now])
+            .await
+            .map_err(|error| connection::describe("marking an alert", &error))?;
+    }
+    Ok(())
+}
+
+async fn prune_ledger(shared: &Shared, client: &Client) -> Result<(), String> {
+    let cutoff =
+        shared.now() - chrono::Duration::from_std(shared.options.ledger_retention).unwrap_or(chrono::Duration::MAX);
+    let statement = format!("DELETE FROM {}.calls WHERE ended_at < $1", shared.schema.quoted());
+    client.execute(&statement, &[&cutoff]).await.map_err(|error| connection::describe("pruning the ledger", &error))?;
+    Ok(())
+}
+
+/// The cluster-wide flush of [`PostgresDispatcher::flush`](super::PostgresDispatcher).
+pub(crate) async fn flush(shared: &Shared, timeout: Duration) -> Result<(), FlushError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = |pending: u64, webhooks: Vec<StalledWebhook>| FlushError::TimedOut { pending, webhooks };
+    let (done, committed) = tokio::sync::oneshot::channel();
+    if shared.intake.send(super::writer::Entry::Sync(done)).is_err() {
+        return Err(FlushError::Closed);
+    }
+    if tokio::time::timeout_at(deadline, committed).await.is_err() {
+        return Err(timed_out(shared.buffered.load(Ordering::Relaxed) as u64, Vec::new()));
+    }
+    *lock(&shared.flush) = Some(Flush);
+    let result = flush_committed(shared, deadline).await;
+    *lock(&shared.flush) = None;
+    result
+}
+
+async fn flush_committed(shared: &Shared, deadline: tokio::time::Instant) -> Result<(), FlushError> {
+    let database =
+        |error: tokio_postgres::Error| FlushError::StoreUnavailable(connection::describe("flushing", &error));
+    let client = connection::connect(&shared.database, || {}).await.map_err(database)?;
+    let schema = shared.schema.quoted();
+    let started_at = shared.now();
+    let row =
+        client.query_one(&format!("SELECT coalesce(max(id), 0) FROM {schema}.events"), &[]).await.map_err(database)?;
+    let newest: i64 = row.try_get(0).map_err(database)?;
+    let statement = format!(
+        "UPDATE {schema}.webhooks AS webhook SET due_at = $1
+         WHERE NOT disabled AND plan = 'paid' AND (due_at IS NULL OR due_at > $1)
+           AND EXISTS (SELECT 1 FROM {schema}.events AS event WHERE event.bot_token = webhook.bot_token)"
+    );
+    client.execute(&statement, &[&started_at]).await.map_err(database)?;
+    shared.delivery_wake.notify_one();
+    // A webhook is done when none of its events from before the flush are
+    // left, or when a call of it failed since the flush began.
+    let statement = format!(
+        "SELECT webhook.bot_token, count(*), webhook.disabled, webhook.last_failure,
+                webhook.failures_in_row > 0 AND webhook.last_push_at >= $2
+         FROM {schema}.events AS event JOIN {schema}.webhooks AS webhook USING (bot_token)
+         WHERE event.id <= $1
+         GROUP BY webhook.bot_token ORDER BY webhook.bot_token"
+    );
+    loop {
+        let rows = client.query(&statement, &[&newest, &started_at]).await.map_err(database)?;
+        let mut pending = 0;
+        let mut stalled = Vec::new();
+        let mut failed = 0;
+        for row in &rows {
+            let count: i64 = row.try_get(1).map_err(database)?;
+            let disabled: bool = row.try_get(2).map_err(database)?;
+            let failed_since: bool = row.try_get(4).map_err(database)?;
+            let undelivered = u64::try_from(count).unwrap_or_default();
+            pending += undelivered;
+            failed += usize::from(disabled || failed_since);
+            stalled.push(StalledWebhook {
+                bot_token: row.try_get(0).map_err(database)?,
+                state: if disabled { WebhookState::Disabled } else { WebhookState::Active },
+                undelivered,
+                last_failure: row.try_get(3).map_err(database)?,
+            });
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if failed == rows.len() {
+            return Err(FlushError::Incomplete { pending, webhooks: stalled });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(FlushError::TimedOut { pending, webhooks: stalled });
+        }
+        shared.delivery_wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(10).min(shared.options.poll_interval)).await;
+    }
+}

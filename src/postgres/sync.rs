@@ -1,0 +1,127 @@
+//! Keeps this process's copy of the webhooks' settings, health and pending
+//! counts in step with the database: at once on the `webhooks` table's
+//! NOTIFY, and every poll interval in any case (a NOTIFY can be missed
+//! while the connection is down).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use super::connection::{self, FIRST_RETRY_DELAY};
+use super::dispatcher::{lock, Health, LocalWebhook, Shared};
+use super::webhooks::load_webhook;
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut client: Option<Client> = None;
+    let mut delay = FIRST_RETRY_DELAY;
+    loop {
+        let wait = match listen_and_refresh(&shared, &mut client).await {
+            Ok(()) => {
+                delay = FIRST_RETRY_DELAY;
+                shared.options.poll_interval
+            }
+            Err(error) => {
+                shared.database_state(Some(error));
+                if client.as_ref().is_some_and(Client::is_closed) {
+                    client = None;
+                }
+                delay = connection::next_delay(delay);
+                delay
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shared.sync_wake.notified() => {}
+        }
+    }
+}
+
+async fn listen_and_refresh(shared: &Arc<Shared>, client: &mut Option<Client>) -> Result<(), String> {
+    if client.is_none() {
+        let woken = Arc::downgrade(shared);
+        let connected = connection::connect(&shared.database, move || {
+            if let Some(shared) = woken.upgrade() {
+                shared.sync_wake.notify_one();
+            }
+        })
+        .await
+        .map_err(|error| connection::describe("connecting to listen", &error))?;
+        let channel = shared.schema.webhooks_channel().replace('"', "\"\"");
+        connected
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await
+            .map_err(|error| connection::describe("listening for settings", &error))?;
+        *client = Some(connected);
+    }
+    let Some(client) = client.as_ref() else { return Err("no connection".to_owned()) };
+    refresh(shared, client).await
+}
+
+/// Reads every webhook's generation, health and pending count; loads the
+/// settings of those whose generation this process has not seen; forgets
+/// those removed.
+pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), String> {
+    let schema = shared.schema.quoted();
+    let statement = format!(
+        "SELECT webhook.bot_token, webhook.generation, webhook.disabled, webhook.failures_in_row,
+                webhook.last_failure, coalesce(pending.events, 0)
+         FROM {schema}.webhooks AS webhook
+         LEFT JOIN (SELECT bot_token, count(*) AS events FROM {schema}.events GROUP BY bot_token) AS pending
+             USING (bot_token)"
+    );
+    let rows = client.query(&statement, &[]).await.map_err(|error| connection::describe("reading webhooks", &error))?;
+    let mut in_database = HashSet::with_capacity(rows.len());
+    let mut changed = Vec::new();
+    for row in &rows {
+        let read = |error: tokio_postgres::Error| connection::describe("reading a webhook", &error);
+        let token: String = row.try_get(0).map_err(read)?;
+        let generation = u64::try_from(row.try_get::<_, i64>(1).map_err(read)?).unwrap_or_default();
+        let disabled: bool = row.try_get(2).map_err(read)?;
+        let failures_in_row = u32::try_from(row.try_get::<_, i32>(3).map_err(read)?).unwrap_or_default();
+        let last_failure: Option<String> = row.try_get(4).map_err(read)?;
+        let pending = u64::try_from(row.try_get::<_, i64>(5).map_err(read)?).unwrap_or_default();
+        match shared.webhook(&token) {
+            Some(webhook) if webhook.generation.load(Ordering::Relaxed) >= generation => {
+                webhook.disabled.store(disabled, Ordering::Relaxed);
+                webhook.pending_in_database.store(pending, Ordering::Relaxed);
+                *lock(&webhook.health) = Health { failures_in_row, last_failure };
+            }
+            _ => changed.push((token.clone(), pending, Health { failures_in_row, last_failure })),
+        }
+        in_database.insert(token);
+    }
+    let mut loaded = HashMap::with_capacity(changed.len());
+    for (token, pending, health) in changed {
+        let stored = load_webhook(client, &shared.schema, &token).await.map_err(|error| error.to_string())?;
+        if let Some(stored) = stored {
+            loaded.insert(token, (stored, pending, health));
+        }
+    }
+    let removing = lock(&shared.removing);
+    let mut webhooks = shared.webhooks.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (token, (stored, pending, health)) in loaded {
+        if removing.contains(token.as_str()) {
+            continue;
+        }
+        let webhook = match webhooks.get(token.as_str()) {
+            // Settings saved here but not committed yet stay until their commit.
+            Some(old) if old.generation.load(Ordering::Relaxed) == 0 => continue,
+            Some(old) => old.reconfigured(stored.config, stored.generation, stored.disabled),
+            None => LocalWebhook::new(stored.config, stored.generation, stored.disabled),
+        };
+        webhook.pending_in_database.store(pending, Ordering::Relaxed);
+        *lock(&webhook.health) = health;
+        webhooks.insert(Arc::from(token.as_str()), Arc::new(webhook));
+    }
+    // Removed by another process; not one configured here and still on its way.
+    webhooks.retain(|token, webhook| {
+        let keep = in_database.contains(&**token) || webhook.generation.load(Ordering::Relaxed) == 0;
+        if !keep {
+            shared.retired.absorb(&webhook.counters.snapshot());
+        }
+        keep
+    });
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! The writer task: what `enqueue`, `configure` and `remove` hand over,
+//! committed in order, many at once (group commit).
+//!
+//! A round gathers what arrives within the commit window (or up to its
+//! event limit), encodes each event once, and commits everything in one
+//! transaction: settings rows, removals, events, and the due time of each
+//! webhook that had none. A failed round is tried again, whole, until the
+//! database takes it; meanwhile `enqueue` keeps accepting until the buffer
+//! bound, then refuses with a named reason.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, Transaction};
+
+use super::connection::{self, FIRST_RETRY_DELAY};
+use super::dispatcher::{lock, LocalWebhook, Shared};
+use super::due::Schedule;
+use super::webhooks::save_webhook_at;
+use crate::config::{Plan, WebhookConfig};
+use crate::dispatch::rules::{self, Settled};
+use crate::dispatch::{DropReason, DroppedEvents};
+use crate::event::Event;
+use crate::wire;
+
+/// What the writer is handed, in the order it was.
+pub(crate) enum Entry {
+    /// An accepted event, with the webhook it was accepted for.
+    Event(Arc<LocalWebhook>, Event),
+    /// A webhook's settings to save (which re-enables it).
+    Configure(Box<WebhookConfig>),
+    /// A webhook to delete, with its events.
+    Remove(Arc<str>),
+    /// Answered once everything handed over before it is committed.
+    Sync(oneshot::Sender<()>),
+}
+
+impl Entry {
+    pub(crate) fn into_event(self) -> Option<Event> {
+        match self {
+            Entry::Event(_, event) => Some(event),
+            _ => None,
+        }
+    }
+}
+
+/// A round, prepared once and committed (or tried again) as a whole.
+#[derive(Default)]
+struct Round {
+    steps: Vec<Step>,
+    syncs: Vec<oneshot::Sender<()>>,
+    /// Accepted events of the round, each webhook's and in all, committed or dropped with it.
+    accepted: HashMap<Arc<str>, (Arc<LocalWebhook>, u64)>,
+    accepted_total: usize,
+}
+
+enum Step {
+    Configure(Box<WebhookConfig>),
+    Remove(Arc<str>),
+    Events(EventBatch),
+}
+
+#[derive(Default)]
+struct EventBatch {
+    tokens: Vec<String>,
+    bodies: Vec<Vec<u8>>,
+}
+
+/// What a committed round did, to count once it is committed.
+#[derive(Default)]
+struct Committed {
+    /// Events inserted per webhook.
+    inserted: HashMap<String, u64>,
+    newest_id: i64,
+    /// Dropped events, per bot and reason, with their stored bodies.
+    dropped: Vec<(String, DropReason, Vec<Vec<u8>>)>,
+    /// Generations of saved webhooks.
+    generations: Vec<(Arc<str>, u64)>,
+}
+
+/// Runs until told to stop ([`Shared::stop_writer`]); then hands what it
+/// could not commit to [`Shared::uncommitted`].
+pub(crate) async fn run(shared: Arc<Shared>, mut receiver: mpsc::UnboundedReceiver<Entry>) {
+    let mut client: Option<Client> = None;
+    loop {
+        let Some(round) = gather(&shared, &mut receiver).await else {
+            hand_back(&shared, Round::default(), &mut receiver);
+            return;
+        };
+        let mut delay = FIRST_RETRY_DELAY;
+        let committed = loop {
+            match commit(&shared, &mut client, &round).await {
+                Ok(committed) => break committed,
+                Err(error) => {
+                    shared.database_state(Some(error));
+                    if client.as_ref().is_some_and(Client::is_closed) {
+                        client = None;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shared.writer_stop.notified() => {}
+                    }
+                    if shared.stopping.load(Ordering::Acquire) {
+                        hand_back(&shared, round, &mut receiver);
+                        return;
+                    }
+                    delay = connection::next_delay(delay);
+                }
+            }
+        };
+        shared.database_state(None);
+        settle_round(&shared, round, committed);
+    }
+}
+
+/// Waits for the first entry, then gathers for the commit window; `None` when told to stop.
+async fn gather(shared: &Shared, receiver: &mut mpsc::UnboundedReceiver<Entry>) -> Option<Round> {
+    let first = tokio::select! {
+        first = receiver.recv() => first?,
+        () = shared.writer_stop.notified() => return None,
+    };
+    let deadline = tokio::time::Instant::now() + shared.options.commit_window;
+    let mut round = Round::default();
+    let mut waiting = Some(first);
+    loop {
+        while let Some(entry) = waiting.take().or_else(|| receiver.try_recv().ok()) {
+            let sync = matches!(entry, Entry::Sync(_));
+            add(shared, &mut round, entry);
+            if sync || round.accepted_total >= shared.options.max_commit_events {
+                return Some(round);
+            }
+        }
+        match tokio::time::timeout_at(deadline, receiver.recv()).await {
+            Ok(Some(entry)) => waiting = Some(entry),
+            Ok(None) | Err(_) => return Some(round),
+        }
+    }
+}
+
+/// Adds one entry to the round, encoding an event once, for every try.
+fn add(shared: &Shared, round: &mut Round, entry: Entry) {
+    match entry {
+        Entry::Event(webhook, event) => {
+            let token = webhook.config.shared_bot_token();
+            round.accepted_total += 1;
+            round.accepted.entry(Arc::clone(&token)).or_insert_with(|| (Arc::clone(&webhook), 0)).1 += 1;
+            let mut body = Vec::new();
+            wire::encode_event_including(&event, webhook.config.included_variables(), &mut body);
+            if !rules::fits_alone(body.len(), webhook.config.max_batch_bytes()) {
+                count_dropped(shared, &webhook, &token, DropReason::TooLarge, vec![event]);
+                return;
+            }
+            if !matches!(round.steps.last(), Some(Step::Events(_))) {
+                round.steps.push(Step::Events(EventBatch::default()));
+            }
+            if let Some(Step::Events(batch)) = round.steps.last_mut() {
+                batch.tokens.push(token.to_string());
+                batch.bodies.push(body);
+            }
+        }
+        Entry::Configure(config) => round.steps.push(Step::Configure(config)),
+        Entry::Remove(token) => round.steps.push(Step::Remove(token)),
+        Entry::Sync(done) => round.syncs.push(done),
+    }
+}
+
+async fn commit(shared: &Shared, client: &mut Option<Client>, round: &Round) -> Result<Committed, String> {
+    if client.is_none() {
+        let connected = connection::connect(&shared.database, || {})
+            .await
+            .map_err(|error| connection::describe("connecting", &error))?;
+        *client = Some(connected);
+    }
+    let Some(client) = client.as_mut() else { return Err("no connection".to_owned()) };
+    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
+    let transaction = client.transaction().await.map_err(doing("beginning a commit"))?;
+    let now = shared.now();
+    let flushing = lock(&shared.flush).is_some();
+    let mut committed = Committed::default();
+    for step in &round.steps {
+        match step {
+            Step::Configure(config) => {
+                let generation = save_webhook_at(&transaction, &shared.schema, config, now)
+                    .await
+                    .map_err(|error| format!("saving a webhook: {error}"))?;
+                committed.generations.push((config.shared_bot_token(), generation));
+                let reason = (config.plan() == Plan::Free).then_some(DropReason::Reconfigured);
+                if let Some(reason) = reason {
+                    let bodies = delete_events(&transaction, shared, config.bot_token()).await?;
+                    committed.dropped.push((config.bot_token().to_owned(), reason, bodies));
+                } else {
+                    schedule(&transaction, shared, &[config.bot_token()], now, flushing).await?;
+                }
+            }
+            Step::Remove(token) => {
+                let bodies = delete_events(&transaction, shared, token).await?;
+                committed.dropped.push((token.to_string(), DropReason::Removed, bodies));
+                let statement = format!("DELETE FROM {}.webhooks WHERE bot_token = $1", shared.schema.quoted());
+                transaction.execute(&statement, &[&&**token]).await.map_err(doing("removing a webhook"))?;
+            }
+            Step::Events(batch) => insert_events(&transaction, shared, batch, now, flushing, &mut committed).await?,
+        }
+    }
+    transaction.commit().await.map_err(doing("committing"))?;
+    Ok(committed)
+}
+
+/// Inserts a batch in order, skipping the events of webhooks removed or
+/// disabled meanwhile (counted as dropped), and schedules the webhooks that
+/// had nothing scheduled.
+async fn insert_events(
+    transaction: &Transaction<'_>,
+    shared: &Shared,
+    batch: &EventBatch,
+    now: DateTime<Utc>,
+    flushing: bool,
+    committed: &mut Committed,
+) -> Result<(), String> {
+    let schema = shared.schema.quoted();
+    let statement = format!(
+        "INSERT INTO {schema}.events (bot_token, body, accepted_at)
+         SELECT batch.bot_token, batch.body, $3
+         FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS batch (bot_token, body, position)
+         WHERE EXISTS (SELECT 1 FROM {schema}.webhooks AS webhook
+                       WHERE webhook.bot_token = batch.bot_token AND NOT webhook.disabled)
+         ORDER BY batch.position
+         RETURNING id, bot_token"
+    );
+    let rows = transaction
+        .query(&statement, &[&batch.tokens, &batch.bodies, &now])
+        .await
+        .map_err(|error| connection::describe("inserting events", &error))?;
+    let mut inserted: HashMap<String, u64> = HashMap::new();
+    for row in &rows {
+        let id: i64 = row.try_get(0).map_err(|error| connection::describe("reading an event id", &error))?;
+        let token: String = row.try_get(1).map_err(|error| connection::describe("reading an event's bot", &error))?;
+        committed.newest_id = committed.newest_id.max(id);
+        *inserted.entry(token).or_default() += 1;
+    }
+    // A webhook's events in one statement are all inserted or all skipped.
+    let mut skipped: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
+    for (token, body) in batch.tokens.iter().zip(&batch.bodies) {
+        if !inserted.contains_key(token) {
+            skipped.entry(token).or_default().push(body.clone());
+        }
+    }
+    for (token, bodies) in skipped {
+        let reason = match shared.webhook(token) {
+            Some(webhook) if webhook.disabled.load(Ordering::Relaxed) => DropReason::Disabled,
+            _ => DropReason::Removed,
+        };
+        committed.dropped.push((token.to_owned(), reason, bodies));
+    }
+    let tokens: Vec<&str> = inserted.keys().map(String::as_str).collect();
+    schedule(transaction, shared, &tokens, now, flushing).await?;
+    for (token, count) in inserted {
+        *committed.inserted.entry(token).or_default() += count;
+    }
+    Ok(())
+}
+
+/// Gives a due time to each of these webhooks that has events but none
+/// scheduled and no call under way (a call's settlement schedules its webhook).
+pub(crate) async fn schedule(
+    transaction: &Transaction<'_>,
+    shared: &Shared,
+    tokens: &[&str],
+    now: DateTime<Utc>,
+    flushing: bool,
+) -> Result<(), String> {
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let schema = shared.schema.quoted();
+    // Locked in token order, so that two writers cannot deadlock.
+    let statement = format!(
+        "SELECT bot_token, anchor_at, push_interval_ms, last_push_at FROM {schema}.webhooks AS webhook
+         WHERE bot_token = ANY($1) AND due_at IS NULL AND claim_id IS NULL AND NOT disabled AND plan = 'paid'
+           AND EXISTS (SELECT 1 FROM {schema}.events AS event WHERE event.bot_token = webhook.bot_token)
+         ORDER BY bot_token FOR NO KEY UPDATE"
+    );
+    let rows = transaction
+        .query(&statement, &[&tokens])
+        .await
+        .map_err(|error| connection::describe("reading webhooks to schedule", &error))?;
+    let mut due_tokens = Vec::with_capacity(rows.len());
+    let mut due_times = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let read = |error: tokio_postgres::Error| connection::describe("reading a webhook's schedule", &error);
+        let token: String = row.try_get(0).map_err(read)?;
+        let schedule = Schedule {
+            anchor_at: row.try_get(1).map_err(read)?,
+            push_interval_ms: row.try_get(2).map_err(read)?,
+            last_push_at: row.try_get(3).map_err(read)?,
+        };
+        due_times.push(schedule.next_push_at(Settled::Idle, now, flushing, false));
+        due_tokens.push(token);
+    }
+    if due_tokens.is_empty() {
+        return Ok(());
+    }
+    let statement = format!(
+        "UPDATE {schema}.webhooks AS webhook SET due_at = due.due_at
+         FROM unnest($1::text[], $2::timestamptz[]) AS due (bot_token, due_at)
+         WHERE webhook.bot_token = due.bot_token"
+    );
+    transaction
+        .execute(&statement, &[&due_tokens, &due_times])
+        .await
+        .map_err(|error| connection::describe("scheduling webhooks", &error))?;
+    Ok(())
+}
+
+/// Deletes every event of a webhook, returning their bodies oldest first.
+pub(crate) async fn delete_events(
+    transaction: &Transaction<'_>,
+    shared: &Shared,
+    bot_token: &str,
+) -> Result<Vec<Vec<u8>>, String> {
+    let statement = format!("DELETE FROM {}.events WHERE bot_token = $1 RETURNING id, body", shared.schema.quoted());
+    let rows = transaction
+        .query(&statement, &[&bot_token])
+        .await
+        .map_err(|error| connection::describe("deleting a webhook's events", &error))?;
+    let mut events: Vec<(i64, Vec<u8>)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let read = |error: tokio_postgres::Error| connection::describe("reading a deleted event", &error);
+        events.push((row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?));
+    }
+    events.sort_unstable_by_key(|(id, _)| *id);
+    Ok(events.into_iter().map(|(_, body)| body).collect())
+}
+
+/// Counts a committed round: pending and buffered counts, drops (to the
+/// observer), generations, and answers the syncs.
+fn settle_round(shared: &Shared, round: Round, committed: Committed) {
+    for (token, (webhook, accepted)) in &round.accepted {
+        webhook.buffered.fetch_sub(*accepted, Ordering::Relaxed);
+        let inserted = committed.inserted.get(&**token).copied().unwrap_or_default();
+        webhook.pending_in_database.fetch_add(inserted, Ordering::Relaxed);
+    }
+    shared.buffered.fetch_sub(round.accepted_total, Ordering::AcqRel);
+    shared.committed_up_to.fetch_max(committed.newest_id, Ordering::AcqRel);
+    for step in &round.steps {
+        if let Step::Remove(token) = step {
+            lock(&shared.removing).remove(token);
+        }
+    }
+    for (token, generation) in committed.generations {
+        if let Some(webhook) = shared.webhook(&token) {
+            webhook.generation.fetch_max(generation, Ordering::Relaxed);
+        }
+    }
+    for (token, reason, bodies) in committed.dropped {
+        if bodies.is_empty() {
+            continue;
+        }
+        let events = decode(&bodies);
+        match shared.webhook(&token) {
+            Some(webhook) => count_dropped(shared, &webhook, &token, reason, events),
+            None => {
+                shared.retired.add_dropped(events.len() as u64, reason);
+                report_dropped(shared, &token, reason, events);
+            }
+        }
+    }
+    for done in round.syncs {
+        let _ = done.send(());
+    }
+    shared.delivery_wake.notify_one();
+}
+
+/// Counts dropped events of a webhook and hands them to the observer
+/// (all but those the host gets back, as in memory).
+pub(crate) fn count_dropped(
+    shared: &Shared,
+    webhook: &LocalWebhook,
+    token: &str,
+    reason: DropReason,
+    events: Vec<Event>,
+) {
+    let count = events.len() as u64;
+    webhook.counters.add_dropped(count, reason);
+    let in_database = webhook.pending_in_database.load(Ordering::Relaxed);
+    if reason != DropReason::TooLarge {
+        webhook.pending_in_database.store(in_database.saturating_sub(count), Ordering::Relaxed);
+    }
+    report_dropped(shared, token, reason, events);
+}
+
+fn report_dropped(shared: &Shared, token: &str, reason: DropReason, events: Vec<Event>) {
+    if reason != DropReason::Shutdown {
+        shared.observer.events_dropped(&DroppedEvents { bot_token: token.to_owned(), reason, events });
+    }
+}
+
+/// Stored events back as events, one for one (see the core's `decode`).
+pub(crate) fn decode(bodies: &[Vec<u8>]) -> Vec<Event> {
+    bodies.iter().map(|body| crate::dispatch::decode_stored(body)).collect()
+}
+
+/// Hands the events of `round` and of every entry still waiting to
+/// [`Shared::uncommitted`], for `shutdown` to return, counted as dropped
+/// ([`DropReason::Shutdown`]); answers the syncs by dropping them.
+fn hand_back(shared: &Shared, round: Round, receiver: &mut mpsc::UnboundedReceiver<Entry>) {
+    receiver.close();
+    let mut undelivered = Vec::new();
+    let mut per_webhook: HashMap<Arc<str>, (Arc<LocalWebhook>, u64)> = round.accepted;
+    let mut total = round.accepted_total;
+    for step in round.steps {
+        if let Step::Events(batch) = step {
+            undelivered.extend(decode(&batch.bodies));
+        }
+    }
+    while let Ok(entry) = receiver.try_recv() {
+        if let Entry::Event(webhook, event) = entry {
+            total += 1;
+            per_webhook.entry(webhook.config.shared_bot_token()).or_insert_with(|| (Arc::clone(&webhook), 0)).1 += 1;
+            undelivered.push(event);
+        }
+    }
+    for (webhook, accepted) in per_webhook.values() {
+        webhook.buffered.fetch_sub(*accepted, Ordering::Relaxed);
+    }
+    shared.buffered.fetch_sub(total, Ordering::AcqRel);
+    // Counted per webhook: the events too large were counted when gathered.
+    let mut counted: HashMap<&str, u64> = HashMap::new();
+    for event in &undelivered {
+        if let Some(token) = event.bot_token() {
+            *counted.entry(token).or_default() += 1;
+        }
+    }
+    for (token, count) in counted {
+        match shared.webhook(token) {
+            Some(webhook) => webhook.counters.add_dropped(count, DropReason::Shutdown),
+            None => shared.retired.add_dropped(count, DropReason::Shutdown),
+        }
+    }
+    lock(&shared.uncommitted).extend(undelivered);
+}
