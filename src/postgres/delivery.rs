@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, Row, Transaction};
 
 use super::connection::{self, FIRST_RETRY_DELAY};
-use super::dispatcher::{lock, Shared};
+use super::dispatcher::{lock, Health, Shared};
 use super::due::Schedule;
 use super::timestamps::{later, since};
 use super::webhooks::webhook_from_row;
@@ -307,6 +307,7 @@ async fn settle(shared: &Shared, client: &mut Client, call: &CallEnded) -> Resul
     };
     let mut dropped = Vec::new();
     let mut alert = None;
+    let mut health = None;
     if ours && first_settlement {
         let failures_in_row: i32 =
             row.as_ref().map_or(Ok(0), |row| row.try_get(0)).map_err(doing("reading failures"))?;
@@ -326,9 +327,11 @@ async fn settle(shared: &Shared, client: &mut Client, call: &CallEnded) -> Resul
                 .await
                 .map_err(doing("recording a success"))?;
             release(shared, &transaction, &call.bot_token, call.claim_id, now, Settled::Delivered).await?;
+            health = Some(Health::default());
         } else {
             let (failures_in_row, disables) = rules::after_failure(u32::try_from(failures_in_row).unwrap_or_default());
             let failures = i32::try_from(failures_in_row).unwrap_or(i32::MAX);
+            health = Some(Health { failures_in_row, last_failure: failure.clone() });
             if disables {
                 dropped = delete_events(&transaction, shared, &call.bot_token).await?;
                 let disabled_alert = WebhookDisabledAlert {
@@ -390,6 +393,9 @@ async fn settle(shared: &Shared, client: &mut Client, call: &CallEnded) -> Resul
         }
         if alert.is_some() {
             webhook.disabled.store(true, Ordering::Relaxed);
+        }
+        if let Some(health) = health {
+            *lock(&webhook.health) = health;
         }
         if !dropped.is_empty() {
             count_dropped(shared, webhook, &call.bot_token, DropReason::Disabled, decode(&dropped));

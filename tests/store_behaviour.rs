@@ -1,0 +1,292 @@
+//! The delivery rules as a host sees them, one suite run against both stores:
+//! the in-memory `WebhookDispatcher` and the `PostgresDispatcher` (with a
+//! real PostgreSQL; skipped loudly without `DATABASE_URL`).
+//!
+//! Each rule is a function of a [`Setup`]; `store_tests!` runs it on each
+//! store. Times are real but short (push intervals of tens of milliseconds).
+
+#[cfg(feature = "postgres")]
+mod postgres_support;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use eventhook::dispatch::{
+    CallRecord, DeliveryObserver, Dispatcher, DropReason, DroppedEvents, EnqueueOutcome, WebhookDispatcher,
+};
+use eventhook::{
+    AlertSink, ChatContext, Event, EventFactory, EventFlags, EventKind, Plan, Transport, TransportError, WebhookConfig,
+    WebhookConfigBuilder, WebhookDisabledAlert,
+};
+
+/// Answers with scripted statuses (then 200); records every call.
+#[derive(Debug, Default)]
+struct ScriptedTransport {
+    script: Mutex<VecDeque<u16>>,
+    calls: Mutex<Vec<Call>>,
+}
+
+#[derive(Debug, Clone)]
+struct Call {
+    texts: Vec<String>,
+    webhook_id: Option<String>,
+    at: Instant,
+}
+
+#[async_trait]
+impl Transport for ScriptedTransport {
+    async fn send(&self, request: http::Request<Vec<u8>>) -> Result<http::StatusCode, TransportError> {
+        let events: Vec<serde_json::Value> = serde_json::from_slice(request.body()).expect("a JSON array");
+        let texts = events.iter().map(|event| event["Data"].as_str().unwrap_or_default().to_owned()).collect();
+        let webhook_id = request.headers().get("webhook-id").and_then(|id| id.to_str().ok()).map(str::to_owned);
+        self.calls.lock().unwrap().push(Call { texts, webhook_id, at: Instant::now() });
+        let status = self.script.lock().unwrap().pop_front().unwrap_or(200);
+        Ok(http::StatusCode::from_u16(status).expect("a status"))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Recorder {
+    alerts: Mutex<Vec<WebhookDisabledAlert>>,
+    calls: Mutex<Vec<CallRecord>>,
+    dropped: Mutex<Vec<DroppedEvents>>,
+}
+
+impl AlertSink for Recorder {
+    fn webhook_disabled(&self, alert: &WebhookDisabledAlert) {
+        self.alerts.lock().unwrap().push(alert.clone());
+    }
+}
+
+impl DeliveryObserver for Recorder {
+    fn call_made(&self, call: &CallRecord) {
+        self.calls.lock().unwrap().push(call.clone());
+    }
+    fn events_dropped(&self, dropped: &DroppedEvents) {
+        self.dropped.lock().unwrap().push(dropped.clone());
+    }
+}
+
+/// A dispatcher on one store, its scripted transport and its recorder.
+struct Setup {
+    dispatcher: Arc<dyn Dispatcher>,
+    transport: Arc<ScriptedTransport>,
+    recorder: Arc<Recorder>,
+    #[cfg(feature = "postgres")]
+    _schema: Option<postgres_support::TestSchema>,
+}
+
+impl Setup {
+    fn in_memory(script: Vec<u16>) -> Setup {
+        let transport = Arc::new(ScriptedTransport { script: Mutex::new(script.into()), ..Default::default() });
+        let recorder = Arc::new(Recorder::default());
+        let dispatcher = WebhookDispatcher::builder()
+            .transport(transport.clone())
+            .alert_sink(recorder.clone())
+            .observer(recorder.clone())
+            .build()
+            .expect("building");
+        Setup {
+            dispatcher: Arc::new(dispatcher),
+            transport,
+            recorder,
+            #[cfg(feature = "postgres")]
+            _schema: None,
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    async fn postgres(test: &str, script: Vec<u16>) -> Option<Setup> {
+        let schema = postgres_support::TestSchema::new(test)?;
+        eventhook::postgres::migrate(&mut schema.connect().await, &schema.schema).await.expect("migrating");
+        let transport = Arc::new(ScriptedTransport { script: Mutex::new(script.into()), ..Default::default() });
+        let recorder = Arc::new(Recorder::default());
+        let dispatcher = eventhook::postgres::PostgresDispatcher::builder(schema.url())
+            .schema(schema.schema.clone())
+            .transport(transport.clone())
+            .alert_sink(recorder.clone())
+            .observer(recorder.clone())
+            .poll_interval(Duration::from_millis(10))
+            .commit_window(Duration::from_millis(2))
+            .build()
+            .await
+            .expect("building");
+        Some(Setup { dispatcher: Arc::new(dispatcher), transport, recorder, _schema: Some(schema) })
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.transport.calls.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds, for at most ten seconds.
+    async fn until(&self, what: &str, done: impl Fn(&Setup) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(self) {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}; calls: {:?}", self.calls());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn configure(&self, config: WebhookConfig) {
+        self.dispatcher.configure(config).expect("configuring");
+        // The PostgreSQL store writes settings with its next commit; a flush waits for it.
+        let _ = self.dispatcher.flush(Duration::from_secs(5)).await;
+    }
+}
+
+fn config(bot: &str) -> WebhookConfigBuilder {
+    WebhookConfig::builder(bot, "Account", format!("https://hooks.example.com/{bot}"), "secret")
+        .push_interval(Duration::from_millis(40))
+        .request_timeout(Duration::from_millis(500))
+}
+
+fn message(bot: &str, text: &str) -> Event {
+    let factory = EventFactory::new(bot, "Account");
+    Event::UserMessage(factory.message(&ChatContext::new("conversation", "TelegramChannel"), text))
+}
+
+fn enqueue_all(setup: &Setup, bot: &str, texts: &[&str]) {
+    for text in texts {
+        assert_eq!(setup.dispatcher.enqueue(message(bot, text)), EnqueueOutcome::Accepted, "{text}");
+    }
+}
+
+async fn delivered_in_order(setup: Setup) {
+    setup.configure(config("bot").build().unwrap()).await;
+    enqueue_all(&setup, "bot", &["a", "b", "c"]);
+    setup
+        .until("three events arrived", |setup| setup.calls().iter().map(|call| call.texts.len()).sum::<usize>() == 3)
+        .await;
+    let texts: Vec<String> = setup.calls().into_iter().flat_map(|call| call.texts).collect();
+    assert_eq!(texts, ["a", "b", "c"]);
+    setup.until("the call is counted", |setup| setup.dispatcher.stats().totals.delivered == 3).await;
+    assert_eq!(setup.recorder.calls.lock().unwrap().len(), setup.calls().len());
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn a_failed_call_is_sent_again_as_it_was_an_interval_later(setup: Setup) {
+    let signing = eventhook::SigningSecret::generate().unwrap();
+    setup.configure(config("bot").signing_secrets([signing.expose()]).build().unwrap()).await;
+    enqueue_all(&setup, "bot", &["a", "b"]);
+    setup.until("the retry", |setup| setup.calls().len() >= 2).await;
+    // Events enqueued after the failure go in later calls, not the retry.
+    let calls = setup.calls();
+    assert_eq!(calls[0].texts, calls[1].texts, "the same events again");
+    assert_eq!(calls[0].webhook_id, calls[1].webhook_id, "the same webhook-id");
+    assert!(calls[0].webhook_id.is_some());
+    assert!(
+        calls[1].at - calls[0].at >= Duration::from_millis(35),
+        "a failure waits an interval: {:?}",
+        calls[1].at - calls[0].at
+    );
+    setup.until("delivered", |setup| setup.dispatcher.stats().totals.delivered == 2).await;
+    let stats = setup.dispatcher.webhook_stats("bot").expect("configured");
+    assert_eq!(stats.failures_in_row, 0, "a success resets the count");
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn the_eleventh_failure_in_a_row_disables_drops_and_alerts_once(setup: Setup) {
+    setup.configure(config("bot").push_interval(Duration::from_millis(10)).build().unwrap()).await;
+    enqueue_all(&setup, "bot", &["a", "b"]);
+    setup.until("the alert", |setup| !setup.recorder.alerts.lock().unwrap().is_empty()).await;
+    assert_eq!(setup.calls().len(), 11, "more than 10 failures, not one more call");
+    setup
+        .until("the drop is reported", |setup| {
+            setup.recorder.dropped.lock().unwrap().iter().any(|dropped| dropped.reason == DropReason::Disabled)
+        })
+        .await;
+    let dropped: usize = setup.recorder.dropped.lock().unwrap().iter().map(|dropped| dropped.events.len()).sum();
+    assert_eq!(dropped, 2);
+    setup.until("disabled here", |setup| setup.dispatcher.stats().disabled_webhooks == 1).await;
+    assert_eq!(setup.dispatcher.enqueue(message("bot", "late")), EnqueueOutcome::WebhookDisabled);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(setup.recorder.alerts.lock().unwrap().len(), 1, "alerted once");
+    let alert = setup.recorder.alerts.lock().unwrap()[0].clone();
+    assert_eq!((alert.bot_token.as_str(), alert.failures_in_row), ("bot", 11));
+    assert!(alert.last_failure.contains("500"), "{}", alert.last_failure);
+
+    // Saving the settings again re-enables it.
+    setup.configure(config("bot").build().unwrap()).await;
+    setup.until("enabled", |setup| setup.dispatcher.stats().disabled_webhooks == 0).await;
+    assert_eq!(setup.dispatcher.enqueue(message("bot", "again")), EnqueueOutcome::Accepted);
+    setup
+        .until("delivered after re-enabling", |setup| setup.calls().last().is_some_and(|call| call.texts == ["again"]))
+        .await;
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn refusals_are_named(setup: Setup) {
+    setup.configure(config("free").plan(Plan::Free).build().unwrap()).await;
+    let only_errors = EventFlags::none().with(EventKind::ConversationError);
+    setup.configure(config("picky").events(only_errors).build().unwrap()).await;
+    assert_eq!(setup.dispatcher.enqueue(message("free", "x")), EnqueueOutcome::FreePlan);
+    assert_eq!(setup.dispatcher.enqueue(message("picky", "x")), EnqueueOutcome::NotSelected);
+    assert_eq!(setup.dispatcher.enqueue(message("nobody", "x")), EnqueueOutcome::NoWebhook);
+    let totals = setup.dispatcher.stats().totals;
+    assert_eq!(totals.accepted, 0);
+    let refused: u64 = eventhook::dispatch::Refusal::ALL.iter().map(|refusal| totals.refused(*refusal)).sum();
+    assert_eq!(refused, 3);
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn a_backlog_goes_in_full_batches_at_once(setup: Setup) {
+    setup.configure(config("bot").max_batch_events(2).push_interval(Duration::from_secs(3600)).build().unwrap()).await;
+    enqueue_all(&setup, "bot", &["a", "b", "c", "d", "e"]);
+    // Nothing is due within the hour but by a flush, after which each full batch follows at once.
+    setup.dispatcher.flush(Duration::from_secs(10)).await.expect("flushed");
+    let sizes: Vec<usize> = setup.calls().iter().map(|call| call.texts.len()).collect();
+    assert_eq!(sizes, [2, 2, 1]);
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn an_event_too_large_for_any_call_is_dropped_with_its_reason(setup: Setup) {
+    setup.configure(config("bot").max_batch_bytes(1024).build().unwrap()).await;
+    let large = "x".repeat(1100);
+    enqueue_all(&setup, "bot", &[large.as_str(), "small"]);
+    setup.until("the small one arrived", |setup| setup.calls().iter().any(|call| call.texts == ["small"])).await;
+    setup
+        .until("the large one is dropped", |setup| setup.dispatcher.stats().totals.dropped(DropReason::TooLarge) == 1)
+        .await;
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+macro_rules! store_tests {
+    ($($rule:ident $(, script = $script:expr)?;)*) => {
+        mod in_memory {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $rule() {
+                    let scripts: Vec<Vec<u16>> = vec![$($script)?];
+                    let script: Vec<u16> = scripts.into_iter().flatten().collect();
+                    super::$rule(Setup::in_memory(script)).await;
+                }
+            )*
+        }
+
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $rule() {
+                    let scripts: Vec<Vec<u16>> = vec![$($script)?];
+                    let script: Vec<u16> = scripts.into_iter().flatten().collect();
+                    let Some(setup) = Setup::postgres(concat!("store_behaviour::", stringify!($rule)), script).await else { return };
+                    super::$rule(setup).await;
+                }
+            )*
+        }
+    };
+}
+
+store_tests! {
+    delivered_in_order;
+    a_failed_call_is_sent_again_as_it_was_an_interval_later, script = vec![500];
+    the_eleventh_failure_in_a_row_disables_drops_and_alerts_once, script = vec![500; 11];
+    refusals_are_named;
+    a_backlog_goes_in_full_batches_at_once;
+    an_event_too_large_for_any_call_is_dropped_with_its_reason;
+}
