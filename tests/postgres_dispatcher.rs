@@ -6,20 +6,34 @@ mod postgres_support;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use eventhook::dispatch::{Dispatcher, EnqueueOutcome};
 use eventhook::postgres::{migrate, PostgresDispatcher};
-use eventhook::{ChatContext, Event, EventFactory, Transport, TransportError, WebhookConfig};
+use eventhook::{
+    AlertSink, ChatContext, Event, EventFactory, Transport, TransportError, WebhookConfig, WebhookDisabledAlert,
+};
 use http::StatusCode;
 use postgres_support::TestSchema;
 
-/// Answers calls with scripted statuses (then 200), recording each body's event texts.
+/// Answers calls with scripted statuses (then `otherwise`, 200 by default;
+/// 0 hangs), recording each call's bot, event texts and time.
 #[derive(Debug, Default)]
 struct ScriptedTransport {
     answers: Mutex<VecDeque<u16>>,
-    calls: Mutex<Vec<(String, Vec<String>, Option<String>)>>,
+    otherwise: Mutex<Option<u16>>,
+    calls: Mutex<Vec<(String, Vec<String>, Instant)>>,
+}
+
+impl ScriptedTransport {
+    fn answering(status: u16) -> Arc<ScriptedTransport> {
+        Arc::new(ScriptedTransport { otherwise: Mutex::new(Some(status)), ..Default::default() })
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.calls.lock().unwrap().iter().flat_map(|(_, texts, _)| texts.clone()).collect()
+    }
 }
 
 #[async_trait]
@@ -28,10 +42,31 @@ impl Transport for ScriptedTransport {
         let events: Vec<serde_json::Value> = serde_json::from_slice(request.body()).expect("a JSON array");
         let texts = events.iter().map(|event| event["Data"].as_str().unwrap_or_default().to_owned()).collect();
         let bot = events[0]["BotToken"].as_str().unwrap_or_default().to_owned();
-        let id = request.headers().get("webhook-id").map(|id| id.to_str().unwrap_or_default().to_owned());
-        self.calls.lock().unwrap().push((bot, texts, id));
-        let status = self.answers.lock().unwrap().pop_front().unwrap_or(200);
+        self.calls.lock().unwrap().push((bot, texts, Instant::now()));
+        let otherwise = self.otherwise.lock().unwrap().unwrap_or(200);
+        let status = self.answers.lock().unwrap().pop_front().unwrap_or(otherwise);
+        if status == 0 {
+            futures::future::pending::<()>().await;
+        }
         Ok(StatusCode::from_u16(status).expect("a status"))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Alerts(Mutex<Vec<WebhookDisabledAlert>>);
+
+impl AlertSink for Alerts {
+    fn webhook_disabled(&self, alert: &WebhookDisabledAlert) {
+        self.0.lock().unwrap().push(alert.clone());
+    }
+}
+
+/// Waits until `done` holds, for at most `seconds`.
+async fn until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -48,13 +83,20 @@ fn message(bot: &str, text: &str) -> Event {
 }
 
 async fn dispatcher(test: &TestSchema, transport: Arc<ScriptedTransport>) -> PostgresDispatcher {
+    builder(test, transport).build().await.expect("building the dispatcher")
+}
+
+fn builder(test: &TestSchema, transport: Arc<ScriptedTransport>) -> eventhook::postgres::PostgresDispatcherBuilder {
     PostgresDispatcher::builder(test.url())
         .schema(test.schema.clone())
         .transport(transport)
         .poll_interval(Duration::from_millis(50))
-        .build()
-        .await
-        .expect("building the dispatcher")
+}
+
+async fn migrated(name: &str) -> Option<TestSchema> {
+    let test = TestSchema::new(name)?;
+    migrate(&mut test.connect().await, &test.schema).await.expect("migrating");
+    Some(test)
 }
 
 #[tokio::test]
@@ -71,11 +113,201 @@ async fn events_accepted_by_one_process_are_delivered_once_in_order() {
     first.wait_durable(Duration::from_secs(5)).await.expect("committed");
     let flushed = first.flush(Duration::from_secs(10)).await;
     assert!(flushed.is_ok(), "{flushed:?}, database: {:?}", first.database_error());
-    let calls = transport.calls.lock().unwrap().clone();
-    let texts: Vec<String> = calls.iter().flat_map(|(_, texts, _)| texts.clone()).collect();
-    assert_eq!(texts, ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(transport.texts(), ["m0", "m1", "m2", "m3", "m4"]);
     assert_eq!(first.pending_in_database(None).await.expect("counting"), 0);
     let _ = second.shutdown(Duration::from_secs(1)).await;
     let report = first.shutdown(Duration::from_secs(1)).await;
     assert!(report.undelivered.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_reach_every_process_within_the_poll_interval_and_configuring_again_re_enables_everywhere() {
+    let Some(test) = migrated("settings_reach_every_process").await else { return };
+    let transport = ScriptedTransport::answering(500);
+    let first = dispatcher(&test, Arc::clone(&transport)).await;
+    let second = dispatcher(&test, Arc::clone(&transport)).await;
+    first.configure(config("bot")).expect("configuring");
+    first.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    until("the second process sees the webhook", 2, || second.webhook_stats("bot").is_some()).await;
+
+    // Eleven failures disable it for both; saving in the second re-enables it for the first.
+    let fast = || {
+        WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
+            .push_interval(Duration::from_millis(10))
+            .build()
+            .expect("a valid config")
+    };
+    second.configure(fast()).expect("configuring");
+    second.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    until("the first sees the new interval", 2, || {
+        first.webhook_stats("bot").is_some() && first.enqueue(message("bot", "x")).is_accepted()
+    })
+    .await;
+    until("both see it disabled", 10, || {
+        first.enqueue(message("bot", "late")) == EnqueueOutcome::WebhookDisabled
+            && second.enqueue(message("bot", "late")) == EnqueueOutcome::WebhookDisabled
+    })
+    .await;
+    *transport.otherwise.lock().unwrap() = Some(200);
+    second.configure(fast()).expect("configuring again");
+    second.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    until("the first accepts again", 2, || first.enqueue(message("bot", "again")).is_accepted()).await;
+
+    // Removed in one process, gone from the other.
+    second.remove("bot");
+    second.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    until("the first forgets it", 2, || first.enqueue(message("bot", "gone")) == EnqueueOutcome::NoWebhook).await;
+    let _ = first.shutdown(Duration::from_secs(1)).await;
+    let _ = second.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_push_a_bot_once_per_interval() {
+    let Some(test) = migrated("two_processes_push_a_bot_once_per_interval").await else { return };
+    let transport = Arc::new(ScriptedTransport::default());
+    let first = dispatcher(&test, Arc::clone(&transport)).await;
+    let second = dispatcher(&test, Arc::clone(&transport)).await;
+    first.configure(config("bot")).expect("configuring");
+    first.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    until("the second process sees the webhook", 2, || second.webhook_stats("bot").is_some()).await;
+    // Both processes enqueue for a while; 200 ms intervals, never a full batch.
+    let mut sent = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        for process in [&first, &second] {
+            assert!(process.enqueue(message("bot", &format!("m{sent}"))).is_accepted());
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    until("everything arrived", 10, || transport.texts().len() >= sent).await;
+    let calls = transport.calls.lock().unwrap().clone();
+    for pair in calls.windows(2) {
+        let gap = pair[1].2 - pair[0].2;
+        assert!(gap >= Duration::from_millis(180), "two calls {gap:?} apart over {} calls", calls.len());
+    }
+    let mut texts = transport.texts();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), sent, "each event once");
+    let _ = first.shutdown(Duration::from_secs(1)).await;
+    let _ = second.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_count_over_every_process_and_the_alert_comes_once_with_its_ledger() {
+    let Some(test) = migrated("failures_count_over_every_process").await else { return };
+    let transport = ScriptedTransport::answering(503);
+    let alerts = Arc::new(Alerts::default());
+    let processes = [
+        builder(&test, Arc::clone(&transport)).alert_sink(alerts.clone()).build().await.expect("building"),
+        builder(&test, Arc::clone(&transport)).alert_sink(alerts.clone()).build().await.expect("building"),
+        builder(&test, Arc::clone(&transport)).alert_sink(alerts.clone()).build().await.expect("building"),
+    ];
+    let fast = WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
+        .push_interval(Duration::from_millis(20))
+        .build()
+        .expect("a valid config");
+    processes[0].configure(fast).expect("configuring");
+    processes[0].wait_durable(Duration::from_secs(5)).await.expect("committed");
+    for process in &processes {
+        until("every process sees the webhook", 2, || process.webhook_stats("bot").is_some()).await;
+    }
+    for (index, process) in processes.iter().enumerate() {
+        assert!(process.enqueue(message("bot", &format!("from {index}"))).is_accepted());
+    }
+    until("the alert", 10, || !alerts.0.lock().unwrap().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(transport.calls.lock().unwrap().len(), 11, "11 calls over all processes");
+    assert_eq!(alerts.0.lock().unwrap().len(), 1, "one alert over all processes");
+    let calls_made: u64 = processes.iter().map(|process| process.stats().totals.calls).sum();
+    assert_eq!(calls_made, 11);
+    let client = test.connect().await;
+    let ledger = client
+        .query_one(&format!("SELECT count(*), count(*) FILTER (WHERE status = 503) FROM {}.calls", test.quoted()), &[])
+        .await
+        .expect("reading the ledger");
+    assert_eq!((ledger.get::<_, i64>(0), ledger.get::<_, i64>(1)), (11, 11), "one ledger row per call");
+    let pending = processes[0].pending_in_database(None).await.expect("counting");
+    assert_eq!(pending, 0, "the disabled webhook's events are dropped");
+    let dropped: u64 = processes.iter().map(|process| process.stats().totals.dropped_total()).sum();
+    assert_eq!(dropped, 3);
+    for process in &processes {
+        let _ = process.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_abandoned_by_a_dead_process_is_sent_again_by_another_after_its_lease() {
+    let Some(test) = migrated("a_call_abandoned_by_a_dead_process").await else { return };
+    let hanging = ScriptedTransport::answering(0);
+    let short = WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
+        .push_interval(Duration::from_millis(50))
+        .request_timeout(Duration::from_millis(200))
+        .build()
+        .expect("a valid config");
+    let dying =
+        builder(&test, Arc::clone(&hanging)).lease_margin(Duration::from_millis(100)).build().await.expect("building");
+    dying.configure(short).expect("configuring");
+    assert!(dying.enqueue(message("bot", "once")).is_accepted());
+    dying.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    until("the dying process calls", 5, || !hanging.calls.lock().unwrap().is_empty()).await;
+    // It dies mid-call: its tasks stop, its lease stays.
+    let _ = dying.shutdown(Duration::ZERO).await;
+    let transport = Arc::new(ScriptedTransport::default());
+    let survivor = dispatcher(&test, Arc::clone(&transport)).await;
+    until("the survivor sends the abandoned call", 5, || transport.texts() == ["once"]).await;
+    assert_eq!(survivor.pending_in_database(None).await.expect("counting"), 0);
+    let _ = survivor.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_returning_user_gate_holds_across_processes() {
+    let Some(test) = migrated("the_returning_user_gate_holds_across_processes").await else { return };
+    let transport = Arc::new(ScriptedTransport::default());
+    let first = dispatcher(&test, Arc::clone(&transport)).await;
+    let second = dispatcher(&test, Arc::clone(&transport)).await;
+    let (a, b) = tokio::join!(
+        first.returning_user_should_fire("bot", "user-1"),
+        second.returning_user_should_fire("bot", "user-1")
+    );
+    assert_ne!(a.expect("asking"), b.expect("asking"), "one process of two gets yes");
+    assert!(!first.returning_user_should_fire("bot", "user-1").await.expect("asking"));
+    assert!(second.returning_user_should_fire("other-bot", "user-1").await.expect("asking"), "per bot");
+    let client = test.connect().await;
+    let row = client
+        .query_one(
+            &format!("SELECT count(*) FROM {}.returning_users WHERE user_key = $1", test.quoted()),
+            &[&"user-1".as_bytes()],
+        )
+        .await
+        .expect("reading");
+    assert_eq!(row.get::<_, i64>(0), 0, "the user id is not kept");
+    let _ = first.shutdown(Duration::from_secs(1)).await;
+    let _ = second.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_bound_holds_over_the_cluster_as_of_the_last_poll() {
+    let Some(test) = migrated("the_queue_bound_holds_over_the_cluster").await else { return };
+    let transport = Arc::new(ScriptedTransport::default());
+    let first = dispatcher(&test, Arc::clone(&transport)).await;
+    let second = dispatcher(&test, Arc::clone(&transport)).await;
+    let bounded = WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
+        .push_interval(Duration::from_secs(3600))
+        .queue_capacity(5)
+        .build()
+        .expect("a valid config");
+    first.configure(bounded).expect("configuring");
+    for index in 0..5 {
+        assert!(first.enqueue(message("bot", &format!("m{index}"))).is_accepted());
+    }
+    assert!(matches!(first.enqueue(message("bot", "sixth")), EnqueueOutcome::QueueFull(_)));
+    first.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    until("the second process sees the queue full", 3, || {
+        matches!(second.enqueue(message("bot", "from the second")), EnqueueOutcome::QueueFull(_))
+    })
+    .await;
+    let _ = first.shutdown(Duration::from_secs(1)).await;
+    let _ = second.shutdown(Duration::from_secs(1)).await;
 }
