@@ -311,3 +311,145 @@ async fn the_queue_bound_holds_over_the_cluster_as_of_the_last_poll() {
     let _ = first.shutdown(Duration::from_secs(1)).await;
     let _ = second.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A TCP proxy on 127.0.0.1 in front of the database, which a test can cut:
+/// every connection through it drops, and new ones are refused, until it is
+/// restored.
+struct CuttableProxy {
+    address: std::net::SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: std::net::SocketAddr) -> CuttableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        let address = listener.local_addr().expect("the proxy's address");
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(generation);
+        let (accepting_cut, accepting_generation) = (Arc::clone(&cut), Arc::clone(&generation));
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if accepting_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let mut cuts = accepting_generation.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy { address, cut, generation }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            self.generation.send_modify(|generation| *generation += 1);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_database_loses_nothing_accepted_and_refusals_are_named() {
+    let Some(test) = migrated("losing_the_database_loses_nothing_accepted").await else { return };
+    let config: tokio_postgres::Config = test.url().parse().expect("DATABASE_URL parses");
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let proxy = CuttableProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    // The same database, through the proxy.
+    let url = format!(
+        "postgres://{}:{}@127.0.0.1:{}/{}",
+        config.get_user().unwrap_or_default(),
+        String::from_utf8_lossy(config.get_password().unwrap_or_default()),
+        proxy.address.port(),
+        config.get_dbname().unwrap_or_default()
+    );
+    let transport = Arc::new(ScriptedTransport::default());
+    let dispatcher = PostgresDispatcher::builder(&url)
+        .schema(test.schema.clone())
+        .transport(transport.clone())
+        .poll_interval(Duration::from_millis(50))
+        .max_buffered_events(20)
+        .build()
+        .await
+        .expect("building through the proxy");
+    dispatcher.configure(config_for_loss()).expect("configuring");
+    assert!(dispatcher.enqueue(message("bot", "before")).is_accepted());
+    dispatcher.wait_durable(Duration::from_secs(5)).await.expect("committed");
+
+    proxy.set_cut(true);
+    let mut accepted = vec!["before".to_owned()];
+    let mut refused = 0;
+    for index in 0..40 {
+        let text = format!("during {index}");
+        match dispatcher.enqueue(message("bot", &text)) {
+            EnqueueOutcome::Accepted => accepted.push(text),
+            EnqueueOutcome::StoreUnavailable(_) => refused += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(accepted.len(), 21, "the buffer bound: 20 accepted while the database is away");
+    assert_eq!(refused, 20);
+    assert_eq!(dispatcher.stats().totals.refused(eventhook::dispatch::Refusal::StoreUnavailable), 20);
+    let waited = dispatcher.wait_durable(Duration::from_millis(300)).await;
+    assert!(waited.is_err(), "not durable while the database is away");
+    until("the error is named", 5, || dispatcher.database_error().is_some()).await;
+
+    proxy.set_cut(false);
+    dispatcher.wait_durable(Duration::from_secs(10)).await.expect("the buffer drains once the database is back");
+    until("every accepted event arrived", 10, || {
+        let mut texts = transport.texts();
+        texts.sort();
+        texts.dedup();
+        let mut expected = accepted.clone();
+        expected.sort();
+        texts == expected
+    })
+    .await;
+    let report = dispatcher.shutdown(Duration::from_secs(2)).await;
+    assert!(report.undelivered.is_empty());
+}
+
+fn config_for_loss() -> WebhookConfig {
+    WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
+        .push_interval(Duration::from_millis(50))
+        .build()
+        .expect("a valid config")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_without_the_database_hands_back_what_it_could_not_commit() {
+    let Some(test) = migrated("a_shutdown_without_the_database_hands_back").await else { return };
+    let config: tokio_postgres::Config = test.url().parse().expect("DATABASE_URL parses");
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let proxy = CuttableProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let url = format!(
+        "postgres://{}:{}@127.0.0.1:{}/{}",
+        config.get_user().unwrap_or_default(),
+        String::from_utf8_lossy(config.get_password().unwrap_or_default()),
+        proxy.address.port(),
+        config.get_dbname().unwrap_or_default()
+    );
+    let transport = Arc::new(ScriptedTransport::default());
+    let dispatcher = PostgresDispatcher::builder(&url)
+        .schema(test.schema.clone())
+        .transport(transport)
+        .build()
+        .await
+        .expect("building through the proxy");
+    dispatcher.configure(config_for_loss()).expect("configuring");
+    dispatcher.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    proxy.set_cut(true);
+    for text in ["one", "two", "three"] {
+        assert!(dispatcher.enqueue(message("bot", text)).is_accepted());
+    }
+    let report = dispatcher.shutdown(Duration::from_millis(300)).await;
+    assert_eq!(report.undelivered.len(), 3, "handed back, not lost");
+    assert_eq!(report.stats.totals.dropped(eventhook::dispatch::DropReason::Shutdown), 3);
+    assert!(matches!(dispatcher.enqueue(message("bot", "late")), EnqueueOutcome::Closed(_)));
+}
