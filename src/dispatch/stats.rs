@@ -163,6 +163,7 @@ impl Counters {
     }
 
     /// Held events, waiting or in an abandoned call, are dropped.
+    #[cfg(feature = "postgres")]
     pub(crate) fn add_dropped(&self, events: u64, reason: DropReason) {
         add(&self.dropped[reason as usize], events);
     }

@@ -185,8 +185,8 @@ pub(crate) async fn save_webhook_at(
     let url = config.url().to_string();
     let anchor_at = later(now, rules::phase(config.bot_token(), config.push_interval()));
 
-    let columns = SETTING_COLUMNS.join(", ");
-    let placeholders: Vec<String> = (1..=SETTING_COLUMNS.len()).map(|index| format!("${index}")).collect();
+    let columns = format!("{}, anchor_at", SETTING_COLUMNS.join(", "));
+    let placeholders: Vec<String> = (1..=SETTING_COLUMNS.len() + 1).map(|index| format!("${index}")).collect();
     let updates: Vec<String> =
         SETTING_COLUMNS[1..].iter().map(|column| format!("{column} = EXCLUDED.{column}")).collect();
     let statement = format!(
@@ -196,8 +196,7 @@ pub(crate) async fn save_webhook_at(
              retry_events = NULL, retry_call_id = NULL
          RETURNING generation",
         schema = schema.quoted(),
-        columns = format!("{columns}, anchor_at"),
-        placeholders = format!("{}, ${}", placeholders.join(", "), SETTING_COLUMNS.len() + 1),
+        placeholders = placeholders.join(", "),
         updates = updates.join(", "),
     );
     let row = client
