@@ -30,9 +30,11 @@ struct ScriptedTransport {
 
 #[derive(Debug, Clone)]
 struct Call {
+    bot: String,
     texts: Vec<String>,
     webhook_id: Option<String>,
     at: Instant,
+    status: u16,
 }
 
 #[async_trait]
@@ -41,8 +43,9 @@ impl Transport for ScriptedTransport {
         let events: Vec<serde_json::Value> = serde_json::from_slice(request.body()).expect("a JSON array");
         let texts = events.iter().map(|event| event["Data"].as_str().unwrap_or_default().to_owned()).collect();
         let webhook_id = request.headers().get("webhook-id").and_then(|id| id.to_str().ok()).map(str::to_owned);
-        self.calls.lock().unwrap().push(Call { texts, webhook_id, at: Instant::now() });
+        let bot = events[0]["BotToken"].as_str().unwrap_or_default().to_owned();
         let status = self.script.lock().unwrap().pop_front().unwrap_or(200);
+        self.calls.lock().unwrap().push(Call { bot, texts, webhook_id, at: Instant::now(), status });
         Ok(http::StatusCode::from_u16(status).expect("a status"))
     }
 }
@@ -250,6 +253,129 @@ async fn an_event_too_large_for_any_call_is_dropped_with_its_reason(setup: Setup
         .until("the large one is dropped", |setup| setup.dispatcher.stats().totals.dropped(DropReason::TooLarge) == 1)
         .await;
     let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+/// One step of the randomized traffic.
+#[derive(Debug, Clone)]
+enum Step {
+    Enqueue { bot: usize, count: usize },
+    Wait { millis: u64 },
+    FailNext { calls: usize },
+    Reconfigure { bot: usize, batch: usize },
+}
+
+fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+    use proptest::prelude::*;
+    let step = prop_oneof![
+        4 => (0..3usize, 1..12usize).prop_map(|(bot, count)| Step::Enqueue { bot, count }),
+        3 => (0..60u64).prop_map(|millis| Step::Wait { millis }),
+        2 => (1..4usize).prop_map(|calls| Step::FailNext { calls }),
+        1 => (0..3usize, 1..6usize).prop_map(|(bot, batch)| Step::Reconfigure { bot, batch }),
+    ];
+    proptest::collection::vec(step, 1..25)
+}
+
+fn traffic_config(bot: usize, batch: usize) -> WebhookConfig {
+    config(&format!("bot-{bot}")).push_interval(Duration::from_millis(15)).max_batch_events(batch).build().unwrap()
+}
+
+/// Random traffic, failures and reconfigurations; then, with every call
+/// answered 200, a flush. Every accepted event was delivered exactly once,
+/// in its bot's order, or dropped with its reason; the counts balance.
+async fn randomized_traffic_accounts_for_every_event(setup: Setup, steps: Vec<Step>) {
+    for bot in 0..3 {
+        setup.configure(traffic_config(bot, 3)).await;
+    }
+    let mut accepted: Vec<Vec<String>> = vec![Vec::new(); 3];
+    for step in steps {
+        match step {
+            Step::Enqueue { bot, count } => {
+                for _ in 0..count {
+                    let text = format!("bot-{bot}/{}", accepted[bot].len());
+                    match setup.dispatcher.enqueue(message(&format!("bot-{bot}"), &text)) {
+                        EnqueueOutcome::Accepted => accepted[bot].push(text),
+                        EnqueueOutcome::WebhookDisabled => {}
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            Step::Wait { millis } => tokio::time::sleep(Duration::from_millis(millis)).await,
+            Step::FailNext { calls } => setup.transport.script.lock().unwrap().extend(std::iter::repeat_n(500, calls)),
+            Step::Reconfigure { bot, batch } => {
+                setup.dispatcher.configure(traffic_config(bot, batch)).expect("configuring")
+            }
+        }
+    }
+    setup.transport.script.lock().unwrap().clear();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while setup.dispatcher.flush(Duration::from_secs(5)).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "never flushed: {:?}; calls: {:?}",
+            setup.dispatcher.stats(),
+            setup.calls().iter().map(|call| (&call.bot, call.texts.len(), call.status)).collect::<Vec<_>>()
+        );
+    }
+    setup.until("every call settled", |setup| setup.dispatcher.stats().totals.in_flight == 0).await;
+
+    let dropped: Vec<String> = setup
+        .recorder
+        .dropped
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|dropped| {
+            assert_eq!(dropped.reason, DropReason::Disabled, "the only drop this traffic causes");
+            dropped
+                .events
+                .iter()
+                .map(|event| match event {
+                    Event::UserMessage(message) => message.data.clone(),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (bot, accepted) in accepted.iter().enumerate() {
+        let token = format!("bot-{bot}");
+        let delivered: Vec<String> = setup
+            .calls()
+            .into_iter()
+            .filter(|call| call.bot == token && call.status == 200)
+            .flat_map(|call| call.texts)
+            .collect();
+        let kept: Vec<&String> = accepted.iter().filter(|text| !dropped.contains(text)).collect();
+        assert_eq!(delivered.iter().collect::<Vec<_>>(), kept, "{token}: delivered once each, in order");
+    }
+    let totals = setup.dispatcher.stats().totals;
+    let accepted_total: usize = accepted.iter().map(Vec::len).sum();
+    assert_eq!(totals.accepted, accepted_total as u64);
+    assert_eq!(totals.delivered + totals.dropped_total(), totals.accepted, "{totals:?}");
+    // The PostgreSQL store's `pending` is as of its last poll.
+    setup.until("nothing shows pending", |setup| setup.dispatcher.stats().totals.pending == 0).await;
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+#[test]
+fn in_memory_randomized_traffic_accounts_for_every_event() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let config = proptest::test_runner::Config { cases: 12, failure_persistence: None, ..Default::default() };
+    proptest::proptest!(config, |(steps in steps())| {
+        runtime.block_on(async { randomized_traffic_accounts_for_every_event(Setup::in_memory(Vec::new()), steps).await });
+    });
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_randomized_traffic_accounts_for_every_event() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let config = proptest::test_runner::Config { cases: 6, failure_persistence: None, ..Default::default() };
+    proptest::proptest!(config, |(steps in steps())| {
+        runtime.block_on(async {
+            let Some(setup) = Setup::postgres("store_behaviour::randomized_traffic", Vec::new()).await else { return };
+            randomized_traffic_accounts_for_every_event(setup, steps).await;
+        });
+    });
 }
 
 macro_rules! store_tests {

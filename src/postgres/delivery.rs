@@ -236,7 +236,7 @@ async fn start_call(
     shared.calls_in_flight.fetch_add(1, Ordering::AcqRel);
     shared.in_flight.fetch_add(in_call, Ordering::Relaxed);
     if let Some(webhook) = shared.webhook(&bot_token) {
-        webhook.counters.in_flight.fetch_add(in_call, Ordering::Relaxed);
+        webhook.live.counters.in_flight.fetch_add(in_call, Ordering::Relaxed);
     }
     let transport = Arc::clone(&shared.transport);
     let ended = ended.clone();
@@ -381,21 +381,21 @@ async fn settle(shared: &Shared, client: &mut Client, call: &CallEnded) -> Resul
     shared.in_flight.fetch_sub(in_call, Ordering::Relaxed);
     let webhook = shared.webhook(&call.bot_token);
     if let Some(webhook) = &webhook {
-        let counters = &webhook.counters;
+        let counters = &webhook.live.counters;
         counters.in_flight.fetch_sub(in_call.min(counters.in_flight.load(Ordering::Relaxed)), Ordering::Relaxed);
         counters.calls.fetch_add(1, Ordering::Relaxed);
         if outcome.is_success() && ours {
             counters.delivered.fetch_add(in_call, Ordering::Relaxed);
-            let pending = webhook.pending_in_database.load(Ordering::Relaxed);
-            webhook.pending_in_database.store(pending.saturating_sub(in_call), Ordering::Relaxed);
+            let pending = webhook.live.pending_in_database.load(Ordering::Relaxed);
+            webhook.live.pending_in_database.store(pending.saturating_sub(in_call), Ordering::Relaxed);
         } else if !outcome.is_success() {
             counters.calls_failed.fetch_add(1, Ordering::Relaxed);
         }
         if alert.is_some() {
-            webhook.disabled.store(true, Ordering::Relaxed);
+            webhook.live.disabled.store(true, Ordering::Relaxed);
         }
         if let Some(health) = health {
-            *lock(&webhook.health) = health;
+            *lock(&webhook.live.health) = health;
         }
         if !dropped.is_empty() {
             count_dropped(shared, webhook, &call.bot_token, DropReason::Disabled, decode(&dropped));

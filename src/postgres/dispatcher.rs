@@ -156,11 +156,21 @@ pub(crate) struct Options {
     pub(crate) returning_user_window: Duration,
 }
 
-/// This process's copy of one webhook: settings for `enqueue`, health and
-/// pending count as of the last poll, and this process's counts.
+/// This process's copy of one webhook: its settings for `enqueue`, and
+/// what outlives a reconfiguration ([`Live`]).
 pub(crate) struct LocalWebhook {
     pub(crate) config: WebhookConfig,
+    /// The settings' generation in the database; 0 until first committed.
     pub(crate) generation: AtomicU64,
+    pub(crate) live: Arc<Live>,
+}
+
+/// A webhook's health and pending counts as of the last poll, and this
+/// process's counts: one value, shared by every copy of the webhook's
+/// settings, so that an event accepted under old settings is counted on
+/// the same webhook when it is committed under new ones.
+#[derive(Default)]
+pub(crate) struct Live {
     pub(crate) disabled: AtomicBool,
     pub(crate) pending_in_database: AtomicU64,
     /// This process's accepted events of this webhook not committed yet.
@@ -178,29 +188,19 @@ pub(crate) struct Health {
 
 impl LocalWebhook {
     pub(crate) fn new(config: WebhookConfig, generation: u64, disabled: bool) -> LocalWebhook {
-        LocalWebhook {
-            config,
-            generation: AtomicU64::new(generation),
-            disabled: AtomicBool::new(disabled),
-            pending_in_database: AtomicU64::new(0),
-            buffered: AtomicU64::new(0),
-            counters: Counters::default(),
-            health: Mutex::new(Health::default()),
-        }
+        let live = Live { disabled: AtomicBool::new(disabled), ..Live::default() };
+        LocalWebhook { config, generation: AtomicU64::new(generation), live: Arc::new(live) }
     }
 
-    /// A copy with new settings that keeps this process's counts.
+    /// The webhook with new settings, the same [`Live`] state.
     pub(crate) fn reconfigured(&self, config: WebhookConfig, generation: u64, disabled: bool) -> LocalWebhook {
-        let webhook = LocalWebhook::new(config, generation, disabled);
-        webhook.counters.absorb(&self.counters.snapshot());
-        webhook.pending_in_database.store(self.pending_in_database.load(Ordering::Relaxed), Ordering::Relaxed);
-        webhook.buffered.store(self.buffered.load(Ordering::Relaxed), Ordering::Relaxed);
-        webhook
+        self.live.disabled.store(disabled, Ordering::Relaxed);
+        LocalWebhook { config, generation: AtomicU64::new(generation), live: Arc::clone(&self.live) }
     }
 
     fn stats(&self, bot_token: &str) -> WebhookStats {
-        let health = lock(&self.health).clone();
-        let state = if self.disabled.load(Ordering::Relaxed) {
+        let health = lock(&self.live.health).clone();
+        let state = if self.live.disabled.load(Ordering::Relaxed) {
             WebhookState::Disabled
         } else if self.config.plan() == Plan::Free {
             WebhookState::FreePlan
@@ -217,9 +217,10 @@ impl LocalWebhook {
     }
 
     fn counts(&self) -> crate::dispatch::EventCounts {
-        let mut counts = self.counters.snapshot();
-        counts.pending = self.pending_in_database.load(Ordering::Relaxed) + self.buffered.load(Ordering::Relaxed);
-        counts.in_flight = self.counters.in_flight.load(Ordering::Relaxed);
+        let mut counts = self.live.counters.snapshot();
+        counts.pending =
+            self.live.pending_in_database.load(Ordering::Relaxed) + self.live.buffered.load(Ordering::Relaxed);
+        counts.in_flight = self.live.counters.in_flight.load(Ordering::Relaxed);
         counts
     }
 }
@@ -336,7 +337,7 @@ impl PostgresDispatcher {
     }
 
     fn counted_refusal(&self, webhook: Option<&LocalWebhook>, refusal: Refusal) {
-        let counters = webhook.map_or(&self.shared.retired, |webhook| &webhook.counters);
+        let counters = webhook.map_or(&self.shared.retired, |webhook| &webhook.live.counters);
         counters.refuse(refusal);
     }
 }
@@ -358,7 +359,7 @@ impl Dispatcher for PostgresDispatcher {
             Some((Refusal::FreePlan, EnqueueOutcome::FreePlan))
         } else if !event.kind().is_some_and(|kind| webhook.config.events().contains(kind)) {
             Some((Refusal::NotSelected, EnqueueOutcome::NotSelected))
-        } else if webhook.disabled.load(Ordering::Relaxed) {
+        } else if webhook.live.disabled.load(Ordering::Relaxed) {
             Some((Refusal::WebhookDisabled, EnqueueOutcome::WebhookDisabled))
         } else {
             None
@@ -368,7 +369,8 @@ impl Dispatcher for PostgresDispatcher {
             return outcome;
         }
         // The bound over the cluster, as of the last poll: approximate, never blocking.
-        let queued = webhook.pending_in_database.load(Ordering::Relaxed) + webhook.buffered.load(Ordering::Relaxed);
+        let queued =
+            webhook.live.pending_in_database.load(Ordering::Relaxed) + webhook.live.buffered.load(Ordering::Relaxed);
         if queued >= webhook.config.queue_capacity() as u64 {
             self.counted_refusal(Some(&webhook), Refusal::QueueFull);
             return EnqueueOutcome::QueueFull(event);
@@ -378,14 +380,14 @@ impl Dispatcher for PostgresDispatcher {
             self.counted_refusal(Some(&webhook), Refusal::StoreUnavailable);
             return EnqueueOutcome::StoreUnavailable(event);
         }
-        webhook.buffered.fetch_add(1, Ordering::Relaxed);
-        webhook.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        webhook.live.buffered.fetch_add(1, Ordering::Relaxed);
+        webhook.live.counters.accepted.fetch_add(1, Ordering::Relaxed);
         match shared.intake.send(Entry::Event(Arc::clone(&webhook), event)) {
             Ok(()) => EnqueueOutcome::Accepted,
             Err(mpsc::error::SendError(entry)) => {
                 // The writer has stopped: undo, and hand the event back.
-                webhook.counters.accepted.fetch_sub(1, Ordering::Relaxed);
-                webhook.buffered.fetch_sub(1, Ordering::Relaxed);
+                webhook.live.counters.accepted.fetch_sub(1, Ordering::Relaxed);
+                webhook.live.buffered.fetch_sub(1, Ordering::Relaxed);
                 shared.buffered.fetch_sub(1, Ordering::AcqRel);
                 self.counted_refusal(Some(&webhook), Refusal::Closed);
                 entry.into_event().map_or(EnqueueOutcome::NoWebhook, EnqueueOutcome::Closed)
@@ -424,7 +426,7 @@ impl Dispatcher for PostgresDispatcher {
         let shared = &*self.shared;
         let removed = shared.webhooks.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(bot_token);
         if let Some(webhook) = removed {
-            shared.retired.absorb(&webhook.counters.snapshot());
+            shared.retired.absorb(&webhook.live.counters.snapshot());
         }
         lock(&shared.removing).insert(Arc::from(bot_token));
         let _ = shared.intake.send(Entry::Remove(Arc::from(bot_token)));
@@ -437,7 +439,7 @@ impl Dispatcher for PostgresDispatcher {
         let mut disabled_webhooks = 0;
         for webhook in webhooks.values() {
             totals.add(&webhook.counts());
-            disabled_webhooks += usize::from(webhook.disabled.load(Ordering::Relaxed));
+            disabled_webhooks += usize::from(webhook.live.disabled.load(Ordering::Relaxed));
         }
         DispatcherStats { webhooks: webhooks.len(), disabled_webhooks, totals }
     }

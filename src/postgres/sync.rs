@@ -84,9 +84,9 @@ pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), Stri
         let pending = u64::try_from(row.try_get::<_, i64>(5).map_err(read)?).unwrap_or_default();
         match shared.webhook(&token) {
             Some(webhook) if webhook.generation.load(Ordering::Relaxed) >= generation => {
-                webhook.disabled.store(disabled, Ordering::Relaxed);
-                webhook.pending_in_database.store(pending, Ordering::Relaxed);
-                *lock(&webhook.health) = Health { failures_in_row, last_failure };
+                webhook.live.disabled.store(disabled, Ordering::Relaxed);
+                webhook.live.pending_in_database.store(pending, Ordering::Relaxed);
+                *lock(&webhook.live.health) = Health { failures_in_row, last_failure };
             }
             _ => changed.push((token.clone(), pending, Health { failures_in_row, last_failure })),
         }
@@ -111,15 +111,15 @@ pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), Stri
             Some(old) => old.reconfigured(stored.config, stored.generation, stored.disabled),
             None => LocalWebhook::new(stored.config, stored.generation, stored.disabled),
         };
-        webhook.pending_in_database.store(pending, Ordering::Relaxed);
-        *lock(&webhook.health) = health;
+        webhook.live.pending_in_database.store(pending, Ordering::Relaxed);
+        *lock(&webhook.live.health) = health;
         webhooks.insert(Arc::from(token.as_str()), Arc::new(webhook));
     }
     // Removed by another process; not one configured here and still on its way.
     webhooks.retain(|token, webhook| {
         let keep = in_database.contains(&**token) || webhook.generation.load(Ordering::Relaxed) == 0;
         if !keep {
-            shared.retired.absorb(&webhook.counters.snapshot());
+            shared.retired.absorb(&webhook.live.counters.snapshot());
         }
         keep
     });

@@ -249,7 +249,7 @@ async fn insert_events(
     }
     for (token, bodies) in skipped {
         let reason = match shared.webhook(token) {
-            Some(webhook) if webhook.disabled.load(Ordering::Relaxed) => DropReason::Disabled,
+            Some(webhook) if webhook.live.disabled.load(Ordering::Relaxed) => DropReason::Disabled,
             _ => DropReason::Removed,
         };
         committed.dropped.push((token.to_owned(), reason, bodies));
@@ -338,9 +338,9 @@ pub(crate) async fn delete_events(
 /// observer), generations, and answers the syncs.
 fn settle_round(shared: &Shared, round: Round, committed: Committed) {
     for (token, (webhook, accepted)) in &round.accepted {
-        webhook.buffered.fetch_sub(*accepted, Ordering::Relaxed);
+        webhook.live.buffered.fetch_sub(*accepted, Ordering::Relaxed);
         let inserted = committed.inserted.get(&**token).copied().unwrap_or_default();
-        webhook.pending_in_database.fetch_add(inserted, Ordering::Relaxed);
+        webhook.live.pending_in_database.fetch_add(inserted, Ordering::Relaxed);
     }
     shared.buffered.fetch_sub(round.accepted_total, Ordering::AcqRel);
     shared.committed_up_to.fetch_max(committed.newest_id, Ordering::AcqRel);
@@ -383,10 +383,10 @@ pub(crate) fn count_dropped(
     events: Vec<Event>,
 ) {
     let count = events.len() as u64;
-    webhook.counters.add_dropped(count, reason);
-    let in_database = webhook.pending_in_database.load(Ordering::Relaxed);
+    webhook.live.counters.add_dropped(count, reason);
+    let in_database = webhook.live.pending_in_database.load(Ordering::Relaxed);
     if reason != DropReason::TooLarge {
-        webhook.pending_in_database.store(in_database.saturating_sub(count), Ordering::Relaxed);
+        webhook.live.pending_in_database.store(in_database.saturating_sub(count), Ordering::Relaxed);
     }
     report_dropped(shared, token, reason, events);
 }
@@ -423,7 +423,7 @@ fn hand_back(shared: &Shared, round: Round, receiver: &mut mpsc::UnboundedReceiv
         }
     }
     for (webhook, accepted) in per_webhook.values() {
-        webhook.buffered.fetch_sub(*accepted, Ordering::Relaxed);
+        webhook.live.buffered.fetch_sub(*accepted, Ordering::Relaxed);
     }
     shared.buffered.fetch_sub(total, Ordering::AcqRel);
     // Counted per webhook: the events too large were counted when gathered.
@@ -435,7 +435,7 @@ fn hand_back(shared: &Shared, round: Round, receiver: &mut mpsc::UnboundedReceiv
     }
     for (token, count) in counted {
         match shared.webhook(token) {
-            Some(webhook) => webhook.counters.add_dropped(count, DropReason::Shutdown),
+            Some(webhook) => webhook.live.counters.add_dropped(count, DropReason::Shutdown),
             None => shared.retired.add_dropped(count, DropReason::Shutdown),
         }
     }
