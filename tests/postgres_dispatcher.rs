@@ -453,3 +453,72 @@ async fn a_shutdown_without_the_database_hands_back_what_it_could_not_commit() {
     assert_eq!(report.stats.totals.dropped(eventhook::dispatch::DropReason::Shutdown), 3);
     assert!(matches!(dispatcher.enqueue(message("bot", "late")), EnqueueOutcome::Closed(_)));
 }
+
+#[tokio::test]
+async fn building_checks_the_schema_and_the_settings_and_never_shows_the_password() {
+    let Some(test) = TestSchema::new("building_checks_the_schema_and_the_settings") else { return };
+    let transport = Arc::new(ScriptedTransport::default());
+    let error = builder(&test, Arc::clone(&transport)).build().await.expect_err("not migrated yet");
+    let shown = error.to_string();
+    assert!(shown.contains("version 0") && shown.contains("migrate"), "{shown}");
+    migrate(&mut test.connect().await, &test.schema).await.expect("migrating");
+    let error = builder(&test, Arc::clone(&transport)).max_buffered_events(0).build().await.expect_err("0 events");
+    assert_eq!(error.to_string(), "max_buffered_events must be at least 1");
+    let error =
+        builder(&test, Arc::clone(&transport)).poll_interval(Duration::ZERO).build().await.expect_err("no poll");
+    assert_eq!(error.to_string(), "poll_interval must be at least 1 ms");
+    let error =
+        PostgresDispatcher::builder("postgres://user:pw@127.0.0.1:notaport/db").build().await.expect_err("bad URL");
+    assert!(error.to_string().starts_with("invalid PostgreSQL connection string"), "{error}");
+
+    // Choosing PostgreSQL is one call on the usual builder.
+    let dispatcher = eventhook::dispatch::WebhookDispatcher::builder()
+        .transport(transport)
+        .postgres(test.url())
+        .schema(test.schema.clone())
+        .build()
+        .await
+        .expect("building from the usual builder");
+    let password = test.password().expect("DATABASE_URL has a password");
+    let builder_shown = format!("{:?}", PostgresDispatcher::builder(test.url()));
+    let shown = format!("{dispatcher:?}");
+    assert!(!shown.contains(&password) && !builder_shown.contains(&password), "{shown} {builder_shown}");
+    dispatcher.configure(config("bot")).expect("configuring");
+    dispatcher.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    let client = test.connect().await;
+    let row = client.query_one(&format!("SELECT secret FROM {}.webhooks", test.quoted()), &[]).await.expect("reading");
+    assert_eq!(row.get::<_, String>(0), "bot-secret", "the bot's secret is in its row");
+    assert!(!format!("{dispatcher:?}").contains("bot-secret"));
+    let _ = dispatcher.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_rows_older_than_the_retention_are_pruned() {
+    let Some(test) = migrated("ledger_rows_older_than_the_retention_are_pruned").await else { return };
+    let transport = Arc::new(ScriptedTransport::default());
+    let first = dispatcher(&test, Arc::clone(&transport)).await;
+    first.configure(config("bot")).expect("configuring");
+    assert!(first.enqueue(message("bot", "billed")).is_accepted());
+    first.flush(Duration::from_secs(10)).await.expect("flushed");
+    let client = test.connect().await;
+    let count = || async {
+        let row =
+            client.query_one(&format!("SELECT count(*) FROM {}.calls", test.quoted()), &[]).await.expect("reading");
+        row.get::<_, i64>(0)
+    };
+    assert_eq!(count().await, 1, "one row for the one call");
+    let _ = first.shutdown(Duration::from_secs(1)).await;
+    // A process whose retention is shorter than the row's age prunes it when it starts.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let pruning = builder(&test, Arc::clone(&transport))
+        .ledger_retention(Duration::from_millis(10))
+        .build()
+        .await
+        .expect("building");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count().await != 0 {
+        assert!(Instant::now() < deadline, "never pruned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = pruning.shutdown(Duration::from_secs(1)).await;
+}

@@ -427,6 +427,40 @@ impl WebhookDispatcherBuilder {
         self
     }
 
+    /// Switches to the store shared by several processes on PostgreSQL
+    /// (feature `postgres`): a builder of a
+    /// [`PostgresDispatcher`](crate::postgres::PostgresDispatcher) on the
+    /// database at `database_url`, with the transport, alert sink, observer,
+    /// clock and `max_concurrent_pushes` set here. It runs on tokio (the
+    /// runtime set here is not used), and bounds the events waiting for
+    /// their commit with its own
+    /// [`max_buffered_events`](crate::postgres::PostgresDispatcherBuilder::max_buffered_events)
+    /// instead of `max_pending_events`.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use eventhook::dispatch::{Dispatcher, WebhookDispatcher};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dispatcher: Arc<dyn Dispatcher> =
+    ///     Arc::new(WebhookDispatcher::builder().postgres("postgres://bot_engine@127.0.0.1/platform").build().await?);
+    /// # let _ = dispatcher;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres(self, database_url: &str) -> crate::postgres::PostgresDispatcherBuilder {
+        let mut builder = crate::postgres::PostgresDispatcher::builder(database_url)
+            .alert_sink(self.alert_sink)
+            .observer(self.observer)
+            .clock(self.clock)
+            .max_concurrent_pushes(self.limits.max_concurrent_pushes);
+        if let Some(transport) = self.transport {
+            builder = builder.transport(transport);
+        }
+        builder
+    }
+
     /// Checks the limits, starts the dispatcher's task on the runtime and
     /// returns its handle. With the `metrics` feature, its metrics are
     /// registered here, with the recorder in force now: install it first.

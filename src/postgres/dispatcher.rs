@@ -17,7 +17,7 @@ use super::writer::{self, Entry};
 use super::{connection, sync};
 use crate::alert::{AlertSink, NoAlerts};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Plan, WebhookConfig};
+use crate::config::{ConfigError, Plan, WebhookConfig};
 use crate::dispatch::stats::Counters;
 use crate::dispatch::{
     BotSender, DeliveryObserver, Dispatcher, DispatcherClosed, DispatcherStats, EnqueueOutcome, FlushError, NoObserver,
@@ -595,18 +595,18 @@ impl PostgresDispatcherBuilder {
         self
     }
 
-    /// Accepted events that may wait for their commit (default 100,000);
+    /// Accepted events that may wait for their commit (default 100,000; at least 1);
     /// past that `enqueue` answers [`EnqueueOutcome::StoreUnavailable`].
     pub fn max_buffered_events(mut self, events: usize) -> Self {
-        self.options.max_buffered_events = events.max(1);
+        self.options.max_buffered_events = events;
         self
     }
 
     /// How often settings, health and due times are read from the database
-    /// when no NOTIFY comes first (default 1 s): the bound on how long a
-    /// change takes to reach every process.
+    /// when no NOTIFY comes first (default 1 s; at least 1 ms): the bound
+    /// on how long a change takes to reach every process.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.options.poll_interval = interval.max(Duration::from_millis(1));
+        self.options.poll_interval = interval;
         self
     }
 
@@ -623,9 +623,9 @@ impl PostgresDispatcherBuilder {
         self
     }
 
-    /// Calls this process makes at once (default 64).
+    /// Calls this process makes at once (default 64; at least 1).
     pub fn max_concurrent_pushes(mut self, calls: usize) -> Self {
-        self.options.max_concurrent_pushes = calls.max(1);
+        self.options.max_concurrent_pushes = calls;
         self
     }
 
@@ -638,6 +638,15 @@ impl PostgresDispatcherBuilder {
     /// Connects, checks that the schema is migrated, loads the webhooks and
     /// starts this process's tasks on the current tokio runtime.
     pub async fn build(self) -> Result<PostgresDispatcher, BuildError> {
+        for (setting, value, minimum) in [
+            ("max_buffered_events", self.options.max_buffered_events, "1"),
+            ("max_concurrent_pushes", self.options.max_concurrent_pushes, "1"),
+            ("poll_interval", usize::from(self.options.poll_interval >= Duration::from_millis(1)), "1 ms"),
+        ] {
+            if value == 0 {
+                return Err(BuildError::Config(ConfigError::OutOfRange { setting, minimum }));
+            }
+        }
         let database: tokio_postgres::Config = self
             .database_url
             .parse()
@@ -709,6 +718,9 @@ fn default_transport() -> Result<Arc<dyn Transport>, BuildError> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
+    /// A setting is out of range.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The database URL does not parse (tokio-postgres's reason; it never quotes the password).
     #[error("invalid PostgreSQL connection string: {0}")]
     DatabaseUrl(String),
