@@ -117,6 +117,13 @@ pub use transport::{Transport, TransportError, TransportErrorKind};
 pub const USER_AGENT: &str = concat!("eventhook/", env!("CARGO_PKG_VERSION"));
 
 /// Compiles the README's examples as doc tests, so they cannot rot.
-#[cfg(all(doctest, feature = "reqwest", feature = "tokio", feature = "axum", feature = "metrics"))]
+#[cfg(all(
+    doctest,
+    feature = "reqwest",
+    feature = "tokio",
+    feature = "axum",
+    feature = "metrics",
+    feature = "postgres"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

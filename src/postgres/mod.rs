@@ -1,10 +1,15 @@
-//! The PostgreSQL store's schema (feature `postgres`): versioned migrations
-//! shipped in the crate and the explicit call that applies them.
+//! The store shared by several bot-engine processes, on PostgreSQL
+//! (feature `postgres`): [`PostgresDispatcher`], the [`Dispatcher`](crate::dispatch::Dispatcher)
+//! of one process of such a cluster, and the schema it stands on: versioned
+//! migrations shipped in the crate and the explicit call that applies them.
 //!
-//! This is the ground the shared store stands on, so that several bot-engine
-//! processes can share one set of webhooks: their queues, due times, leases,
-//! health, billing ledger, alerts and the returning-user gate live in one
-//! schema of the PostgreSQL the host already runs.
+//! Every process's dispatcher works on one schema of the PostgreSQL the host
+//! already runs: the webhooks' settings, queues, due times, leases, health,
+//! the billing ledger, the alerts and the returning-user gate live there, so
+//! the platform's rules hold per bot over the whole cluster, and a crash
+//! loses nothing committed. The rules are the in-memory dispatcher's, applied
+//! by the same functions; [`PostgresDispatcher`] says how each holds across
+//! processes.
 //!
 //! ```no_run
 //! use eventhook::postgres::{migrate, PostgresSchema};
@@ -33,8 +38,11 @@
 //!   `EventFlags` bits, `plan`, `push_interval_ms`, `max_batch_events`,
 //!   `max_batch_bytes`, `one_event_per_call`, `request_timeout_ms`,
 //!   `queue_capacity`, `accept_any_2xx`, `included_variables`); its health
-//!   (`disabled`, `failures_in_row`, `last_failure`); its schedule (`due_at`,
-//!   NULL when nothing is scheduled, indexed for enabled webhooks); the lease
+//!   (`disabled`, `failures_in_row`, `last_failure`); its schedule
+//!   (`anchor_at`, where its grid of push times starts; `due_at`, NULL when
+//!   nothing is scheduled, indexed for enabled webhooks; `last_push_at`);
+//!   the failed call to send again as it was (`retry_events`, the number of
+//!   oldest events it carried, and `retry_call_id`, its `webhook-id`); the lease
 //!   of the call under way (`claim_id` from the `claim_ids` sequence and
 //!   `lease_until`, both set or both NULL); and `generation`, which a trigger
 //!   bumps whenever the settings or `disabled` change (not on leases, due
