@@ -240,6 +240,8 @@ async fn start_call(
     }
     let transport = Arc::clone(&shared.transport);
     let ended = ended.clone();
+    // The call starts now, not at its claim: the interval runs from here, as in memory.
+    let started_at = shared.now();
     let started = Instant::now();
     tokio::spawn(async move {
         let timeout = config.request_timeout();
@@ -255,7 +257,7 @@ async fn start_call(
             event_ids,
             bytes: body_length,
             call_id,
-            started_at: now,
+            started_at,
             duration: started.elapsed(),
             result,
         };
@@ -560,7 +562,7 @@ pub(crate) async fn flush(shared: &Shared, timeout: Duration) -> Result<(), Flus
 async fn flush_committed(shared: &Shared, deadline: tokio::time::Instant) -> Result<(), FlushError> {
     let database =
         |error: tokio_postgres::Error| FlushError::StoreUnavailable(connection::describe("flushing", &error));
-    let client = connection::connect(&shared.database, || {}).await.map_err(database)?;
+    let client = shared.query_client().await.map_err(database)?;
     let schema = shared.schema.quoted();
     let started_at = shared.now();
     let row =

@@ -141,6 +141,7 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     pub(crate) writer_stop: Notify,
     pub(crate) tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    query_client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
 }
 
 /// Tuning of a [`PostgresDispatcher`]; see its builder.
@@ -239,6 +240,18 @@ impl Shared {
         self.clock.wall_time()
     }
 
+    /// The connection of the host's own questions (pending counts, the
+    /// returning-user gate, flushes): one, shared, made again when dropped.
+    pub(crate) async fn query_client(&self) -> Result<Arc<tokio_postgres::Client>, tokio_postgres::Error> {
+        let mut client = self.query_client.lock().await;
+        if let Some(connected) = client.as_ref().filter(|connected| !connected.is_closed()) {
+            return Ok(Arc::clone(connected));
+        }
+        let connected = Arc::new(connection::connect(&self.database, || {}).await?);
+        *client = Some(Arc::clone(&connected));
+        Ok(connected)
+    }
+
     /// Records a database error (shown in stats and errors) or, with `None`, that the database answers.
     pub(crate) fn database_state(&self, error: Option<String>) {
         *lock(&self.database_error) = error;
@@ -291,7 +304,7 @@ impl PostgresDispatcher {
     /// Events in the database not delivered yet, of the bots named (all bots
     /// for `None`): what every process of the cluster still has to push.
     pub async fn pending_in_database(&self, bot_tokens: Option<&[&str]>) -> Result<u64, StoreError> {
-        let client = connection::connect(&self.shared.database, || {}).await.map_err(StoreError::database)?;
+        let client = self.shared.query_client().await.map_err(StoreError::database)?;
         let schema = self.shared.schema.quoted();
         let row = match bot_tokens {
             None => client.query_one(&format!("SELECT count(*) FROM {schema}.events"), &[]).await,
@@ -314,7 +327,7 @@ impl PostgresDispatcher {
         if newest == 0 {
             return Ok(buffered);
         }
-        let client = connection::connect(&self.shared.database, || {}).await.map_err(StoreError::database)?;
+        let client = self.shared.query_client().await.map_err(StoreError::database)?;
         let statement = format!("SELECT count(*) FROM {}.events WHERE id <= $1", self.shared.schema.quoted());
         let row = client.query_one(&statement, &[&newest]).await.map_err(StoreError::database)?;
         let count: i64 = row.try_get(0).map_err(StoreError::database)?;
@@ -328,7 +341,7 @@ impl PostgresDispatcher {
     /// processes asking at once get one yes. The table keeps a SHA-256 of
     /// the user id, not the id.
     pub async fn returning_user_should_fire(&self, bot_token: &str, user_id: &str) -> Result<bool, StoreError> {
-        let client = connection::connect(&self.shared.database, || {}).await.map_err(StoreError::database)?;
+        let client = self.shared.query_client().await.map_err(StoreError::database)?;
         let now = self.shared.now();
         let window_ms = i64::try_from(self.shared.options.returning_user_window.as_millis()).unwrap_or(i64::MAX);
         super::returning_users::should_fire(&client, &self.shared.schema, bot_token, user_id, now, window_ms)
@@ -691,6 +704,7 @@ impl PostgresDispatcherBuilder {
             stopping: AtomicBool::new(false),
             writer_stop: Notify::new(),
             tasks: Mutex::new(Vec::new()),
+            query_client: tokio::sync::Mutex::new(None),
         });
         sync::refresh(&shared, &client).await.map_err(BuildError::Database)?;
         let tasks = vec![
