@@ -522,3 +522,42 @@ async fn ledger_rows_older_than_the_retention_are_pruned() {
     }
     let _ = pruning.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_committed_by_a_process_that_died_is_delivered_once_by_another() {
+    let Some(test) = migrated("an_alert_committed_by_a_process_that_died").await else { return };
+    // As a process leaves it that committed the disabling and died before
+    // delivering (no lease) or while delivering (a lease that has expired).
+    let client = test.connect().await;
+    let payload = |bot: &str| {
+        serde_json::json!({
+            "bot_token": bot, "account_name": "Account", "url": "https://hooks.example.com/events",
+            "failures_in_row": 11, "last_failure": "answered 500 Internal Server Error",
+            "disabled_at": "2026-12-01T10:00:00.123456789Z",
+        })
+    };
+    let statement = format!(
+        "INSERT INTO {}.alerts (bot_token, payload, lease_until) VALUES ($1, $2, NULL), ($3, $4, now() - interval '1 s')",
+        test.quoted()
+    );
+    client.execute(&statement, &[&"bot-a", &payload("bot-a"), &"bot-b", &payload("bot-b")]).await.expect("inserting");
+    let alerts = Arc::new(Alerts::default());
+    let transport = Arc::new(ScriptedTransport::default());
+    let first = builder(&test, Arc::clone(&transport)).alert_sink(alerts.clone()).build().await.expect("building");
+    let second = builder(&test, Arc::clone(&transport)).alert_sink(alerts.clone()).build().await.expect("building");
+    until("both alerts", 5, || alerts.0.lock().unwrap().len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let delivered = alerts.0.lock().unwrap().clone();
+    let mut bots: Vec<&str> = delivered.iter().map(|alert| alert.bot_token.as_str()).collect();
+    bots.sort();
+    assert_eq!(bots, ["bot-a", "bot-b"], "each once over both processes");
+    assert_eq!(delivered[0].failures_in_row, 11);
+    assert!(delivered[0].alert_id().ends_with("@2026-12-01T10:00:00.123456789Z"), "{}", delivered[0].alert_id());
+    let row = client
+        .query_one(&format!("SELECT count(*) FROM {}.alerts WHERE delivered_at IS NULL", test.quoted()), &[])
+        .await
+        .expect("reading");
+    assert_eq!(row.get::<_, i64>(0), 0, "marked delivered");
+    let _ = first.shutdown(Duration::from_secs(1)).await;
+    let _ = second.shutdown(Duration::from_secs(1)).await;
+}
