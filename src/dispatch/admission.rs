@@ -26,6 +26,7 @@ use futures::task::AtomicWaker;
 use super::intake::{IntakeSender, RING_CAPACITY};
 use super::metrics::RefusalMetrics;
 use super::outcome::EnqueueOutcome;
+use super::rules;
 use super::stats::{Counters, Refusal};
 use super::token_hash::TokenMap;
 use crate::config::{Plan, WebhookConfig};
@@ -525,18 +526,10 @@ impl Admission {
             return EnqueueOutcome::Closed(event);
         }
         let settings = gate.settings();
-        let refusal = if settings & FREE_PLAN != 0 {
-            Some((Refusal::FreePlan, EnqueueOutcome::FreePlan))
-        } else if !selects(settings, &event) {
-            Some((Refusal::NotSelected, EnqueueOutcome::NotSelected))
-        } else if settings & DISABLED != 0 {
-            Some((Refusal::WebhookDisabled, EnqueueOutcome::WebhookDisabled))
-        } else {
-            None
-        };
-        if let Some((refusal, outcome)) = refusal {
+        let refusal = rules::refusal(settings & FREE_PLAN != 0, selects(settings, &event), settings & DISABLED != 0);
+        if let Some(refusal) = refusal {
             self.refuse(&gate.counters, refusal);
-            return outcome;
+            return EnqueueOutcome::refused(refusal);
         }
         // Up to a ring of uncounted events may be on their way, unless the
         // bound in question is crowded (the core then drained them all): count

@@ -509,12 +509,13 @@ impl DispatchCore {
             duration,
             outcome: outcome.clone(),
         }));
+        let settlement = rules::settlement(delivered, webhook.store.failures_in_row);
+        webhook.store.failures_in_row = settlement.failures_in_row;
         if delivered {
             webhook.gate.counters.release_delivered(events as u64);
             webhook.calls.delivered += events as u64;
             self.admission.release(events);
             self.admission.relieve(&webhook.gate);
-            webhook.store.failures_in_row = 0;
             if webhook.flush_remaining > 0 {
                 webhook.flush_remaining = webhook.flush_remaining.saturating_sub(events);
                 if webhook.flush_remaining == 0 || webhook.store.waiting() == 0 {
@@ -524,8 +525,6 @@ impl DispatchCore {
             }
         } else {
             webhook.calls.calls_failed += 1;
-            let (failures_in_row, disables) = rules::after_failure(webhook.store.failures_in_row);
-            webhook.store.failures_in_row = failures_in_row;
             webhook.store.last_failure = Some(outcome.to_string().into());
             if webhook.flush_remaining > 0 {
                 // A flush makes one attempt per webhook; the failure rule paces retries.
@@ -533,7 +532,7 @@ impl DispatchCore {
                 self.flushing_webhooks -= 1;
                 self.flush_failures += 1;
             }
-            if disables {
+            if settlement.disables {
                 self.disable(&id.bot_token);
                 return;
             }
@@ -544,8 +543,7 @@ impl DispatchCore {
             return;
         }
         let token = Arc::clone(&id.bot_token);
-        let settled = if delivered { Settled::Delivered } else { Settled::Failed };
-        self.settle(&token, now, settled);
+        self.settle(&token, now, settlement.settled);
     }
 
     /// Takes in newly enqueued events, then says when the core next has a

@@ -71,6 +71,18 @@ impl EnqueueOutcome {
         matches!(self, EnqueueOutcome::Accepted)
     }
 
+    /// The outcome of a refusal that hands nothing back (the webhook does not want the event).
+    pub(crate) fn refused(refusal: Refusal) -> EnqueueOutcome {
+        match refusal {
+            Refusal::NotSelected => EnqueueOutcome::NotSelected,
+            Refusal::FreePlan => EnqueueOutcome::FreePlan,
+            Refusal::WebhookDisabled => EnqueueOutcome::WebhookDisabled,
+            Refusal::NoWebhook | Refusal::QueueFull | Refusal::Closed | Refusal::StoreUnavailable => {
+                EnqueueOutcome::NoWebhook
+            }
+        }
+    }
+
     /// The refusal, or `None` when accepted.
     pub fn refusal(&self) -> Option<Refusal> {
         Some(match self {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::outcome::CallOutcome;
+use super::stats::Refusal;
 use crate::transport::TransportError;
 
 /// Failed calls in a row a webhook survives; the next failure disables it
@@ -33,9 +34,46 @@ pub(crate) fn call_outcome(result: Result<StatusCode, TransportError>, accept_an
 
 /// Failed calls in a row after one more failure, and whether that one
 /// disables the webhook (the 11th).
-pub(crate) fn after_failure(failures_in_row: u32) -> (u32, bool) {
+fn after_failure(failures_in_row: u32) -> (u32, bool) {
     let failures_in_row = failures_in_row.saturating_add(1);
     (failures_in_row, failures_in_row > MAX_FAILURES_IN_ROW)
+}
+
+/// What a settled call leaves of a webhook's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Settlement {
+    /// Failed calls in a row after this one.
+    pub(crate) failures_in_row: u32,
+    /// Whether this call disables the webhook (its events are then dropped).
+    pub(crate) disables: bool,
+    /// What happened, for [`next_push`].
+    pub(crate) settled: Settled,
+}
+
+/// The settlement of a call that `delivered` (or not) on a webhook with
+/// `failures_in_row` before it: a success resets the count; a failure
+/// keeps the call's events for the same call again, and the 11th disables.
+pub(crate) fn settlement(delivered: bool, failures_in_row: u32) -> Settlement {
+    if delivered {
+        return Settlement { failures_in_row: 0, disables: false, settled: Settled::Delivered };
+    }
+    let (failures_in_row, disables) = after_failure(failures_in_row);
+    Settlement { failures_in_row, disables, settled: Settled::Failed }
+}
+
+/// Why an event of a webhook is refused before its bounds are checked: a
+/// bot on the free plan has no webhook; a kind not selected is not wanted;
+/// a disabled webhook takes nothing until it is configured again.
+pub(crate) fn refusal(free_plan: bool, selected: bool, disabled: bool) -> Option<Refusal> {
+    if free_plan {
+        Some(Refusal::FreePlan)
+    } else if !selected {
+        Some(Refusal::NotSelected)
+    } else if disabled {
+        Some(Refusal::WebhookDisabled)
+    } else {
+        None
+    }
 }
 
 /// The most events and body bytes of one call.
@@ -103,7 +141,7 @@ pub(crate) fn next_grid_offset(earliest: Duration, interval: Duration) -> Option
 }
 
 /// What just happened to a webhook with no call under way, for [`next_push`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Settled {
     /// It was configured (again), or got events after having none.
     Idle,
@@ -143,6 +181,24 @@ pub(crate) fn next_push(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_settlement_resets_on_success_and_disables_on_the_eleventh_failure() {
+        assert_eq!(
+            settlement(true, 7),
+            Settlement { failures_in_row: 0, disables: false, settled: Settled::Delivered }
+        );
+        assert_eq!(settlement(false, 9), Settlement { failures_in_row: 10, disables: false, settled: Settled::Failed });
+        assert_eq!(settlement(false, 10), Settlement { failures_in_row: 11, disables: true, settled: Settled::Failed });
+    }
+
+    #[test]
+    fn the_free_plan_comes_before_selection_and_selection_before_disabling() {
+        assert_eq!(refusal(true, false, true), Some(Refusal::FreePlan));
+        assert_eq!(refusal(false, false, true), Some(Refusal::NotSelected));
+        assert_eq!(refusal(false, true, true), Some(Refusal::WebhookDisabled));
+        assert_eq!(refusal(false, true, false), None);
+    }
 
     #[test]
     fn the_eleventh_failure_in_a_row_disables() {

@@ -313,68 +313,59 @@ async fn settle(shared: &Shared, client: &mut Client, call: &CallEnded) -> Resul
     if ours && first_settlement {
         let failures_in_row: i32 =
             row.as_ref().map_or(Ok(0), |row| row.try_get(0)).map_err(doing("reading failures"))?;
-        if outcome.is_success() {
-            let statement = format!("DELETE FROM {schema}.events WHERE bot_token = $1 AND id = ANY($2)");
-            transaction
-                .execute(&statement, &[&&*call.bot_token, &call.event_ids])
-                .await
-                .map_err(doing("deleting delivered events"))?;
+        let settlement = rules::settlement(outcome.is_success(), u32::try_from(failures_in_row).unwrap_or_default());
+        let failures = i32::try_from(settlement.failures_in_row).unwrap_or(i32::MAX);
+        health = Some(Health { failures_in_row: settlement.failures_in_row, last_failure: failure.clone() });
+        if settlement.disables {
+            dropped = delete_events(&transaction, shared, &call.bot_token).await?;
+            let disabled_alert = WebhookDisabledAlert {
+                bot_token: call.bot_token.to_string(),
+                account_name: call.config.account_name().to_owned(),
+                url: call.config.url().to_string(),
+                failures_in_row: settlement.failures_in_row,
+                last_failure: failure.clone().unwrap_or_default(),
+                disabled_at: now,
+            };
             let statement = format!(
-                "UPDATE {schema}.webhooks SET failures_in_row = 0, last_failure = NULL,
-                     retry_events = NULL, retry_call_id = NULL, last_push_at = $2
+                "UPDATE {schema}.webhooks SET disabled = true, failures_in_row = $2, last_failure = $3,
+                     retry_events = NULL, retry_call_id = NULL, last_push_at = $4, due_at = NULL,
+                     claim_id = NULL, lease_until = NULL
                  WHERE bot_token = $1"
             );
             transaction
-                .execute(&statement, &[&&*call.bot_token, &call.started_at])
+                .execute(&statement, &[&&*call.bot_token, &failures, &failure, &call.started_at])
                 .await
-                .map_err(doing("recording a success"))?;
-            release(shared, &transaction, &call.bot_token, call.claim_id, now, Settled::Delivered).await?;
-            health = Some(Health::default());
+                .map_err(doing("disabling a webhook"))?;
+            let statement = format!("INSERT INTO {schema}.alerts (bot_token, payload) VALUES ($1, $2)");
+            transaction
+                .execute(&statement, &[&&*call.bot_token, &alert_payload(&disabled_alert)])
+                .await
+                .map_err(doing("writing an alert"))?;
+            alert = Some(());
         } else {
-            let (failures_in_row, disables) = rules::after_failure(u32::try_from(failures_in_row).unwrap_or_default());
-            let failures = i32::try_from(failures_in_row).unwrap_or(i32::MAX);
-            health = Some(Health { failures_in_row, last_failure: failure.clone() });
-            if disables {
-                dropped = delete_events(&transaction, shared, &call.bot_token).await?;
-                let disabled_alert = WebhookDisabledAlert {
-                    bot_token: call.bot_token.to_string(),
-                    account_name: call.config.account_name().to_owned(),
-                    url: call.config.url().to_string(),
-                    failures_in_row,
-                    last_failure: failure.clone().unwrap_or_default(),
-                    disabled_at: now,
-                };
-                let statement = format!(
-                    "UPDATE {schema}.webhooks SET disabled = true, failures_in_row = $2, last_failure = $3,
-                         retry_events = NULL, retry_call_id = NULL, last_push_at = $4, due_at = NULL,
-                         claim_id = NULL, lease_until = NULL
-                     WHERE bot_token = $1"
-                );
+            if outcome.is_success() {
+                let statement = format!("DELETE FROM {schema}.events WHERE bot_token = $1 AND id = ANY($2)");
                 transaction
-                    .execute(&statement, &[&&*call.bot_token, &failures, &failure, &call.started_at])
+                    .execute(&statement, &[&&*call.bot_token, &call.event_ids])
                     .await
-                    .map_err(doing("disabling a webhook"))?;
-                let statement = format!("INSERT INTO {schema}.alerts (bot_token, payload) VALUES ($1, $2)");
-                transaction
-                    .execute(&statement, &[&&*call.bot_token, &alert_payload(&disabled_alert)])
-                    .await
-                    .map_err(doing("writing an alert"))?;
-                alert = Some(());
-            } else {
-                let statement = format!(
-                    "UPDATE {schema}.webhooks SET failures_in_row = $2, last_failure = $3,
-                         retry_events = $4, retry_call_id = $5, last_push_at = $6
-                     WHERE bot_token = $1"
-                );
-                transaction
-                    .execute(
-                        &statement,
-                        &[&&*call.bot_token, &failures, &failure, &events, &call.call_id, &call.started_at],
-                    )
-                    .await
-                    .map_err(doing("recording a failure"))?;
-                release(shared, &transaction, &call.bot_token, call.claim_id, now, Settled::Failed).await?;
+                    .map_err(doing("deleting delivered events"))?;
             }
+            // A failed call is kept to be sent again as it was: its events and its id.
+            let retry_events = (!outcome.is_success()).then_some(events);
+            let retry_call_id = (!outcome.is_success()).then_some(call.call_id.as_str());
+            let statement = format!(
+                "UPDATE {schema}.webhooks SET failures_in_row = $2, last_failure = $3,
+                     retry_events = $4, retry_call_id = $5, last_push_at = $6
+                 WHERE bot_token = $1"
+            );
+            transaction
+                .execute(
+                    &statement,
+                    &[&&*call.bot_token, &failures, &failure, &retry_events, &retry_call_id, &call.started_at],
+                )
+                .await
+                .map_err(doing("recording the call's outcome"))?;
+            release(shared, &transaction, &call.bot_token, call.claim_id, now, settlement.settled).await?;
         }
     }
     transaction.commit().await.map_err(doing("committing a settlement"))?;

@@ -18,6 +18,7 @@ use super::{connection, sync};
 use crate::alert::{AlertSink, NoAlerts};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, Plan, WebhookConfig};
+use crate::dispatch::rules;
 use crate::dispatch::stats::Counters;
 use crate::dispatch::{
     BotSender, DeliveryObserver, Dispatcher, DispatcherClosed, DispatcherStats, EnqueueOutcome, FlushError, NoObserver,
@@ -368,18 +369,14 @@ impl Dispatcher for PostgresDispatcher {
             self.counted_refusal(Some(&webhook), Refusal::Closed);
             return EnqueueOutcome::Closed(event);
         }
-        let refusal = if webhook.config.plan() == Plan::Free {
-            Some((Refusal::FreePlan, EnqueueOutcome::FreePlan))
-        } else if !event.kind().is_some_and(|kind| webhook.config.events().contains(kind)) {
-            Some((Refusal::NotSelected, EnqueueOutcome::NotSelected))
-        } else if webhook.live.disabled.load(Ordering::Relaxed) {
-            Some((Refusal::WebhookDisabled, EnqueueOutcome::WebhookDisabled))
-        } else {
-            None
-        };
-        if let Some((refusal, outcome)) = refusal {
+        let refusal = rules::refusal(
+            webhook.config.plan() == Plan::Free,
+            event.kind().is_some_and(|kind| webhook.config.events().contains(kind)),
+            webhook.live.disabled.load(Ordering::Relaxed),
+        );
+        if let Some(refusal) = refusal {
             self.counted_refusal(Some(&webhook), refusal);
-            return outcome;
+            return EnqueueOutcome::refused(refusal);
         }
         // The bound over the cluster, as of the last poll: approximate, never blocking.
         let queued =
