@@ -137,11 +137,14 @@ impl Bench {
         let cpu_start = cpu_time();
         let start = Instant::now();
         let sending = async move {
-            post_all(CONCURRENCY, futures::stream::iter(requests).map(|(url, bearer, body)| {
-                let request =
-                    json_post(&client, &url, &bearer, body).header(http::header::USER_AGENT, eventhook::USER_AGENT);
-                status_of(request)
-            }))
+            post_all(
+                CONCURRENCY,
+                futures::stream::iter(requests).map(|(url, bearer, body)| {
+                    let request =
+                        json_post(&client, &url, &bearer, body).header(http::header::USER_AGENT, eventhook::USER_AGENT);
+                    status_of(request)
+                }),
+            )
             .await;
         };
         self.runtime.block_on(self.runtime.spawn(sending)).expect("bare client task");
@@ -226,10 +229,13 @@ async fn naive_post(
     targets: &HashMap<String, (String, String)>,
     batches: &mut HashMap<String, Vec<Event>>,
 ) {
-    post_all(CONCURRENCY, futures::stream::iter(batches.drain()).map(|(token, batch)| {
-        let (url, bearer) = &targets[&token];
-        async move { status_of(json_post(client, url, bearer, support::serde_wire::serde_encode(&batch))).await }
-    }))
+    post_all(
+        CONCURRENCY,
+        futures::stream::iter(batches.drain()).map(|(token, batch)| {
+            let (url, bearer) = &targets[&token];
+            async move { status_of(json_post(client, url, bearer, support::serde_wire::serde_encode(&batch))).await }
+        }),
+    )
     .await;
 }
 

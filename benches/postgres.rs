@@ -369,7 +369,8 @@ async fn outbox_worker(
 ) {
     let mut client = connect(&url).await;
     let http = plain_client();
-    let claim = format!("SELECT id, bot_token, body FROM {table} ORDER BY id LIMIT {OUTBOX_CLAIM} FOR UPDATE SKIP LOCKED");
+    let claim =
+        format!("SELECT id, bot_token, body FROM {table} ORDER BY id LIMIT {OUTBOX_CLAIM} FOR UPDATE SKIP LOCKED");
     let delete = format!("DELETE FROM {table} WHERE id = ANY($1)");
     loop {
         // Read before claiming: rows inserted before the flag was set are seen by the claim.
@@ -426,7 +427,7 @@ fn main() {
     let Some(database_url) = std::env::var("DATABASE_URL").ok().filter(|url| !url.is_empty()) else {
         println!(
             "SKIPPED postgres bench: DATABASE_URL is not set; it needs a PostgreSQL it may create and drop schemas in \
-             (e.g. DATABASE_URL=postgres://eventhook_ci:eventhook_ci_password@127.0.0.1:5432/eventhook_ci)"
+             (e.g. DATABASE_URL=postgres://USER:PASSWORD@127.0.0.1:5432/DATABASE, as `.ci/run` sets it)"
         );
         return;
     };
