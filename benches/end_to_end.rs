@@ -25,20 +25,15 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
 use eventhook::adapters::{ReqwestTransport, TokioRuntime};
 use eventhook::dispatch::{Dispatcher, WebhookDispatcher};
 use eventhook::Event;
 use futures::StreamExt;
+use support::loopback::{cpu_time, json_post, plain_client, post_all, start_receiver, status_of, Tally};
 use support::{EventGen, Goal};
 
 const WEBHOOKS: usize = 1_000;
@@ -50,181 +45,11 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// The naive user's channel bound: a round number a user would pick.
 const NAIVE_CHANNEL: usize = 10_000;
 
-/// User plus system CPU time of this process so far (all threads).
-fn cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: `getrusage` only writes the `rusage` it is given, which is
-    // zeroed, properly aligned and lives for the call.
-    let result = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
-    assert_eq!(result, 0, "getrusage(RUSAGE_SELF)");
-    // SAFETY: zeroed is a valid `rusage` (plain integers), and `getrusage` filled it.
-    let usage = unsafe { usage.assume_init() };
-    let time =
-        |value: libc::timeval| Duration::from_secs(value.tv_sec as u64) + Duration::from_micros(value.tv_usec as u64);
-    time(usage.ru_utime) + time(usage.ru_stime)
-}
-
-/// The reqwest client the bare client and the naive user post with: what the
-/// crate's transport does by default (no redirects, no proxies, a timeout).
-fn plain_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
-}
-
-/// A JSON `POST` of `body` with a bearer, as both baselines send it.
-fn json_post(client: &reqwest::Client, url: &str, bearer: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
-    client
-        .post(url)
-        .header(http::header::AUTHORIZATION, bearer)
-        .header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")
-        .body(body)
-}
-
-/// Sends `request`, reads its answer whole and gives its status.
-async fn status_of(request: reqwest::RequestBuilder) -> reqwest::StatusCode {
-    let response = request.send().await.expect("sent");
-    let status = response.status();
-    let _ = response.bytes().await;
-    status
-}
-
-/// Makes the posts of `posts`, `CONCURRENCY` at a time; each must answer `200`.
-async fn post_all(posts: impl futures::Stream<Item = impl std::future::Future<Output = reqwest::StatusCode>>) {
-    posts
-        .buffer_unordered(CONCURRENCY)
-        .for_each(|status| {
-            assert_eq!(status, reqwest::StatusCode::OK);
-            futures::future::ready(())
-        })
-        .await;
-}
-
 /// One run of one side: wall time to the last event received, CPU time to the end of its work.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     elapsed: Duration,
     cpu: Duration,
-}
-
-/// What the receiver has seen in the current run.
-struct Tally {
-    seen: Vec<AtomicBool>,
-    events: AtomicUsize,
-    duplicates: AtomicUsize,
-    strangers: AtomicUsize,
-    pushes: AtomicUsize,
-    completed_at: Mutex<Option<Instant>>,
-    /// When the first event, and the 100,000th, arrived.
-    first_at: Mutex<Option<Instant>>,
-    half_at: Mutex<Option<Instant>>,
-    completed: tokio::sync::Notify,
-}
-
-impl Tally {
-    fn new() -> Tally {
-        Tally {
-            seen: (0..EVENTS).map(|_| AtomicBool::new(false)).collect(),
-            events: AtomicUsize::new(0),
-            duplicates: AtomicUsize::new(0),
-            strangers: AtomicUsize::new(0),
-            pushes: AtomicUsize::new(0),
-            completed_at: Mutex::new(None),
-            first_at: Mutex::new(None),
-            half_at: Mutex::new(None),
-            completed: tokio::sync::Notify::new(),
-        }
-    }
-
-    fn reset(&self) {
-        for seen in &self.seen {
-            seen.store(false, Ordering::Relaxed);
-        }
-        self.events.store(0, Ordering::SeqCst);
-        self.duplicates.store(0, Ordering::SeqCst);
-        self.strangers.store(0, Ordering::SeqCst);
-        self.pushes.store(0, Ordering::SeqCst);
-        *self.completed_at.lock().unwrap() = None;
-        *self.first_at.lock().unwrap() = None;
-        *self.half_at.lock().unwrap() = None;
-    }
-
-    /// Milliseconds from `start` to the first event and to half of them.
-    fn milestones(&self, start: Instant) -> (f64, f64) {
-        let since = |at: Option<Instant>| at.map_or(f64::NAN, |at| (at - start).as_secs_f64() * 1e3);
-        (since(*self.first_at.lock().unwrap()), since(*self.half_at.lock().unwrap()))
-    }
-
-    fn record(&self, events: &[Event]) {
-        self.pushes.fetch_add(1, Ordering::Relaxed);
-        for event in events {
-            let index = support::event_seq(event).and_then(|seq| usize::try_from(seq).ok()).filter(|&seq| seq < EVENTS);
-            let Some(index) = index else {
-                self.strangers.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            if self.seen[index].swap(true, Ordering::Relaxed) {
-                self.duplicates.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            match self.events.fetch_add(1, Ordering::AcqRel) + 1 {
-                1 => *self.first_at.lock().unwrap() = Some(Instant::now()),
-                count if count == EVENTS / 2 => *self.half_at.lock().unwrap() = Some(Instant::now()),
-                EVENTS => {
-                    *self.completed_at.lock().unwrap() = Some(Instant::now());
-                    self.completed.notify_one();
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Waits until every event arrived; returns when the last one did.
-    async fn wait_complete(&self) -> Instant {
-        tokio::time::timeout(RUN_LIMIT, async {
-            loop {
-                let notified = self.completed.notified();
-                if let Some(at) = *self.completed_at.lock().unwrap() {
-                    return at;
-                }
-                notified.await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            panic!("only {} of {EVENTS} events arrived in {RUN_LIMIT:?}", self.events.load(Ordering::SeqCst))
-        })
-    }
-
-    fn assert_exactly_once(&self, side: &str) {
-        assert_eq!(self.duplicates.load(Ordering::SeqCst), 0, "{side}: events received twice");
-        assert_eq!(self.strangers.load(Ordering::SeqCst), 0, "{side}: events not sent");
-        assert_eq!(self.events.load(Ordering::SeqCst), EVENTS, "{side}: every event once");
-        assert!(self.seen.iter().all(|seen| seen.load(Ordering::Relaxed)), "{side}: every event once");
-    }
-}
-
-async fn hook(State(tally): State<Arc<Tally>>, body: Bytes) -> StatusCode {
-    match eventhook::wire::parse_push(&body) {
-        Ok(events) => {
-            tally.record(&events);
-            StatusCode::OK
-        }
-        Err(_) => StatusCode::BAD_REQUEST,
-    }
-}
-
-async fn start_receiver(tally: Arc<Tally>) -> SocketAddr {
-    let router = Router::new().route("/hooks/{bot}", post(hook)).with_state(tally);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
-    let address = listener.local_addr().expect("bound");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    address
 }
 
 struct Bench {
@@ -242,7 +67,7 @@ impl Bench {
     fn new() -> Bench {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let tally = Arc::new(Tally::new());
+        let tally = Arc::new(Tally::new(EVENTS));
         let address = runtime.block_on(start_receiver(Arc::clone(&tally)));
         let base_url = format!("http://{address}");
         let mut generator = EventGen::new(0xe2e);
@@ -285,7 +110,7 @@ impl Bench {
             assert!(dispatcher.enqueue(event).is_accepted(), "accepted");
         }
         let enqueued = start.elapsed();
-        let end = self.runtime.block_on(self.tally.wait_complete());
+        let end = self.runtime.block_on(self.tally.wait_complete(RUN_LIMIT));
         let elapsed = end - start;
         let (first, half) = self.tally.milestones(start);
         println!(
@@ -312,15 +137,18 @@ impl Bench {
         let cpu_start = cpu_time();
         let start = Instant::now();
         let sending = async move {
-            post_all(futures::stream::iter(requests).map(|(url, bearer, body)| {
-                let request =
-                    json_post(&client, &url, &bearer, body).header(http::header::USER_AGENT, eventhook::USER_AGENT);
-                status_of(request)
-            }))
+            post_all(
+                CONCURRENCY,
+                futures::stream::iter(requests).map(|(url, bearer, body)| {
+                    let request =
+                        json_post(&client, &url, &bearer, body).header(http::header::USER_AGENT, eventhook::USER_AGENT);
+                    status_of(request)
+                }),
+            )
             .await;
         };
         self.runtime.block_on(self.runtime.spawn(sending)).expect("bare client task");
-        let end = self.runtime.block_on(self.tally.wait_complete());
+        let end = self.runtime.block_on(self.tally.wait_complete(RUN_LIMIT));
         let cpu = cpu_time() - cpu_start;
         let elapsed = end - start;
         let (first, half) = self.tally.milestones(start);
@@ -347,7 +175,7 @@ impl Bench {
         }
         let enqueued = start.elapsed();
         drop(sender);
-        let end = self.runtime.block_on(self.tally.wait_complete());
+        let end = self.runtime.block_on(self.tally.wait_complete(RUN_LIMIT));
         self.runtime.block_on(collector).expect("collector task");
         let cpu = cpu_time() - cpu_start;
         let elapsed = end - start;
@@ -401,10 +229,13 @@ async fn naive_post(
     targets: &HashMap<String, (String, String)>,
     batches: &mut HashMap<String, Vec<Event>>,
 ) {
-    post_all(futures::stream::iter(batches.drain()).map(|(token, batch)| {
-        let (url, bearer) = &targets[&token];
-        async move { status_of(json_post(client, url, bearer, support::serde_wire::serde_encode(&batch))).await }
-    }))
+    post_all(
+        CONCURRENCY,
+        futures::stream::iter(batches.drain()).map(|(token, batch)| {
+            let (url, bearer) = &targets[&token];
+            async move { status_of(json_post(client, url, bearer, support::serde_wire::serde_encode(&batch))).await }
+        }),
+    )
     .await;
 }
 

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod callgrind;
+pub mod loopback;
 pub mod serde_wire;
 
 use std::path::PathBuf;
