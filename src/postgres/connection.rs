@@ -1,9 +1,10 @@
 //! Connections of the PostgreSQL dispatcher's tasks: each task holds its
 //! own, and makes a new one when the database drops it.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls, Statement};
 
 /// The first wait before trying the database again; it doubles up to [`MAX_RETRY_DELAY`].
 pub(crate) const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -42,5 +43,41 @@ pub(crate) fn describe(doing: &str, error: &tokio_postgres::Error) -> String {
         None if error.is_closed() => format!("{doing}: the connection is closed"),
         // tokio-postgres names the failure (and never the password) here.
         None => format!("{doing}: {error}"),
+    }
+}
+
+/// A task's connection and the statements it has prepared on it: a
+/// statement the task runs again costs one round trip, not two.
+pub(crate) struct Session {
+    pub(crate) client: Client,
+    pub(crate) statements: Statements,
+}
+
+impl Session {
+    pub(crate) async fn connect(config: &Config) -> Result<Session, tokio_postgres::Error> {
+        Ok(Session { client: connect(config, || {}).await?, statements: Statements::default() })
+    }
+
+    pub(crate) async fn prepared(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        self.statements.get(&self.client, sql).await
+    }
+}
+
+/// Statements prepared on one connection, by their SQL.
+#[derive(Default)]
+pub(crate) struct Statements(HashMap<String, Statement>);
+
+impl Statements {
+    pub(crate) async fn get(
+        &mut self,
+        client: &impl GenericClient,
+        sql: &str,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client.prepare(sql).await?;
+        self.0.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
     }
 }

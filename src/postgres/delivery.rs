@@ -3,7 +3,7 @@
 //! the delivery rules; delivers alerts from the outbox; prunes the ledger.
 //! Also the cluster-wide flush.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use http::StatusCode;
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Row, Transaction};
 
-use super::connection::{self, FIRST_RETRY_DELAY};
+use super::connection::{self, Session, Statements, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, Health, Shared};
 use super::due::Schedule;
 use super::timestamps::{later, since};
@@ -54,7 +54,7 @@ struct CallEnded {
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     let (ended_sender, mut ended) = mpsc::unbounded_channel::<CallEnded>();
-    let mut client: Option<Client> = None;
+    let mut session: Option<Session> = None;
     let mut unsettled: VecDeque<CallEnded> = VecDeque::new();
     let mut last_prune: Option<Instant> = None;
     let mut delay = FIRST_RETRY_DELAY;
@@ -64,7 +64,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             unsettled.push_back(call);
         }
         let wait =
-            match round(&shared, &mut client, &mut unsettled, &ended_sender, &mut last_prune, call_id_prefix).await {
+            match round(&shared, &mut session, &mut unsettled, &ended_sender, &mut last_prune, call_id_prefix).await {
                 Ok(next_due) => {
                     delay = FIRST_RETRY_DELAY;
                     shared.database_state(None);
@@ -73,8 +73,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 }
                 Err(error) => {
                     shared.database_state(Some(error));
-                    if client.as_ref().is_some_and(Client::is_closed) {
-                        client = None;
+                    if session.as_ref().is_some_and(|session| session.client.is_closed()) {
+                        session = None;
                     }
                     delay = connection::next_delay(delay);
                     delay
@@ -92,25 +92,21 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 /// calls. Returns the next due time the database knows of.
 async fn round(
     shared: &Arc<Shared>,
-    client: &mut Option<Client>,
+    session: &mut Option<Session>,
     unsettled: &mut VecDeque<CallEnded>,
     ended: &mpsc::UnboundedSender<CallEnded>,
     last_prune: &mut Option<Instant>,
     call_id_prefix: u64,
 ) -> Result<Option<DateTime<Utc>>, String> {
-    if client.is_none() {
-        let connected = connection::connect(&shared.database, || {})
-            .await
-            .map_err(|error| connection::describe("connecting", &error))?;
-        *client = Some(connected);
+    if session.is_none() {
+        let connected =
+            Session::connect(&shared.database).await.map_err(|error| connection::describe("connecting", &error))?;
+        *session = Some(connected);
     }
-    let Some(client) = client.as_mut() else { return Err("no connection".to_owned()) };
-    // Settled oldest first; one left unsettled is tried again next pass.
-    while let Some(call) = unsettled.front() {
-        settle(shared, client, call).await?;
-        unsettled.pop_front();
-        shared.calls_in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
+    let Some(session) = session.as_mut() else { return Err("no connection".to_owned()) };
+    // Calls not settled (the database failed) are tried again next pass.
+    settle_all(shared, session, unsettled).await?;
+    let client = &session.client;
     deliver_alerts(shared, client).await?;
     if last_prune.is_none_or(|pruned| pruned.elapsed() >= PRUNE_EVERY) {
         prune_ledger(shared, client).await?;
@@ -123,7 +119,7 @@ async fn round(
     if !shared.closed.load(Ordering::Acquire) {
         let free = shared.options.max_concurrent_pushes.saturating_sub(shared.calls_in_flight.load(Ordering::Acquire));
         if free > 0 {
-            claim_and_call(shared, client, free, ended, call_id_prefix).await?;
+            claim_and_call(shared, session, free, ended, call_id_prefix).await?;
         }
     }
     let statement = format!(
@@ -131,15 +127,20 @@ async fn round(
          WHERE due_at IS NOT NULL AND NOT disabled",
         shared.schema.quoted()
     );
-    let row =
-        client.query_one(&statement, &[]).await.map_err(|error| connection::describe("reading due times", &error))?;
+    let statement = session.prepared(&statement).await.map_err(|error| connection::describe("preparing", &error))?;
+    let row = session
+        .client
+        .query_one(&statement, &[])
+        .await
+        .map_err(|error| connection::describe("reading due times", &error))?;
     row.try_get(0).map_err(|error| connection::describe("reading due times", &error))
 }
 
-/// Claims up to `free` due webhooks and starts a call for each that still has events.
+/// Claims up to `free` due webhooks, reads their calls' events in one
+/// statement, and starts a call for each that still has events.
 async fn claim_and_call(
     shared: &Arc<Shared>,
-    client: &mut Client,
+    session: &mut Session,
     free: usize,
     ended: &mpsc::UnboundedSender<CallEnded>,
     call_id_prefix: u64,
@@ -160,56 +161,133 @@ async fn claim_and_call(
          FROM due WHERE webhook.bot_token = due.bot_token
          RETURNING webhook.*"
     );
-    let rows = client
+    let statement = session.prepared(&statement).await.map_err(|error| connection::describe("preparing", &error))?;
+    let rows = session
+        .client
         .query(&statement, &[&now, &limit, &lease_margin_ms])
         .await
         .map_err(|error| connection::describe("claiming due webhooks", &error))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut claims = Vec::with_capacity(rows.len());
+    for row in &rows {
+        claims.push(Claim::from_row(row)?);
+    }
+    // Each claim's oldest events, as many as its call may carry: one round trip for all.
+    let statement = format!(
+        "SELECT claim.bot_token, event.id, event.body
+         FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS claim (bot_token, events, position)
+         CROSS JOIN LATERAL (SELECT id, body FROM {schema}.events
+                             WHERE bot_token = claim.bot_token ORDER BY id LIMIT claim.events) AS event
+         ORDER BY claim.position, event.id"
+    );
+    let tokens: Vec<&str> = claims.iter().map(|claim| &*claim.bot_token).collect();
+    let limits: Vec<i64> = claims.iter().map(|claim| i64::try_from(claim.read_limit()).unwrap_or(i64::MAX)).collect();
+    let statement = session.prepared(&statement).await.map_err(|error| connection::describe("preparing", &error))?;
+    let rows = session
+        .client
+        .query(&statement, &[&tokens, &limits])
+        .await
+        .map_err(|error| connection::describe("reading the calls' events", &error))?;
+    let mut events: HashMap<String, Vec<(i64, Vec<u8>)>> = HashMap::with_capacity(claims.len());
     for row in rows {
-        start_call(shared, client, &row, now, ended, call_id_prefix).await?;
+        let read = |error: tokio_postgres::Error| connection::describe("reading an event", &error);
+        let token: String = row.try_get(0).map_err(read)?;
+        events.entry(token).or_default().push((row.try_get(1).map_err(read)?, row.try_get(2).map_err(read)?));
+    }
+    let mut idle = Vec::new();
+    for claim in claims {
+        let claim_events = events.remove(&*claim.bot_token).unwrap_or_default();
+        if let Some(claim) = start_call(shared, claim, claim_events, ended, call_id_prefix) {
+            idle.push(claim);
+        }
+    }
+    if !idle.is_empty() {
+        // Delivered or dropped meanwhile: nothing to call; hand the claims back.
+        let Session { client, statements } = session;
+        let transaction = client.transaction().await.map_err(|error| connection::describe("beginning", &error))?;
+        for claim in &idle {
+            if let Some(webhook) = lock_webhook(&transaction, statements, shared, &claim.bot_token).await? {
+                if webhook.claim_id == Some(claim.claim_id) {
+                    let due_at =
+                        due_after(&transaction, statements, shared, &claim.bot_token, &webhook, Settled::Idle, now)
+                            .await?;
+                    let statement = format!(
+                        "UPDATE {schema}.webhooks SET claim_id = NULL, lease_until = NULL, due_at = $2 WHERE bot_token = $1"
+                    );
+                    let statement = statements
+                        .get(&transaction, &statement)
+                        .await
+                        .map_err(|error| connection::describe("preparing", &error))?;
+                    transaction
+                        .execute(&statement, &[&&*claim.bot_token, &due_at])
+                        .await
+                        .map_err(|error| connection::describe("releasing a claim", &error))?;
+                }
+            }
+        }
+        transaction.commit().await.map_err(|error| connection::describe("releasing claims", &error))?;
     }
     Ok(())
 }
 
-async fn start_call(
+/// A webhook claimed for a call: its settings as the row had them, and the
+/// failed call to send again, if any.
+struct Claim {
+    bot_token: Arc<str>,
+    claim_id: i64,
+    config: Arc<WebhookConfig>,
+    retry_events: Option<i32>,
+    retry_call_id: Option<String>,
+}
+
+impl Claim {
+    fn from_row(row: &Row) -> Result<Claim, String> {
+        let read = |error: tokio_postgres::Error| connection::describe("reading a claimed webhook", &error);
+        let stored = webhook_from_row(row).map_err(|error| error.to_string())?;
+        let config = Arc::new(stored.config);
+        Ok(Claim {
+            bot_token: config.shared_bot_token(),
+            claim_id: row.try_get("claim_id").map_err(read)?,
+            retry_events: row.try_get("retry_events").map_err(read)?,
+            retry_call_id: row.try_get("retry_call_id").map_err(read)?,
+            config,
+        })
+    }
+
+    fn limits(&self) -> (usize, usize) {
+        rules::batch_limits(
+            self.config.one_event_per_call(),
+            self.config.max_batch_events(),
+            self.config.max_batch_bytes(),
+        )
+    }
+
+    /// How many of the oldest events to read: the failed call's, or a call's most.
+    fn read_limit(&self) -> usize {
+        self.retry_events.map_or(self.limits().0, |events| usize::try_from(events).unwrap_or(1))
+    }
+}
+
+/// Starts the call of `claim` with the oldest of `events`; hands the claim
+/// back when there is no event to send.
+fn start_call(
     shared: &Arc<Shared>,
-    client: &mut Client,
-    row: &Row,
-    now: DateTime<Utc>,
+    claim: Claim,
+    mut events: Vec<(i64, Vec<u8>)>,
     ended: &mpsc::UnboundedSender<CallEnded>,
     call_id_prefix: u64,
-) -> Result<(), String> {
-    let read = |error: tokio_postgres::Error| connection::describe("reading a claimed webhook", &error);
-    let claim_id: i64 = row.try_get("claim_id").map_err(read)?;
-    let retry_events: Option<i32> = row.try_get("retry_events").map_err(read)?;
-    let retry_call_id: Option<String> = row.try_get("retry_call_id").map_err(read)?;
-    let stored = webhook_from_row(row).map_err(|error| error.to_string())?;
-    let config = Arc::new(stored.config);
-    let bot_token = config.shared_bot_token();
-    let (max_events, max_bytes) =
-        rules::batch_limits(config.one_event_per_call(), config.max_batch_events(), config.max_batch_bytes());
-    let limit = retry_events.map_or(max_events, |events| usize::try_from(events).unwrap_or(1));
-    let statement =
-        format!("SELECT id, body FROM {}.events WHERE bot_token = $1 ORDER BY id LIMIT $2", shared.schema.quoted());
-    let rows = client
-        .query(&statement, &[&&*bot_token, &i64::try_from(limit).unwrap_or(i64::MAX)])
-        .await
-        .map_err(|error| connection::describe("reading a call's events", &error))?;
-    let mut events: Vec<(i64, Vec<u8>)> = Vec::with_capacity(rows.len());
-    for row in rows {
-        let read = |error: tokio_postgres::Error| connection::describe("reading an event", &error);
-        events.push((row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?));
-    }
+) -> Option<Claim> {
+    let (max_events, max_bytes) = claim.limits();
     // The failed call again as it was; otherwise as many of the oldest as fit.
-    let count = match retry_events {
+    let count = match claim.retry_events {
         Some(_) => events.len(),
         None => rules::fitting(events.iter().map(|(_, body)| body.len()), max_events, max_bytes).0,
     };
     events.truncate(count);
     if events.is_empty() {
-        // Delivered or dropped meanwhile: nothing to call; hand the claim back.
-        let transaction = client.transaction().await.map_err(|error| connection::describe("beginning", &error))?;
-        release(shared, &transaction, &bot_token, claim_id, now, Settled::Idle).await?;
-        return transaction.commit().await.map_err(|error| connection::describe("releasing a claim", &error));
+        return Some(claim);
     }
     let bytes: usize = events.iter().map(|(_, body)| body.len()).sum();
     let mut body = Vec::with_capacity(rules::array_length(events.len(), bytes));
@@ -221,6 +299,7 @@ async fn start_call(
         body.extend_from_slice(event);
     }
     body.push(b']');
+    let Claim { bot_token, claim_id, config, retry_call_id, .. } = claim;
     let call_id = retry_call_id.unwrap_or_else(|| signing::call_id(call_id_prefix, claim_id as u64));
     let (_, endpoint) = Endpoint::new(&config);
     let secrets = config.signing_secrets();
@@ -263,17 +342,136 @@ async fn start_call(
         };
         let _ = ended.send(call);
     });
+    None
+}
+
+/// What a committed settlement means for this process's counts and observer.
+struct Committed {
+    outcome: CallOutcome,
+    /// Whether the call still held its lease, so that its outcome is the webhook's.
+    ours: bool,
+    /// Whether its ledger row is new: a settlement tried again after its commit changes nothing.
+    first: bool,
+    dropped: Vec<Vec<u8>>,
+    disabled: bool,
+    health: Option<Health>,
+}
+
+/// Settles every ended call in one transaction (one commit, one WAL flush
+/// for all), in bot-token order, the order the writer locks webhooks in.
+async fn settle_all(shared: &Shared, session: &mut Session, unsettled: &mut VecDeque<CallEnded>) -> Result<(), String> {
+    if unsettled.is_empty() {
+        return Ok(());
+    }
+    unsettled.make_contiguous().sort_by(|left, right| left.bot_token.cmp(&right.bot_token));
+    let now = shared.now();
+    let Session { client, statements } = session;
+    let transaction =
+        client.transaction().await.map_err(|error| connection::describe("beginning a settlement", &error))?;
+    let mut settled = Vec::with_capacity(unsettled.len());
+    for call in unsettled.iter() {
+        settled.push(settle(shared, &transaction, statements, call, now).await?);
+    }
+    transaction.commit().await.map_err(|error| connection::describe("committing a settlement", &error))?;
+    for (call, settled) in unsettled.drain(..).zip(settled) {
+        apply(shared, &call, settled);
+        shared.calls_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
     Ok(())
 }
 
-/// Settles one call in one transaction: its ledger row always; and, while
-/// the lease is still this call's, the rules' outcome on the webhook's row.
-async fn settle(shared: &Shared, client: &mut Client, call: &CallEnded) -> Result<(), String> {
+/// A webhook's row as a settlement reads it, locked.
+struct LockedWebhook {
+    failures_in_row: u32,
+    claim_id: Option<i64>,
+    schedule: Schedule,
+    max_events: usize,
+    max_bytes: usize,
+}
+
+async fn lock_webhook(
+    transaction: &Transaction<'_>,
+    statements: &mut Statements,
+    shared: &Shared,
+    bot_token: &str,
+) -> Result<Option<LockedWebhook>, String> {
+    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
+    let statement = format!(
+        "SELECT failures_in_row, claim_id, anchor_at, push_interval_ms, last_push_at, max_batch_events,
+                max_batch_bytes, one_event_per_call
+         FROM {}.webhooks WHERE bot_token = $1 FOR NO KEY UPDATE",
+        shared.schema.quoted()
+    );
+    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+    let Some(row) = transaction.query_opt(&statement, &[&bot_token]).await.map_err(doing("locking a webhook"))? else {
+        return Ok(None);
+    };
+    let read = doing("reading a webhook");
+    let max_batch_events: i32 = row.try_get(5).map_err(read)?;
+    let max_batch_bytes: i64 = row.try_get(6).map_err(read)?;
+    let (max_events, max_bytes) = rules::batch_limits(
+        row.try_get(7).map_err(read)?,
+        usize::try_from(max_batch_events).unwrap_or(1),
+        usize::try_from(max_batch_bytes).unwrap_or(usize::MAX),
+    );
+    Ok(Some(LockedWebhook {
+        failures_in_row: u32::try_from(row.try_get::<_, i32>(0).map_err(read)?).unwrap_or_default(),
+        claim_id: row.try_get(1).map_err(read)?,
+        schedule: Schedule {
+            anchor_at: row.try_get(2).map_err(read)?,
+            push_interval_ms: row.try_get(3).map_err(read)?,
+            last_push_at: row.try_get(4).map_err(read)?,
+        },
+        max_events,
+        max_bytes,
+    }))
+}
+
+/// When a webhook with no call under way pushes next after `settled`: by
+/// the rules when events wait, `None` (nothing scheduled) when none do.
+async fn due_after(
+    transaction: &Transaction<'_>,
+    statements: &mut Statements,
+    shared: &Shared,
+    bot_token: &str,
+    webhook: &LockedWebhook,
+    settled: Settled,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, String> {
+    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
+    // Enough of the oldest waiting events to tell whether a whole batch waits.
+    let statement = format!(
+        "SELECT count(*), coalesce(sum(length(body)), 0)::bigint FROM
+             (SELECT body FROM {}.events WHERE bot_token = $1 ORDER BY id LIMIT $2) AS oldest",
+        shared.schema.quoted()
+    );
+    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+    let limit = i64::try_from(webhook.max_events).unwrap_or(i64::MAX).saturating_add(1);
+    let row = transaction.query_one(&statement, &[&bot_token, &limit]).await.map_err(doing("counting events"))?;
+    let read = doing("reading a count");
+    let waiting: i64 = row.try_get(0).map_err(read)?;
+    let waiting_bytes: i64 = row.try_get(1).map_err(read)?;
+    Ok((waiting > 0).then(|| {
+        let waiting = usize::try_from(waiting).unwrap_or(usize::MAX);
+        let bytes = usize::try_from(waiting_bytes).unwrap_or(usize::MAX);
+        let full_batch = rules::is_full_batch(waiting, bytes, webhook.max_events, webhook.max_bytes);
+        let flushing = lock(&shared.flush).is_some();
+        webhook.schedule.next_push_at(settled, now, flushing, full_batch)
+    }))
+}
+/// Settles one call inside the settlement's transaction: its ledger row
+/// always; and, while the lease is still this call's, the rules' outcome on
+/// the webhook's row.
+async fn settle(
+    shared: &Shared,
+    transaction: &Transaction<'_>,
+    statements: &mut Statements,
+    call: &CallEnded,
+    now: DateTime<Utc>,
+) -> Result<Committed, String> {
     let schema = shared.schema.quoted();
     let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
-    let now = shared.now();
     let outcome = rules::call_outcome(call.result.clone(), call.config.accept_any_2xx());
-    let transaction = client.transaction().await.map_err(doing("beginning a settlement"))?;
     let (outcome_name, status) = match &outcome {
         CallOutcome::Delivered(status) => ("delivered", Some(status.as_u16() as i16)),
         CallOutcome::FailedStatus(status) => ("failed_status", Some(status.as_u16() as i16)),
@@ -287,6 +485,7 @@ async fn settle(shared: &Shared, client: &mut Client, call: &CallEnded) -> Resul
         "INSERT INTO {schema}.calls (claim_id, bot_token, events, bytes, outcome, status, failure, started_at, ended_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (claim_id) DO NOTHING"
     );
+    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
     let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
         &call.claim_id,
         &&*call.bot_token,
@@ -298,103 +497,106 @@ async fn settle(shared: &Shared, client: &mut Client, call: &CallEnded) -> Resul
         &call.started_at,
         &ended_at,
     ];
-    let first_settlement =
-        transaction.execute(&statement, &parameters).await.map_err(doing("writing the ledger"))? == 1;
-    let statement =
-        format!("SELECT failures_in_row, claim_id FROM {schema}.webhooks WHERE bot_token = $1 FOR NO KEY UPDATE");
-    let row = transaction.query_opt(&statement, &[&&*call.bot_token]).await.map_err(doing("locking a webhook"))?;
-    let ours = match &row {
-        Some(row) => row.try_get::<_, Option<i64>>(1).map_err(doing("reading a lease"))? == Some(call.claim_id),
-        None => false,
-    };
-    let mut dropped = Vec::new();
-    let mut alert = None;
-    let mut health = None;
-    if ours && first_settlement {
-        let failures_in_row: i32 =
-            row.as_ref().map_or(Ok(0), |row| row.try_get(0)).map_err(doing("reading failures"))?;
-        let settlement = rules::settlement(outcome.is_success(), u32::try_from(failures_in_row).unwrap_or_default());
-        let failures = i32::try_from(settlement.failures_in_row).unwrap_or(i32::MAX);
-        health = Some(Health { failures_in_row: settlement.failures_in_row, last_failure: failure.clone() });
-        if settlement.disables {
-            dropped = delete_events(&transaction, shared, &call.bot_token).await?;
-            let disabled_alert = WebhookDisabledAlert {
-                bot_token: call.bot_token.to_string(),
-                account_name: call.config.account_name().to_owned(),
-                url: call.config.url().to_string(),
-                failures_in_row: settlement.failures_in_row,
-                last_failure: failure.clone().unwrap_or_default(),
-                disabled_at: now,
-            };
-            let statement = format!(
-                "UPDATE {schema}.webhooks SET disabled = true, failures_in_row = $2, last_failure = $3,
-                     retry_events = NULL, retry_call_id = NULL, last_push_at = $4, due_at = NULL,
-                     claim_id = NULL, lease_until = NULL
-                 WHERE bot_token = $1"
-            );
-            transaction
-                .execute(&statement, &[&&*call.bot_token, &failures, &failure, &call.started_at])
-                .await
-                .map_err(doing("disabling a webhook"))?;
-            let statement = format!("INSERT INTO {schema}.alerts (bot_token, payload) VALUES ($1, $2)");
-            transaction
-                .execute(&statement, &[&&*call.bot_token, &alert_payload(&disabled_alert)])
-                .await
-                .map_err(doing("writing an alert"))?;
-            alert = Some(());
-        } else {
-            if outcome.is_success() {
-                let statement = format!("DELETE FROM {schema}.events WHERE bot_token = $1 AND id = ANY($2)");
-                transaction
-                    .execute(&statement, &[&&*call.bot_token, &call.event_ids])
-                    .await
-                    .map_err(doing("deleting delivered events"))?;
-            }
-            // A failed call is kept to be sent again as it was: its events and its id.
-            let retry_events = (!outcome.is_success()).then_some(events);
-            let retry_call_id = (!outcome.is_success()).then_some(call.call_id.as_str());
-            let statement = format!(
-                "UPDATE {schema}.webhooks SET failures_in_row = $2, last_failure = $3,
-                     retry_events = $4, retry_call_id = $5, last_push_at = $6
-                 WHERE bot_token = $1"
-            );
-            transaction
-                .execute(
-                    &statement,
-                    &[&&*call.bot_token, &failures, &failure, &retry_events, &retry_call_id, &call.started_at],
-                )
-                .await
-                .map_err(doing("recording the call's outcome"))?;
-            release(shared, &transaction, &call.bot_token, call.claim_id, now, settlement.settled).await?;
-        }
+    let first = transaction.execute(&statement, &parameters).await.map_err(doing("writing the ledger"))? == 1;
+    let webhook = lock_webhook(transaction, statements, shared, &call.bot_token).await?;
+    let ours = webhook.as_ref().is_some_and(|webhook| webhook.claim_id == Some(call.claim_id));
+    let mut committed = Committed { outcome, ours, first, dropped: Vec::new(), disabled: false, health: None };
+    let Some(webhook) = webhook.filter(|_| ours && first) else { return Ok(committed) };
+    let settlement = rules::settlement(committed.outcome.is_success(), webhook.failures_in_row);
+    let failures = i32::try_from(settlement.failures_in_row).unwrap_or(i32::MAX);
+    committed.health = Some(Health { failures_in_row: settlement.failures_in_row, last_failure: failure.clone() });
+    if settlement.disables {
+        committed.dropped = delete_events(transaction, shared, &call.bot_token).await?;
+        committed.disabled = true;
+        let alert = WebhookDisabledAlert {
+            bot_token: call.bot_token.to_string(),
+            account_name: call.config.account_name().to_owned(),
+            url: call.config.url().to_string(),
+            failures_in_row: settlement.failures_in_row,
+            last_failure: failure.clone().unwrap_or_default(),
+            disabled_at: now,
+        };
+        let statement = format!(
+            "UPDATE {schema}.webhooks SET disabled = true, failures_in_row = $2, last_failure = $3,
+                 retry_events = NULL, retry_call_id = NULL, last_push_at = $4, due_at = NULL,
+                 claim_id = NULL, lease_until = NULL
+             WHERE bot_token = $1"
+        );
+        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+        transaction
+            .execute(&statement, &[&&*call.bot_token, &failures, &failure, &call.started_at])
+            .await
+            .map_err(doing("disabling a webhook"))?;
+        let statement = format!("INSERT INTO {schema}.alerts (bot_token, payload) VALUES ($1, $2)");
+        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+        transaction
+            .execute(&statement, &[&&*call.bot_token, &alert_payload(&alert)])
+            .await
+            .map_err(doing("writing an alert"))?;
+        return Ok(committed);
     }
-    transaction.commit().await.map_err(doing("committing a settlement"))?;
-    // Committed: count, and tell the observer of the call (in this process, once).
+    if committed.outcome.is_success() {
+        let statement = format!("DELETE FROM {schema}.events WHERE bot_token = $1 AND id = ANY($2)");
+        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+        transaction
+            .execute(&statement, &[&&*call.bot_token, &call.event_ids])
+            .await
+            .map_err(doing("deleting delivered events"))?;
+    }
+    let webhook =
+        LockedWebhook { schedule: Schedule { last_push_at: Some(call.started_at), ..webhook.schedule }, ..webhook };
+    let due_at = due_after(transaction, statements, shared, &call.bot_token, &webhook, settlement.settled, now).await?;
+    // A failed call is kept to be sent again as it was: its events and its id.
+    let failed = !committed.outcome.is_success();
+    let retry_events = failed.then_some(events);
+    let retry_call_id = failed.then_some(call.call_id.as_str());
+    let statement = format!(
+        "UPDATE {schema}.webhooks SET failures_in_row = $2, last_failure = $3, retry_events = $4,
+             retry_call_id = $5, last_push_at = $6, due_at = $7, claim_id = NULL, lease_until = NULL
+         WHERE bot_token = $1"
+    );
+    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+    transaction
+        .execute(
+            &statement,
+            &[&&*call.bot_token, &failures, &failure, &retry_events, &retry_call_id, &call.started_at, &due_at],
+        )
+        .await
+        .map_err(doing("recording the call's outcome"))?;
+    Ok(committed)
+}
+
+/// Counts a committed settlement here and tells the observer of the call
+/// (in this process, once) and of the events its disabling dropped.
+fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
     let in_call = call.event_ids.len() as u64;
     shared.in_flight.fetch_sub(in_call, Ordering::Relaxed);
-    let webhook = shared.webhook(&call.bot_token);
-    if let Some(webhook) = &webhook {
+    let delivered = committed.outcome.is_success();
+    if let Some(webhook) = shared.webhook(&call.bot_token) {
         let counters = &webhook.live.counters;
         counters.in_flight.fetch_sub(in_call.min(counters.in_flight.load(Ordering::Relaxed)), Ordering::Relaxed);
-        counters.calls.fetch_add(1, Ordering::Relaxed);
-        if outcome.is_success() && ours {
+        if committed.first {
+            counters.calls.fetch_add(1, Ordering::Relaxed);
+            if !delivered {
+                counters.calls_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if delivered && committed.ours && committed.first {
             counters.delivered.fetch_add(in_call, Ordering::Relaxed);
             let pending = webhook.live.pending_in_database.load(Ordering::Relaxed);
             webhook.live.pending_in_database.store(pending.saturating_sub(in_call), Ordering::Relaxed);
-        } else if !outcome.is_success() {
-            counters.calls_failed.fetch_add(1, Ordering::Relaxed);
         }
-        if alert.is_some() {
+        if committed.disabled {
             webhook.live.disabled.store(true, Ordering::Relaxed);
         }
-        if let Some(health) = health {
+        if let Some(health) = committed.health {
             *lock(&webhook.live.health) = health;
         }
-        if !dropped.is_empty() {
-            count_dropped(shared, webhook, &call.bot_token, DropReason::Disabled, decode(&dropped));
+        if !committed.dropped.is_empty() {
+            count_dropped(shared, &webhook, &call.bot_token, DropReason::Disabled, decode(&committed.dropped));
         }
     }
-    if first_settlement {
+    if committed.first {
         let (_, endpoint) = Endpoint::new(&call.config);
         shared.observer.call_made(&CallRecord {
             bot_token: Arc::clone(&call.bot_token),
@@ -403,70 +605,12 @@ async fn settle(shared: &Shared, client: &mut Client, call: &CallEnded) -> Resul
             events: call.event_ids.len(),
             bytes: call.bytes,
             duration: call.duration,
-            outcome,
+            outcome: committed.outcome,
         });
     }
-    if alert.is_some() {
+    if committed.disabled {
         shared.delivery_wake.notify_one();
     }
-    Ok(())
-}
-
-/// Hands a claim back and schedules the webhook after `settled`: due by
-/// the rules when events wait, nothing scheduled when none do.
-async fn release(
-    shared: &Shared,
-    transaction: &Transaction<'_>,
-    bot_token: &str,
-    claim_id: i64,
-    now: DateTime<Utc>,
-    settled: Settled,
-) -> Result<(), String> {
-    let schema = shared.schema.quoted();
-    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
-    let statement = format!(
-        "SELECT anchor_at, push_interval_ms, last_push_at, max_batch_events, max_batch_bytes, one_event_per_call
-         FROM {schema}.webhooks WHERE bot_token = $1 AND claim_id = $2 FOR NO KEY UPDATE"
-    );
-    let Some(row) =
-        transaction.query_opt(&statement, &[&bot_token, &claim_id]).await.map_err(doing("locking a webhook"))?
-    else {
-        return Ok(());
-    };
-    let read = doing("reading a webhook's schedule");
-    let schedule = Schedule {
-        anchor_at: row.try_get(0).map_err(read)?,
-        push_interval_ms: row.try_get(1).map_err(read)?,
-        last_push_at: row.try_get(2).map_err(read)?,
-    };
-    let max_batch_events: i32 = row.try_get(3).map_err(read)?;
-    let max_batch_bytes: i64 = row.try_get(4).map_err(read)?;
-    let one_event_per_call: bool = row.try_get(5).map_err(read)?;
-    let (max_events, max_bytes) = rules::batch_limits(
-        one_event_per_call,
-        usize::try_from(max_batch_events).unwrap_or(1),
-        usize::try_from(max_batch_bytes).unwrap_or(usize::MAX),
-    );
-    // Enough of the oldest waiting events to tell whether a whole batch waits.
-    let statement = format!(
-        "SELECT count(*), coalesce(sum(length(body)), 0)::bigint FROM
-             (SELECT body FROM {schema}.events WHERE bot_token = $1 ORDER BY id LIMIT $2) AS oldest"
-    );
-    let limit = i64::try_from(max_events).unwrap_or(i64::MAX).saturating_add(1);
-    let row = transaction.query_one(&statement, &[&bot_token, &limit]).await.map_err(doing("counting events"))?;
-    let waiting: i64 = row.try_get(0).map_err(read)?;
-    let waiting_bytes: i64 = row.try_get(1).map_err(read)?;
-    let due_at = (waiting > 0).then(|| {
-        let waiting = usize::try_from(waiting).unwrap_or(usize::MAX);
-        let full_batch =
-            rules::is_full_batch(waiting, usize::try_from(waiting_bytes).unwrap_or(usize::MAX), max_events, max_bytes);
-        let flushing = lock(&shared.flush).is_some();
-        schedule.next_push_at(settled, now, flushing, full_batch)
-    });
-    let statement =
-        format!("UPDATE {schema}.webhooks SET claim_id = NULL, lease_until = NULL, due_at = $2 WHERE bot_token = $1");
-    transaction.execute(&statement, &[&bot_token, &due_at]).await.map_err(doing("releasing a claim"))?;
-    Ok(())
 }
 
 fn alert_payload(alert: &WebhookDisabledAlert) -> serde_json::Value {
