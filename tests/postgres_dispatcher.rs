@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use eventhook::dispatch::{Dispatcher, EnqueueOutcome};
+use eventhook::dispatch::{CallRecord, DeliveryObserver, Dispatcher, EnqueueOutcome};
 use eventhook::postgres::{migrate, PostgresDispatcher};
 use eventhook::{
     AlertSink, ChatContext, Event, EventFactory, Transport, TransportError, WebhookConfig, WebhookDisabledAlert,
@@ -452,4 +452,55 @@ async fn a_shutdown_without_the_database_hands_back_what_it_could_not_commit() {
     assert_eq!(report.undelivered.len(), 3, "handed back, not lost");
     assert_eq!(report.stats.totals.dropped(eventhook::dispatch::DropReason::Shutdown), 3);
     assert!(matches!(dispatcher.enqueue(message("bot", "late")), EnqueueOutcome::Closed(_)));
+}
+
+/// Records alerts, slowly: shutdown comes while the sink still holds one.
+#[derive(Debug, Default)]
+struct SlowAlerts(Mutex<Vec<String>>);
+
+impl AlertSink for SlowAlerts {
+    fn webhook_disabled(&self, alert: &WebhookDisabledAlert) {
+        std::thread::sleep(Duration::from_millis(300));
+        self.0.lock().unwrap().push(alert.bot_token.clone());
+    }
+}
+
+/// Tells of the 11th call, the one that disables.
+#[derive(Debug, Default)]
+struct Eleventh {
+    calls: std::sync::atomic::AtomicUsize,
+    made: tokio::sync::Notify,
+}
+
+impl DeliveryObserver for Eleventh {
+    fn call_made(&self, _: &CallRecord) {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 11 {
+            self.made.notify_one();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_right_after_disabling_hands_the_alert_over_and_marks_it_delivered() {
+    let Some(test) = migrated("shutdown_right_after_disabling_hands_the_alert_over").await else { return };
+    let alerts = Arc::new(SlowAlerts::default());
+    let eleventh = Arc::new(Eleventh::default());
+    let dispatcher = builder(&test, ScriptedTransport::answering(500))
+        .alert_sink(alerts.clone())
+        .observer(eleventh.clone())
+        .build()
+        .await
+        .expect("building the dispatcher");
+    let fast = WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
+        .push_interval(Duration::from_millis(20))
+        .build()
+        .expect("a valid config");
+    dispatcher.configure(fast).expect("configuring");
+    assert_eq!(dispatcher.enqueue(message("bot", "m")), EnqueueOutcome::Accepted);
+    tokio::time::timeout(Duration::from_secs(20), eleventh.made.notified()).await.expect("the 11th call");
+    let _ = dispatcher.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(*alerts.0.lock().unwrap(), ["bot"], "the alert reached the sink once");
+    let statement = format!("SELECT count(*) FROM {}.alerts WHERE delivered_at IS NULL", test.quoted());
+    let left: i64 = test.connect().await.query_one(&statement, &[]).await.expect("counting alerts").get(0);
+    assert_eq!(left, 0, "and is marked delivered, so no other process delivers it again");
 }
