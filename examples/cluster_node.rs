@@ -119,7 +119,7 @@ fn parse_options(arguments: impl Iterator<Item = String>) -> Result<Options, Str
                 request_timeout_ms = number("--request-timeout-ms", value("--request-timeout-ms")?)?.max(1)
             }
             "--drain" => drain = true,
-            "-h" | "--help" => return Err(USAGE.to_owned()),
+            "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -180,6 +180,10 @@ enum Ending {
 async fn main() -> ExitCode {
     let options = match parse_options(std::env::args().skip(1)) {
         Ok(options) => options,
+        Err(message) if message.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(message) => {
             eprintln!("{message}");
             return ExitCode::FAILURE;
