@@ -504,3 +504,33 @@ async fn shutdown_right_after_disabling_hands_the_alert_over_and_marks_it_delive
     let left: i64 = test.connect().await.query_one(&statement, &[]).await.expect("counting alerts").get(0);
     assert_eq!(left, 0, "and is marked delivered, so no other process delivers it again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_while_a_settlement_disables_their_webhook_are_dropped_not_left_behind() {
+    let Some(test) = migrated("events_committed_while_a_settlement_disables").await else { return };
+    let dispatcher = dispatcher(&test, ScriptedTransport::answering(200)).await;
+    dispatcher.configure(config("bot")).expect("configuring");
+    dispatcher.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    // Another process's settlement of the 11th failure, under way: the row locked, the webhook disabled.
+    let mut settling = test.connect().await;
+    let settlement = settling.transaction().await.expect("beginning");
+    let schema = test.quoted();
+    settlement
+        .query(&format!("SELECT 1 FROM {schema}.webhooks WHERE bot_token = 'bot' FOR NO KEY UPDATE"), &[])
+        .await
+        .expect("locking the webhook");
+    settlement
+        .execute(&format!("UPDATE {schema}.webhooks SET disabled = true, due_at = NULL WHERE bot_token = 'bot'"), &[])
+        .await
+        .expect("disabling");
+    assert_eq!(dispatcher.enqueue(message("bot", "meanwhile")), EnqueueOutcome::Accepted);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    settlement.commit().await.expect("committing the settlement");
+    dispatcher.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    let statement = format!("SELECT count(*) FROM {schema}.events WHERE bot_token = 'bot'");
+    let left: i64 = test.connect().await.query_one(&statement, &[]).await.expect("counting events").get(0);
+    assert_eq!(left, 0, "no event stays in a disabled webhook");
+    let counts = dispatcher.stats().totals;
+    assert_eq!((counts.accepted, counts.dropped_total()), (1, 1), "the event is counted dropped");
+    let _ = dispatcher.shutdown(Duration::from_secs(1)).await;
+}
