@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use eventhook::dispatch::{Dispatcher, EnqueueOutcome};
+use eventhook::dispatch::{CallRecord, DeliveryObserver, Dispatcher, EnqueueOutcome};
 use eventhook::postgres::{migrate, PostgresDispatcher};
 use eventhook::{
     AlertSink, ChatContext, Event, EventFactory, Transport, TransportError, WebhookConfig, WebhookDisabledAlert,
@@ -560,4 +560,84 @@ async fn an_alert_committed_by_a_process_that_died_is_delivered_once_by_another(
     assert_eq!(row.get::<_, i64>(0), 0, "marked delivered");
     let _ = first.shutdown(Duration::from_secs(1)).await;
     let _ = second.shutdown(Duration::from_secs(1)).await;
+}
+/// Records alerts, slowly: shutdown comes while the sink still holds one.
+#[derive(Debug, Default)]
+struct SlowAlerts(Mutex<Vec<String>>);
+
+impl AlertSink for SlowAlerts {
+    fn webhook_disabled(&self, alert: &WebhookDisabledAlert) {
+        std::thread::sleep(Duration::from_millis(300));
+        self.0.lock().unwrap().push(alert.bot_token.clone());
+    }
+}
+
+/// Tells of the 11th call, the one that disables.
+#[derive(Debug, Default)]
+struct Eleventh {
+    calls: std::sync::atomic::AtomicUsize,
+    made: tokio::sync::Notify,
+}
+
+impl DeliveryObserver for Eleventh {
+    fn call_made(&self, _: &CallRecord) {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 11 {
+            self.made.notify_one();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_right_after_disabling_hands_the_alert_over_and_marks_it_delivered() {
+    let Some(test) = migrated("shutdown_right_after_disabling_hands_the_alert_over").await else { return };
+    let alerts = Arc::new(SlowAlerts::default());
+    let eleventh = Arc::new(Eleventh::default());
+    let dispatcher = builder(&test, ScriptedTransport::answering(500))
+        .alert_sink(alerts.clone())
+        .observer(eleventh.clone())
+        .build()
+        .await
+        .expect("building the dispatcher");
+    let fast = WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
+        .push_interval(Duration::from_millis(20))
+        .build()
+        .expect("a valid config");
+    dispatcher.configure(fast).expect("configuring");
+    assert_eq!(dispatcher.enqueue(message("bot", "m")), EnqueueOutcome::Accepted);
+    tokio::time::timeout(Duration::from_secs(20), eleventh.made.notified()).await.expect("the 11th call");
+    let _ = dispatcher.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(*alerts.0.lock().unwrap(), ["bot"], "the alert reached the sink once");
+    let statement = format!("SELECT count(*) FROM {}.alerts WHERE delivered_at IS NULL", test.quoted());
+    let left: i64 = test.connect().await.query_one(&statement, &[]).await.expect("counting alerts").get(0);
+    assert_eq!(left, 0, "and is marked delivered, so no other process delivers it again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_while_a_settlement_disables_their_webhook_are_dropped_not_left_behind() {
+    let Some(test) = migrated("events_committed_while_a_settlement_disables").await else { return };
+    let dispatcher = dispatcher(&test, ScriptedTransport::answering(200)).await;
+    dispatcher.configure(config("bot")).expect("configuring");
+    dispatcher.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    // Another process's settlement of the 11th failure, under way: the row locked, the webhook disabled.
+    let mut settling = test.connect().await;
+    let settlement = settling.transaction().await.expect("beginning");
+    let schema = test.quoted();
+    settlement
+        .query(&format!("SELECT 1 FROM {schema}.webhooks WHERE bot_token = 'bot' FOR NO KEY UPDATE"), &[])
+        .await
+        .expect("locking the webhook");
+    settlement
+        .execute(&format!("UPDATE {schema}.webhooks SET disabled = true, due_at = NULL WHERE bot_token = 'bot'"), &[])
+        .await
+        .expect("disabling");
+    assert_eq!(dispatcher.enqueue(message("bot", "meanwhile")), EnqueueOutcome::Accepted);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    settlement.commit().await.expect("committing the settlement");
+    dispatcher.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    let statement = format!("SELECT count(*) FROM {schema}.events WHERE bot_token = 'bot'");
+    let left: i64 = test.connect().await.query_one(&statement, &[]).await.expect("counting events").get(0);
+    assert_eq!(left, 0, "no event stays in a disabled webhook");
+    let counts = dispatcher.stats().totals;
+    assert_eq!((counts.accepted, counts.dropped_total()), (1, 1), "the event is counted dropped");
+    let _ = dispatcher.shutdown(Duration::from_secs(1)).await;
 }

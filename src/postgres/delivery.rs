@@ -85,6 +85,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             () = shared.delivery_wake.notified() => {}
             call = ended.recv() => unsettled.extend(call),
         }
+        // Shutting down: stop between rounds, never inside one.
+        if shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
     }
 }
 

@@ -468,8 +468,9 @@ impl Dispatcher for PostgresDispatcher {
         delivery::flush(&self.shared, timeout).await
     }
 
-    /// Stops accepting events, commits what was accepted and waits for this
-    /// process's calls to settle, for at most `timeout` in all. Events in
+    /// Stops accepting events, commits what was accepted, waits for this
+    /// process's calls to settle and hands the alerts they raised to the
+    /// [`AlertSink`], for at most `timeout` in all. Events in
     /// the database stay there for the other processes, or for this one's
     /// successor: only events that could not be committed are undelivered.
     async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
@@ -487,6 +488,17 @@ impl Dispatcher for PostgresDispatcher {
         let mut tasks = std::mem::take(&mut *lock(&shared.tasks)).into_iter();
         if let Some(writer) = tasks.next() {
             let _ = writer.await;
+        }
+        // The delivery task next, at the end of its round rather than inside
+        // one: an alert it handed to the sink is marked delivered (aborted in
+        // between, another process would deliver it again), and alerts its
+        // last settlements wrote are handed over.
+        if let Some(mut delivery) = tasks.next() {
+            shared.delivery_wake.notify_one();
+            if tokio::time::timeout_at(deadline, &mut delivery).await.is_err() {
+                delivery.abort();
+                let _ = delivery.await;
+            }
         }
         for task in tasks {
             task.abort();

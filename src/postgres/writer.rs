@@ -220,6 +220,17 @@ async fn insert_events(
     committed: &mut Committed,
 ) -> Result<(), String> {
     let schema = shared.schema.quoted();
+    // The rows locked first (in one order, so two writers cannot deadlock):
+    // a settlement disabling one of these webhooks commits before the insert
+    // below reads `disabled`, or finds these events when it drops the
+    // webhook's. Without the lock the insert read the row as it was before
+    // an uncommitted disabling, and its events stayed in a disabled webhook.
+    let statement =
+        format!("SELECT 1 FROM {schema}.webhooks WHERE bot_token = ANY($1) ORDER BY bot_token FOR NO KEY UPDATE");
+    transaction
+        .execute(&statement, &[&batch.tokens])
+        .await
+        .map_err(|error| connection::describe("locking webhooks for their events", &error))?;
     let statement = format!(
         "INSERT INTO {schema}.events (bot_token, body, accepted_at)
          SELECT batch.bot_token, batch.body, $3
