@@ -14,9 +14,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::Transaction;
 
-use super::connection::{self, FIRST_RETRY_DELAY};
+use super::connection::{self, Session, Statements, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, LocalWebhook, Shared};
 use super::due::Schedule;
 use super::webhooks::save_webhook_at;
@@ -84,7 +86,7 @@ struct Committed {
 /// Runs until told to stop ([`Shared::stop_writer`]); then hands what it
 /// could not commit to [`Shared::uncommitted`].
 pub(crate) async fn run(shared: Arc<Shared>, mut receiver: mpsc::UnboundedReceiver<Entry>) {
-    let mut client: Option<Client> = None;
+    let mut session: Option<Session> = None;
     loop {
         let Some(round) = gather(&shared, &mut receiver).await else {
             hand_back(&shared, Round::default(), &mut receiver);
@@ -92,12 +94,12 @@ pub(crate) async fn run(shared: Arc<Shared>, mut receiver: mpsc::UnboundedReceiv
         };
         let mut delay = FIRST_RETRY_DELAY;
         let committed = loop {
-            match commit(&shared, &mut client, &round).await {
+            match commit(&shared, &mut session, &round).await {
                 Ok(committed) => break committed,
                 Err(error) => {
                     shared.database_state(Some(error));
-                    if client.as_ref().is_some_and(Client::is_closed) {
-                        client = None;
+                    if session.as_ref().is_some_and(|session| session.client.is_closed()) {
+                        session = None;
                     }
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
@@ -167,14 +169,13 @@ fn add(shared: &Shared, round: &mut Round, entry: Entry) {
     }
 }
 
-async fn commit(shared: &Shared, client: &mut Option<Client>, round: &Round) -> Result<Committed, String> {
-    if client.is_none() {
-        let connected = connection::connect(&shared.database, || {})
-            .await
-            .map_err(|error| connection::describe("connecting", &error))?;
-        *client = Some(connected);
+async fn commit(shared: &Shared, session: &mut Option<Session>, round: &Round) -> Result<Committed, String> {
+    if session.is_none() {
+        let connected =
+            Session::connect(&shared.database).await.map_err(|error| connection::describe("connecting", &error))?;
+        *session = Some(connected);
     }
-    let Some(client) = client.as_mut() else { return Err("no connection".to_owned()) };
+    let Some(Session { client, statements }) = session.as_mut() else { return Err("no connection".to_owned()) };
     let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
     let transaction = client.transaction().await.map_err(doing("beginning a commit"))?;
     let now = shared.now();
@@ -192,7 +193,7 @@ async fn commit(shared: &Shared, client: &mut Option<Client>, round: &Round) -> 
                     let bodies = delete_events(&transaction, shared, config.bot_token()).await?;
                     committed.dropped.push((config.bot_token().to_owned(), reason, bodies));
                 } else {
-                    schedule(&transaction, shared, &[config.bot_token()], now, flushing).await?;
+                    schedule(&transaction, statements, shared, &[config.bot_token()], now, flushing).await?;
                 }
             }
             Step::Remove(token) => {
@@ -201,7 +202,9 @@ async fn commit(shared: &Shared, client: &mut Option<Client>, round: &Round) -> 
                 let statement = format!("DELETE FROM {}.webhooks WHERE bot_token = $1", shared.schema.quoted());
                 transaction.execute(&statement, &[&&**token]).await.map_err(doing("removing a webhook"))?;
             }
-            Step::Events(batch) => insert_events(&transaction, shared, batch, now, flushing, &mut committed).await?,
+            Step::Events(batch) => {
+                insert_events(&transaction, statements, shared, batch, now, flushing, &mut committed).await?
+            }
         }
     }
     transaction.commit().await.map_err(doing("committing"))?;
@@ -213,6 +216,7 @@ async fn commit(shared: &Shared, client: &mut Option<Client>, round: &Round) -> 
 /// had nothing scheduled.
 async fn insert_events(
     transaction: &Transaction<'_>,
+    statements: &mut Statements,
     shared: &Shared,
     batch: &EventBatch,
     now: DateTime<Utc>,
@@ -220,63 +224,115 @@ async fn insert_events(
     committed: &mut Committed,
 ) -> Result<(), String> {
     let schema = shared.schema.quoted();
+    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
     // The rows locked first (in one order, so two writers cannot deadlock):
-    // a settlement disabling one of these webhooks commits before the insert
-    // below reads `disabled`, or finds these events when it drops the
-    // webhook's. Without the lock the insert read the row as it was before
-    // an uncommitted disabling, and its events stayed in a disabled webhook.
-    let statement =
-        format!("SELECT 1 FROM {schema}.webhooks WHERE bot_token = ANY($1) ORDER BY bot_token FOR NO KEY UPDATE");
-    transaction
-        .execute(&statement, &[&batch.tokens])
-        .await
-        .map_err(|error| connection::describe("locking webhooks for their events", &error))?;
+    // a settlement disabling one of these webhooks commits before this reads
+    // `disabled`, or finds these events when it drops the webhook's; and a
+    // settlement finding no events waits for these before it schedules.
+    let mut tokens: Vec<&str> = batch.tokens.iter().map(String::as_str).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
     let statement = format!(
-        "INSERT INTO {schema}.events (bot_token, body, accepted_at)
-         SELECT batch.bot_token, batch.body, $3
-         FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS batch (bot_token, body, position)
-         WHERE EXISTS (SELECT 1 FROM {schema}.webhooks AS webhook
-                       WHERE webhook.bot_token = batch.bot_token AND NOT webhook.disabled)
-         ORDER BY batch.position
-         RETURNING id, bot_token"
+        "SELECT bot_token, disabled, due_at IS NULL AND claim_id IS NULL AND plan = 'paid',
+                anchor_at, push_interval_ms, last_push_at
+         FROM {schema}.webhooks WHERE bot_token = ANY($1) ORDER BY bot_token FOR NO KEY UPDATE"
     );
-    let rows = transaction
-        .query(&statement, &[&batch.tokens, &batch.bodies, &now])
-        .await
-        .map_err(|error| connection::describe("inserting events", &error))?;
-    let mut inserted: HashMap<String, u64> = HashMap::new();
+    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+    let rows = transaction.query(&statement, &[&tokens]).await.map_err(doing("locking webhooks for their events"))?;
+    let mut open: HashMap<String, Option<Schedule>> = HashMap::with_capacity(rows.len());
+    let mut disabled: Vec<String> = Vec::new();
     for row in &rows {
-        let id: i64 = row.try_get(0).map_err(|error| connection::describe("reading an event id", &error))?;
-        let token: String = row.try_get(1).map_err(|error| connection::describe("reading an event's bot", &error))?;
-        committed.newest_id = committed.newest_id.max(id);
-        *inserted.entry(token).or_default() += 1;
+        let read = doing("reading a webhook");
+        let token: String = row.try_get(0).map_err(read)?;
+        if row.try_get::<_, bool>(1).map_err(read)? {
+            disabled.push(token);
+            continue;
+        }
+        let unscheduled: bool = row.try_get(2).map_err(read)?;
+        let schedule = match unscheduled {
+            true => Some(Schedule {
+                anchor_at: row.try_get(3).map_err(read)?,
+                push_interval_ms: row.try_get(4).map_err(read)?,
+                last_push_at: row.try_get(5).map_err(read)?,
+            }),
+            false => None,
+        };
+        open.insert(token, schedule);
     }
-    // A webhook's events in one statement are all inserted or all skipped.
+    // COPY: the cheapest way in, in the batch's order (ids follow it).
+    let statement = format!("COPY {schema}.events (bot_token, body, accepted_at) FROM STDIN BINARY");
+    let sink = transaction.copy_in(&statement).await.map_err(doing("inserting events"))?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::BYTEA, Type::TIMESTAMPTZ]);
+    let mut writer = std::pin::pin!(writer);
     let mut skipped: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
+    let mut inserted: HashMap<&str, u64> = HashMap::new();
     for (token, body) in batch.tokens.iter().zip(&batch.bodies) {
-        if !inserted.contains_key(token) {
+        if open.contains_key(token) {
+            writer.as_mut().write(&[token, body, &now]).await.map_err(doing("inserting events"))?;
+            *inserted.entry(token).or_default() += 1;
+        } else {
             skipped.entry(token).or_default().push(body.clone());
         }
     }
+    writer.finish().await.map_err(doing("inserting events"))?;
+    if !inserted.is_empty() {
+        // The session's last id from the sequence: the newest of these events.
+        let statement = format!("SELECT currval(pg_get_serial_sequence('{schema}.events', 'id'))");
+        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+        let row = transaction.query_one(&statement, &[]).await.map_err(doing("reading the newest event id"))?;
+        committed.newest_id = committed.newest_id.max(row.try_get(0).map_err(doing("reading the newest event id"))?);
+    }
     for (token, bodies) in skipped {
-        let reason = match shared.webhook(token) {
-            Some(webhook) if webhook.live.disabled.load(Ordering::Relaxed) => DropReason::Disabled,
-            _ => DropReason::Removed,
-        };
+        let reason =
+            if disabled.iter().any(|disabled| disabled == token) { DropReason::Disabled } else { DropReason::Removed };
         committed.dropped.push((token.to_owned(), reason, bodies));
     }
-    let tokens: Vec<&str> = inserted.keys().map(String::as_str).collect();
-    schedule(transaction, shared, &tokens, now, flushing).await?;
-    for (token, count) in inserted {
-        *committed.inserted.entry(token).or_default() += count;
+    let mut due_tokens = Vec::new();
+    let mut due_times = Vec::new();
+    for (token, schedule) in &open {
+        if let (Some(schedule), true) = (schedule, inserted.contains_key(token.as_str())) {
+            due_tokens.push(token.as_str());
+            due_times.push(schedule.next_push_at(Settled::Idle, now, flushing, false));
+        }
     }
+    set_due_times(transaction, statements, shared, &due_tokens, &due_times).await?;
+    for (token, count) in inserted {
+        *committed.inserted.entry(token.to_owned()).or_default() += count;
+    }
+    Ok(())
+}
+
+/// Sets the due time of each webhook of `tokens`.
+async fn set_due_times(
+    transaction: &Transaction<'_>,
+    statements: &mut Statements,
+    shared: &Shared,
+    tokens: &[&str],
+    due_times: &[DateTime<Utc>],
+) -> Result<(), String> {
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let statement = format!(
+        "UPDATE {}.webhooks AS webhook SET due_at = due.due_at
+         FROM unnest($1::text[], $2::timestamptz[]) AS due (bot_token, due_at)
+         WHERE webhook.bot_token = due.bot_token",
+        shared.schema.quoted()
+    );
+    let statement =
+        statements.get(transaction, &statement).await.map_err(|error| connection::describe("preparing", &error))?;
+    transaction
+        .execute(&statement, &[&tokens, &due_times])
+        .await
+        .map_err(|error| connection::describe("scheduling webhooks", &error))?;
     Ok(())
 }
 
 /// Gives a due time to each of these webhooks that has events but none
 /// scheduled and no call under way (a call's settlement schedules its webhook).
-pub(crate) async fn schedule(
+async fn schedule(
     transaction: &Transaction<'_>,
+    statements: &mut Statements,
     shared: &Shared,
     tokens: &[&str],
     now: DateTime<Utc>,
@@ -310,19 +366,8 @@ pub(crate) async fn schedule(
         due_times.push(schedule.next_push_at(Settled::Idle, now, flushing, false));
         due_tokens.push(token);
     }
-    if due_tokens.is_empty() {
-        return Ok(());
-    }
-    let statement = format!(
-        "UPDATE {schema}.webhooks AS webhook SET due_at = due.due_at
-         FROM unnest($1::text[], $2::timestamptz[]) AS due (bot_token, due_at)
-         WHERE webhook.bot_token = due.bot_token"
-    );
-    transaction
-        .execute(&statement, &[&due_tokens, &due_times])
-        .await
-        .map_err(|error| connection::describe("scheduling webhooks", &error))?;
-    Ok(())
+    let due_tokens: Vec<&str> = due_tokens.iter().map(String::as_str).collect();
+    set_due_times(transaction, statements, shared, &due_tokens, &due_times).await
 }
 
 /// Deletes every event of a webhook, returning their bodies oldest first.
