@@ -57,29 +57,39 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let mut session: Option<Session> = None;
     let mut unsettled: VecDeque<CallEnded> = VecDeque::new();
     let mut last_prune: Option<Instant> = None;
+    let mut last_sweep: Option<Instant> = None;
     let mut delay = FIRST_RETRY_DELAY;
     let call_id_prefix = signing::call_id_prefix(&*shared.clock);
     loop {
         while let Ok(call) = ended.try_recv() {
             unsettled.push_back(call);
         }
-        let wait =
-            match round(&shared, &mut session, &mut unsettled, &ended_sender, &mut last_prune, call_id_prefix).await {
-                Ok(next_due) => {
-                    delay = FIRST_RETRY_DELAY;
-                    shared.database_state(None);
-                    let until_due = next_due.map_or(Duration::MAX, |due| since(due, shared.now()));
-                    until_due.min(shared.options.poll_interval)
+        let wait = match round(
+            &shared,
+            &mut session,
+            &mut unsettled,
+            &ended_sender,
+            &mut last_prune,
+            &mut last_sweep,
+            call_id_prefix,
+        )
+        .await
+        {
+            Ok(next_due) => {
+                delay = FIRST_RETRY_DELAY;
+                shared.database_state(None);
+                let until_due = next_due.map_or(Duration::MAX, |due| since(due, shared.now()));
+                until_due.min(shared.options.poll_interval)
+            }
+            Err(error) => {
+                shared.database_state(Some(error));
+                if session.as_ref().is_some_and(|session| session.client.is_closed()) {
+                    session = None;
                 }
-                Err(error) => {
-                    shared.database_state(Some(error));
-                    if session.as_ref().is_some_and(|session| session.client.is_closed()) {
-                        session = None;
-                    }
-                    delay = connection::next_delay(delay);
-                    delay
-                }
-            };
+                delay = connection::next_delay(delay);
+                delay
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shared.delivery_wake.notified() => {}
@@ -100,6 +110,7 @@ async fn round(
     unsettled: &mut VecDeque<CallEnded>,
     ended: &mpsc::UnboundedSender<CallEnded>,
     last_prune: &mut Option<Instant>,
+    last_sweep: &mut Option<Instant>,
     call_id_prefix: u64,
 ) -> Result<Option<DateTime<Utc>>, String> {
     if session.is_none() {
@@ -110,6 +121,19 @@ async fn round(
     let Some(session) = session.as_mut() else { return Err("no connection".to_owned()) };
     // Calls not settled (the database failed) are tried again next pass.
     settle_all(shared, session, unsettled).await?;
+    // What this process committed since, and every poll interval all webhooks.
+    let fresh: Vec<Arc<str>> = lock(&shared.fresh).drain().collect();
+    if !fresh.is_empty() {
+        let tokens: Vec<&str> = fresh.iter().map(|token| &**token).collect();
+        if let Err(error) = schedule_idle(shared, session, Some(&tokens)).await {
+            lock(&shared.fresh).extend(fresh);
+            return Err(error);
+        }
+    }
+    if last_sweep.is_none_or(|swept| swept.elapsed() >= shared.options.poll_interval) {
+        schedule_idle(shared, session, None).await?;
+        *last_sweep = Some(Instant::now());
+    }
     let client = &session.client;
     deliver_alerts(shared, client).await?;
     if last_prune.is_none_or(|pruned| pruned.elapsed() >= PRUNE_EVERY) {
@@ -232,6 +256,81 @@ async fn claim_and_call(
             }
         }
         transaction.commit().await.map_err(|error| connection::describe("releasing claims", &error))?;
+    }
+    Ok(())
+}
+
+/// Gives a due time to each webhook (of `tokens`, or all) that has events
+/// but nothing scheduled and no call under way, and drops the events of a
+/// disabled webhook or one on the free plan: events committed while its
+/// disabling or reconfiguration did. The one place webhooks are scheduled
+/// after new events; a settlement schedules its own webhook.
+///
+/// Waits for the rows' locks rather than skipping them: a settlement under
+/// way may have counted no events before these were committed.
+async fn schedule_idle(shared: &Shared, session: &mut Session, tokens: Option<&[&str]>) -> Result<(), String> {
+    let schema = shared.schema.quoted();
+    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
+    let now = shared.now();
+    let Session { client, statements } = session;
+    let transaction = client.transaction().await.map_err(doing("beginning to schedule"))?;
+    // In token order, as every writer of these rows locks them.
+    let statement = format!(
+        "SELECT webhook.bot_token, webhook.disabled, webhook.plan = 'free',
+                webhook.anchor_at, webhook.push_interval_ms, webhook.last_push_at
+         FROM {schema}.webhooks AS webhook
+         WHERE ($1::text[] IS NULL OR webhook.bot_token = ANY($1))
+           AND webhook.due_at IS NULL AND webhook.claim_id IS NULL
+           AND EXISTS (SELECT 1 FROM {schema}.events AS event WHERE event.bot_token = webhook.bot_token)
+         ORDER BY webhook.bot_token FOR NO KEY UPDATE OF webhook"
+    );
+    let statement = statements.get(&transaction, &statement).await.map_err(doing("preparing"))?;
+    let rows = transaction.query(&statement, &[&tokens]).await.map_err(doing("reading idle webhooks"))?;
+    if rows.is_empty() {
+        return transaction.commit().await.map_err(doing("scheduling"));
+    }
+    let flushing = lock(&shared.flush).is_some();
+    let mut due_tokens = Vec::new();
+    let mut due_times = Vec::new();
+    let mut dropped = Vec::new();
+    for row in &rows {
+        let read = doing("reading an idle webhook");
+        let token: String = row.try_get(0).map_err(read)?;
+        let disabled: bool = row.try_get(1).map_err(read)?;
+        let free_plan: bool = row.try_get(2).map_err(read)?;
+        if disabled || free_plan {
+            let reason = if disabled { DropReason::Disabled } else { DropReason::Reconfigured };
+            let bodies = delete_events(&transaction, shared, &token).await?;
+            dropped.push((token, reason, bodies));
+            continue;
+        }
+        let schedule = Schedule {
+            anchor_at: row.try_get(3).map_err(read)?,
+            push_interval_ms: row.try_get(4).map_err(read)?,
+            last_push_at: row.try_get(5).map_err(read)?,
+        };
+        due_times.push(schedule.next_push_at(Settled::Idle, now, flushing, false));
+        due_tokens.push(token);
+    }
+    if !due_tokens.is_empty() {
+        let statement = format!(
+            "UPDATE {schema}.webhooks AS webhook SET due_at = due.due_at
+             FROM unnest($1::text[], $2::timestamptz[]) AS due (bot_token, due_at)
+             WHERE webhook.bot_token = due.bot_token"
+        );
+        let statement = statements.get(&transaction, &statement).await.map_err(doing("preparing"))?;
+        transaction.execute(&statement, &[&due_tokens, &due_times]).await.map_err(doing("scheduling webhooks"))?;
+    }
+    transaction.commit().await.map_err(doing("scheduling"))?;
+    for (token, reason, bodies) in dropped {
+        let events = decode(&bodies);
+        match shared.webhook(&token) {
+            Some(webhook) => count_dropped(shared, &webhook, &token, reason, events),
+            None => {
+                shared.retired.add_dropped(events.len() as u64, reason);
+                shared.observer.events_dropped(&crate::dispatch::DroppedEvents { bot_token: token, reason, events });
+            }
+        }
     }
     Ok(())
 }

@@ -138,6 +138,9 @@ pub(crate) struct Shared {
     /// Webhooks removed here whose removal is not committed yet: the
     /// settings' sync must not bring them back meanwhile.
     pub(crate) removing: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Webhooks whose events or settings this process committed since its
+    /// delivery task last scheduled them.
+    pub(crate) fresh: Mutex<std::collections::HashSet<Arc<str>>>,
     /// Set by `shutdown` when the writer is to stop, committed or not.
     pub(crate) stopping: AtomicBool,
     pub(crate) writer_stop: Notify,
@@ -710,6 +713,7 @@ impl PostgresDispatcherBuilder {
             flush: Mutex::new(None),
             uncommitted: Mutex::new(Vec::new()),
             removing: Mutex::new(std::collections::HashSet::new()),
+            fresh: Mutex::new(std::collections::HashSet::new()),
             stopping: AtomicBool::new(false),
             writer_stop: Notify::new(),
             tasks: Mutex::new(Vec::new()),

@@ -20,10 +20,9 @@ use tokio_postgres::Transaction;
 
 use super::connection::{self, Session, Statements, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, LocalWebhook, Shared};
-use super::due::Schedule;
 use super::webhooks::save_webhook_at;
 use crate::config::{Plan, WebhookConfig};
-use crate::dispatch::rules::{self, Settled};
+use crate::dispatch::rules;
 use crate::dispatch::{DropReason, DroppedEvents};
 use crate::event::Event;
 use crate::wire;
@@ -81,6 +80,8 @@ struct Committed {
     dropped: Vec<(String, DropReason, Vec<Vec<u8>>)>,
     /// Generations of saved webhooks.
     generations: Vec<(Arc<str>, u64)>,
+    /// Webhooks given events or settings: the delivery task schedules them.
+    fresh: Vec<String>,
 }
 
 /// Runs until told to stop ([`Shared::stop_writer`]); then hands what it
@@ -179,7 +180,6 @@ async fn commit(shared: &Shared, session: &mut Option<Session>, round: &Round) -
     let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
     let transaction = client.transaction().await.map_err(doing("beginning a commit"))?;
     let now = shared.now();
-    let flushing = lock(&shared.flush).is_some();
     let mut committed = Committed::default();
     for step in &round.steps {
         match step {
@@ -193,7 +193,7 @@ async fn commit(shared: &Shared, session: &mut Option<Session>, round: &Round) -
                     let bodies = delete_events(&transaction, shared, config.bot_token()).await?;
                     committed.dropped.push((config.bot_token().to_owned(), reason, bodies));
                 } else {
-                    schedule(&transaction, statements, shared, &[config.bot_token()], now, flushing).await?;
+                    committed.fresh.push(config.bot_token().to_owned());
                 }
             }
             Step::Remove(token) => {
@@ -202,9 +202,7 @@ async fn commit(shared: &Shared, session: &mut Option<Session>, round: &Round) -
                 let statement = format!("DELETE FROM {}.webhooks WHERE bot_token = $1", shared.schema.quoted());
                 transaction.execute(&statement, &[&&**token]).await.map_err(doing("removing a webhook"))?;
             }
-            Step::Events(batch) => {
-                insert_events(&transaction, statements, shared, batch, now, flushing, &mut committed).await?
-            }
+            Step::Events(batch) => insert_events(&transaction, statements, shared, batch, now, &mut committed).await?,
         }
     }
     transaction.commit().await.map_err(doing("committing"))?;
@@ -212,54 +210,34 @@ async fn commit(shared: &Shared, session: &mut Option<Session>, round: &Round) -
 }
 
 /// Inserts a batch in order, skipping the events of webhooks removed or
-/// disabled meanwhile (counted as dropped), and schedules the webhooks that
-/// had nothing scheduled.
+/// disabled (counted as dropped). Takes no lock on the webhooks, so that
+/// writers and settlements of several processes do not wait for each
+/// other: the delivery task then schedules these webhooks, and drops the
+/// events of one whose disabling committed meanwhile ([`super::delivery`]).
 async fn insert_events(
     transaction: &Transaction<'_>,
     statements: &mut Statements,
     shared: &Shared,
     batch: &EventBatch,
     now: DateTime<Utc>,
-    flushing: bool,
     committed: &mut Committed,
 ) -> Result<(), String> {
     let schema = shared.schema.quoted();
     let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
-    // The rows locked first (in one order, so two writers cannot deadlock):
-    // a settlement disabling one of these webhooks commits before this reads
-    // `disabled`, or finds these events when it drops the webhook's; and a
-    // settlement finding no events waits for these before it schedules.
     let mut tokens: Vec<&str> = batch.tokens.iter().map(String::as_str).collect();
     tokens.sort_unstable();
     tokens.dedup();
-    let statement = format!(
-        "SELECT bot_token, disabled, due_at IS NULL AND claim_id IS NULL AND plan = 'paid',
-                anchor_at, push_interval_ms, last_push_at
-         FROM {schema}.webhooks WHERE bot_token = ANY($1) ORDER BY bot_token FOR NO KEY UPDATE"
-    );
+    let statement = format!("SELECT bot_token, disabled FROM {schema}.webhooks WHERE bot_token = ANY($1)");
     let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-    let rows = transaction.query(&statement, &[&tokens]).await.map_err(doing("locking webhooks for their events"))?;
-    let mut open: HashMap<String, Option<Schedule>> = HashMap::with_capacity(rows.len());
-    let mut disabled: Vec<String> = Vec::new();
+    let rows = transaction.query(&statement, &[&tokens]).await.map_err(doing("reading the events' webhooks"))?;
+    let mut open: HashMap<String, bool> = HashMap::with_capacity(rows.len());
     for row in &rows {
         let read = doing("reading a webhook");
-        let token: String = row.try_get(0).map_err(read)?;
-        if row.try_get::<_, bool>(1).map_err(read)? {
-            disabled.push(token);
-            continue;
-        }
-        let unscheduled: bool = row.try_get(2).map_err(read)?;
-        let schedule = match unscheduled {
-            true => Some(Schedule {
-                anchor_at: row.try_get(3).map_err(read)?,
-                push_interval_ms: row.try_get(4).map_err(read)?,
-                last_push_at: row.try_get(5).map_err(read)?,
-            }),
-            false => None,
-        };
-        open.insert(token, schedule);
+        open.insert(row.try_get(0).map_err(read)?, !row.try_get::<_, bool>(1).map_err(read)?);
     }
-    // COPY: the cheapest way in, in the batch's order (ids follow it).
+    // COPY: the cheapest way in, in the batch's order (ids follow it). A
+    // webhook removed since the read above fails the foreign key, and the
+    // round is tried again.
     let statement = format!("COPY {schema}.events (bot_token, body, accepted_at) FROM STDIN BINARY");
     let sink = transaction.copy_in(&statement).await.map_err(doing("inserting events"))?;
     let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::BYTEA, Type::TIMESTAMPTZ]);
@@ -267,7 +245,7 @@ async fn insert_events(
     let mut skipped: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
     let mut inserted: HashMap<&str, u64> = HashMap::new();
     for (token, body) in batch.tokens.iter().zip(&batch.bodies) {
-        if open.contains_key(token) {
+        if open.get(token).copied().unwrap_or(false) {
             writer.as_mut().write(&[token, body, &now]).await.map_err(doing("inserting events"))?;
             *inserted.entry(token).or_default() += 1;
         } else {
@@ -283,91 +261,14 @@ async fn insert_events(
         committed.newest_id = committed.newest_id.max(row.try_get(0).map_err(doing("reading the newest event id"))?);
     }
     for (token, bodies) in skipped {
-        let reason =
-            if disabled.iter().any(|disabled| disabled == token) { DropReason::Disabled } else { DropReason::Removed };
+        let reason = if open.contains_key(token) { DropReason::Disabled } else { DropReason::Removed };
         committed.dropped.push((token.to_owned(), reason, bodies));
     }
-    let mut due_tokens = Vec::new();
-    let mut due_times = Vec::new();
-    for (token, schedule) in &open {
-        if let (Some(schedule), true) = (schedule, inserted.contains_key(token.as_str())) {
-            due_tokens.push(token.as_str());
-            due_times.push(schedule.next_push_at(Settled::Idle, now, flushing, false));
-        }
-    }
-    set_due_times(transaction, statements, shared, &due_tokens, &due_times).await?;
     for (token, count) in inserted {
+        committed.fresh.push(token.to_owned());
         *committed.inserted.entry(token.to_owned()).or_default() += count;
     }
     Ok(())
-}
-
-/// Sets the due time of each webhook of `tokens`.
-async fn set_due_times(
-    transaction: &Transaction<'_>,
-    statements: &mut Statements,
-    shared: &Shared,
-    tokens: &[&str],
-    due_times: &[DateTime<Utc>],
-) -> Result<(), String> {
-    if tokens.is_empty() {
-        return Ok(());
-    }
-    let statement = format!(
-        "UPDATE {}.webhooks AS webhook SET due_at = due.due_at
-         FROM unnest($1::text[], $2::timestamptz[]) AS due (bot_token, due_at)
-         WHERE webhook.bot_token = due.bot_token",
-        shared.schema.quoted()
-    );
-    let statement =
-        statements.get(transaction, &statement).await.map_err(|error| connection::describe("preparing", &error))?;
-    transaction
-        .execute(&statement, &[&tokens, &due_times])
-        .await
-        .map_err(|error| connection::describe("scheduling webhooks", &error))?;
-    Ok(())
-}
-
-/// Gives a due time to each of these webhooks that has events but none
-/// scheduled and no call under way (a call's settlement schedules its webhook).
-async fn schedule(
-    transaction: &Transaction<'_>,
-    statements: &mut Statements,
-    shared: &Shared,
-    tokens: &[&str],
-    now: DateTime<Utc>,
-    flushing: bool,
-) -> Result<(), String> {
-    if tokens.is_empty() {
-        return Ok(());
-    }
-    let schema = shared.schema.quoted();
-    // Locked in token order, so that two writers cannot deadlock.
-    let statement = format!(
-        "SELECT bot_token, anchor_at, push_interval_ms, last_push_at FROM {schema}.webhooks AS webhook
-         WHERE bot_token = ANY($1) AND due_at IS NULL AND claim_id IS NULL AND NOT disabled AND plan = 'paid'
-           AND EXISTS (SELECT 1 FROM {schema}.events AS event WHERE event.bot_token = webhook.bot_token)
-         ORDER BY bot_token FOR NO KEY UPDATE"
-    );
-    let rows = transaction
-        .query(&statement, &[&tokens])
-        .await
-        .map_err(|error| connection::describe("reading webhooks to schedule", &error))?;
-    let mut due_tokens = Vec::with_capacity(rows.len());
-    let mut due_times = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let read = |error: tokio_postgres::Error| connection::describe("reading a webhook's schedule", &error);
-        let token: String = row.try_get(0).map_err(read)?;
-        let schedule = Schedule {
-            anchor_at: row.try_get(1).map_err(read)?,
-            push_interval_ms: row.try_get(2).map_err(read)?,
-            last_push_at: row.try_get(3).map_err(read)?,
-        };
-        due_times.push(schedule.next_push_at(Settled::Idle, now, flushing, false));
-        due_tokens.push(token);
-    }
-    let due_tokens: Vec<&str> = due_tokens.iter().map(String::as_str).collect();
-    set_due_times(transaction, statements, shared, &due_tokens, &due_times).await
 }
 
 /// Deletes every event of a webhook, returning their bodies oldest first.
@@ -423,6 +324,7 @@ fn settle_round(shared: &Shared, round: Round, committed: Committed) {
             }
         }
     }
+    lock(&shared.fresh).extend(committed.fresh.into_iter().map(Arc::from));
     for done in round.syncs {
         let _ = done.send(());
     }
