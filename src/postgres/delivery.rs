@@ -3,7 +3,7 @@
 //! the delivery rules; delivers alerts from the outbox; prunes the ledger.
 //! Also the cluster-wide flush.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -461,26 +461,268 @@ struct Committed {
 }
 
 /// Settles every ended call in one transaction (one commit, one WAL flush
-/// for all), in bot-token order, the order the writer locks webhooks in.
+/// for all) of a few statements for all of them, in bot-token order, the
+/// order in which webhooks' rows are locked everywhere. A webhook has one
+/// call under way; should a lost lease have let this process claim it
+/// again, its second call waits for the next settlement.
 async fn settle_all(shared: &Shared, session: &mut Session, unsettled: &mut VecDeque<CallEnded>) -> Result<(), String> {
     if unsettled.is_empty() {
         return Ok(());
     }
-    unsettled.make_contiguous().sort_by(|left, right| left.bot_token.cmp(&right.bot_token));
+    let mut batch = Vec::with_capacity(unsettled.len());
+    let mut later = VecDeque::new();
+    let mut tokens = HashSet::new();
+    for call in unsettled.drain(..) {
+        if tokens.insert(Arc::clone(&call.bot_token)) {
+            batch.push(call);
+        } else {
+            later.push_back(call);
+        }
+    }
+    batch.sort_by(|left, right| left.bot_token.cmp(&right.bot_token));
+    match settle_batch(shared, session, &batch).await {
+        Ok(committed) => {
+            for (call, committed) in batch.iter().zip(committed) {
+                apply(shared, call, committed);
+                shared.calls_in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+            *unsettled = later;
+            Ok(())
+        }
+        Err(error) => {
+            unsettled.extend(batch);
+            unsettled.extend(later);
+            Err(error)
+        }
+    }
+}
+
+async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded]) -> Result<Vec<Committed>, String> {
+    let schema = shared.schema.quoted();
+    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
     let now = shared.now();
     let Session { client, statements } = session;
-    let transaction =
-        client.transaction().await.map_err(|error| connection::describe("beginning a settlement", &error))?;
-    let mut settled = Vec::with_capacity(unsettled.len());
-    for call in unsettled.iter() {
-        settled.push(settle(shared, &transaction, statements, call, now).await?);
+    let transaction = client.transaction().await.map_err(doing("beginning a settlement"))?;
+    let outcomes: Vec<CallOutcome> =
+        calls.iter().map(|call| rules::call_outcome(call.result.clone(), call.config.accept_any_2xx())).collect();
+    let failures: Vec<Option<String>> =
+        outcomes.iter().map(|outcome| (!outcome.is_success()).then(|| outcome.to_string())).collect();
+    let tokens: Vec<&str> = calls.iter().map(|call| &*call.bot_token).collect();
+    let event_counts: Vec<i32> =
+        calls.iter().map(|call| i32::try_from(call.event_ids.len()).unwrap_or(i32::MAX)).collect();
+
+    // The ledger: a row per call, unless written by an earlier try of this settlement.
+    let claim_ids: Vec<i64> = calls.iter().map(|call| call.claim_id).collect();
+    let bytes: Vec<i64> = calls.iter().map(|call| i64::try_from(call.bytes).unwrap_or(i64::MAX)).collect();
+    let (names, statuses): (Vec<&str>, Vec<Option<i16>>) = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            CallOutcome::Delivered(status) => ("delivered", Some(status.as_u16() as i16)),
+            CallOutcome::FailedStatus(status) => ("failed_status", Some(status.as_u16() as i16)),
+            CallOutcome::FailedTransport(_) => ("failed_transport", None),
+        })
+        .unzip();
+    let started: Vec<DateTime<Utc>> = calls.iter().map(|call| call.started_at).collect();
+    let ended: Vec<DateTime<Utc>> = calls.iter().map(|call| now.max(call.started_at)).collect();
+    let statement = format!(
+        "INSERT INTO {schema}.calls (claim_id, bot_token, events, bytes, outcome, status, failure, started_at, ended_at)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[], $5::text[], $6::smallint[],
+                              $7::text[], $8::timestamptz[], $9::timestamptz[])
+         ON CONFLICT (claim_id) DO NOTHING RETURNING claim_id"
+    );
+    let statement = statements.get(&transaction, &statement).await.map_err(doing("preparing"))?;
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 9] =
+        [&claim_ids, &tokens, &event_counts, &bytes, &names, &statuses, &failures, &started, &ended];
+    let rows = transaction.query(&statement, &parameters).await.map_err(doing("writing the ledger"))?;
+    let mut first = HashSet::with_capacity(rows.len());
+    for row in rows {
+        first.insert(row.try_get::<_, i64>(0).map_err(doing("reading the ledger"))?);
     }
-    transaction.commit().await.map_err(|error| connection::describe("committing a settlement", &error))?;
-    for (call, settled) in unsettled.drain(..).zip(settled) {
-        apply(shared, &call, settled);
-        shared.calls_in_flight.fetch_sub(1, Ordering::AcqRel);
+
+    // The webhooks' rows, locked.
+    let statement = format!(
+        "SELECT bot_token, failures_in_row, claim_id, anchor_at, push_interval_ms, last_push_at, max_batch_events,
+                max_batch_bytes, one_event_per_call
+         FROM {schema}.webhooks WHERE bot_token = ANY($1) ORDER BY bot_token FOR NO KEY UPDATE"
+    );
+    let statement = statements.get(&transaction, &statement).await.map_err(doing("preparing"))?;
+    let rows = transaction.query(&statement, &[&tokens]).await.map_err(doing("locking webhooks"))?;
+    let mut locked = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let token: String = row.try_get(0).map_err(doing("reading a webhook"))?;
+        locked.insert(token, LockedWebhook::from_row(row, 1)?);
     }
+
+    // Each call by the rules: disabled now (rare, alone), or finished.
+    let mut committed = Vec::with_capacity(calls.len());
+    let mut finishing = Vec::new();
+    let (mut delivered_tokens, mut delivered_ids) = (Vec::new(), Vec::new());
+    for (index, call) in calls.iter().enumerate() {
+        let webhook = locked.get(&*call.bot_token);
+        let ours = webhook.is_some_and(|webhook| webhook.claim_id == Some(call.claim_id));
+        let outcome = outcomes[index].clone();
+        let mut settled = Committed {
+            outcome,
+            ours,
+            first: first.contains(&call.claim_id),
+            dropped: Vec::new(),
+            disabled: false,
+            health: None,
+        };
+        if let Some(webhook) = webhook.filter(|_| settled.ours && settled.first) {
+            let settlement = rules::settlement(settled.outcome.is_success(), webhook.failures_in_row);
+            settled.health =
+                Some(Health { failures_in_row: settlement.failures_in_row, last_failure: failures[index].clone() });
+            if settlement.disables {
+                settled.dropped =
+                    disable(&transaction, statements, shared, call, &settlement, failures[index].clone(), now).await?;
+                settled.disabled = true;
+            } else {
+                if settled.outcome.is_success() {
+                    delivered_tokens.extend(std::iter::repeat_n(&*call.bot_token, call.event_ids.len()));
+                    delivered_ids.extend_from_slice(&call.event_ids);
+                }
+                finishing.push((index, settlement));
+            }
+        }
+        committed.push(settled);
+    }
+    if !delivered_ids.is_empty() {
+        let statement = format!(
+            "DELETE FROM {schema}.events
+             WHERE (bot_token, id) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))"
+        );
+        let statement = statements.get(&transaction, &statement).await.map_err(doing("preparing"))?;
+        transaction
+            .execute(&statement, &[&delivered_tokens, &delivered_ids])
+            .await
+            .map_err(doing("deleting delivered events"))?;
+    }
+    if !finishing.is_empty() {
+        finish(&transaction, statements, shared, calls, &locked, &finishing, &failures, &event_counts, now).await?;
+    }
+    transaction.commit().await.map_err(doing("committing a settlement"))?;
+    Ok(committed)
+}
+
+/// Records the outcome of calls that did not disable their webhook, and
+/// schedules each by the rules: its failures in row, the failed call to
+/// send again, its last push, its next due time (none when no event waits),
+/// and the claim handed back; in one statement.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    transaction: &Transaction<'_>,
+    statements: &mut Statements,
+    shared: &Shared,
+    calls: &[CallEnded],
+    locked: &HashMap<String, LockedWebhook>,
+    finishing: &[(usize, rules::Settlement)],
+    failures: &[Option<String>],
+    event_counts: &[i32],
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let schema = shared.schema.quoted();
+    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
+    // Enough of each webhook's oldest waiting events to tell whether a whole batch waits.
+    let tokens: Vec<&str> = finishing.iter().map(|(index, _)| &*calls[*index].bot_token).collect();
+    let webhooks: Vec<&LockedWebhook> = tokens.iter().filter_map(|token| locked.get(*token)).collect();
+    let limits: Vec<i64> = webhooks
+        .iter()
+        .map(|webhook| i64::try_from(webhook.max_events).unwrap_or(i64::MAX).saturating_add(1))
+        .collect();
+    let statement = format!(
+        "SELECT waiting.events, waiting.bytes
+         FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS webhook (bot_token, events, position)
+         CROSS JOIN LATERAL (
+             SELECT count(*) AS events, coalesce(sum(length(body)), 0)::bigint AS bytes
+             FROM (SELECT body FROM {schema}.events WHERE bot_token = webhook.bot_token
+                   ORDER BY id LIMIT webhook.events) AS oldest) AS waiting
+         ORDER BY webhook.position"
+    );
+    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+    let rows = transaction.query(&statement, &[&tokens, &limits]).await.map_err(doing("counting events"))?;
+    let flushing = lock(&shared.flush).is_some();
+    let mut failures_in_row = Vec::with_capacity(rows.len());
+    let mut last_failures = Vec::with_capacity(rows.len());
+    let mut retry_events = Vec::with_capacity(rows.len());
+    let mut retry_call_ids = Vec::with_capacity(rows.len());
+    let mut last_pushes = Vec::with_capacity(rows.len());
+    let mut due_times = Vec::with_capacity(rows.len());
+    for ((row, (index, settlement)), webhook) in rows.iter().zip(finishing).zip(&webhooks) {
+        let read = doing("reading a count");
+        let waiting = usize::try_from(row.try_get::<_, i64>(0).map_err(read)?).unwrap_or(usize::MAX);
+        let bytes = usize::try_from(row.try_get::<_, i64>(1).map_err(read)?).unwrap_or(usize::MAX);
+        let call = &calls[*index];
+        let schedule = Schedule { last_push_at: Some(call.started_at), ..webhook.schedule };
+        let full_batch = rules::is_full_batch(waiting, bytes, webhook.max_events, webhook.max_bytes);
+        due_times.push((waiting > 0).then(|| schedule.next_push_at(settlement.settled, now, flushing, full_batch)));
+        failures_in_row.push(i32::try_from(settlement.failures_in_row).unwrap_or(i32::MAX));
+        last_failures.push(failures[*index].clone());
+        // A failed call is kept to be sent again as it was: its events and its id.
+        let failed = failures[*index].is_some();
+        retry_events.push(failed.then_some(event_counts[*index]));
+        retry_call_ids.push(failed.then_some(call.call_id.as_str()));
+        last_pushes.push(call.started_at);
+    }
+    let statement = format!(
+        "UPDATE {schema}.webhooks AS webhook
+         SET failures_in_row = settled.failures_in_row, last_failure = settled.last_failure,
+             retry_events = settled.retry_events, retry_call_id = settled.retry_call_id,
+             last_push_at = settled.last_push_at, due_at = settled.due_at, claim_id = NULL, lease_until = NULL
+         FROM unnest($1::text[], $2::integer[], $3::text[], $4::integer[], $5::text[], $6::timestamptz[],
+                     $7::timestamptz[])
+             AS settled (bot_token, failures_in_row, last_failure, retry_events, retry_call_id, last_push_at, due_at)
+         WHERE webhook.bot_token = settled.bot_token"
+    );
+    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&tokens, &failures_in_row, &last_failures, &retry_events, &retry_call_ids, &last_pushes, &due_times];
+    transaction.execute(&statement, &parameters).await.map_err(doing("recording the calls' outcomes"))?;
     Ok(())
+}
+
+/// Disables a webhook after its call's failure: drops its events (returned
+/// for the observer), records its health and writes its alert, in the
+/// settlement's transaction.
+async fn disable(
+    transaction: &Transaction<'_>,
+    statements: &mut Statements,
+    shared: &Shared,
+    call: &CallEnded,
+    settlement: &rules::Settlement,
+    failure: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Vec<u8>>, String> {
+    let schema = shared.schema.quoted();
+    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
+    let dropped = delete_events(transaction, shared, &call.bot_token).await?;
+    let alert = WebhookDisabledAlert {
+        bot_token: call.bot_token.to_string(),
+        account_name: call.config.account_name().to_owned(),
+        url: call.config.url().to_string(),
+        failures_in_row: settlement.failures_in_row,
+        last_failure: failure.clone().unwrap_or_default(),
+        disabled_at: now,
+    };
+    let failures = i32::try_from(settlement.failures_in_row).unwrap_or(i32::MAX);
+    let statement = format!(
+        "UPDATE {schema}.webhooks SET disabled = true, failures_in_row = $2, last_failure = $3,
+             retry_events = NULL, retry_call_id = NULL, last_push_at = $4, due_at = NULL,
+             claim_id = NULL, lease_until = NULL
+         WHERE bot_token = $1"
+    );
+    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+    transaction
+        .execute(&statement, &[&&*call.bot_token, &failures, &failure, &call.started_at])
+        .await
+        .map_err(doing("disabling a webhook"))?;
+    let statement = format!("INSERT INTO {schema}.alerts (bot_token, payload) VALUES ($1, $2)");
+    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+    transaction
+        .execute(&statement, &[&&*call.bot_token, &alert_payload(&alert)])
+        .await
+        .map_err(doing("writing an alert"))?;
+    Ok(dropped)
 }
 
 /// A webhook's row as a settlement reads it, locked.
@@ -490,6 +732,33 @@ struct LockedWebhook {
     schedule: Schedule,
     max_events: usize,
     max_bytes: usize,
+}
+
+impl LockedWebhook {
+    /// From `failures_in_row, claim_id, anchor_at, push_interval_ms,
+    /// last_push_at, max_batch_events, max_batch_bytes, one_event_per_call`,
+    /// the first at column `first`.
+    fn from_row(row: &Row, first: usize) -> Result<LockedWebhook, String> {
+        let read = |error: tokio_postgres::Error| connection::describe("reading a webhook", &error);
+        let max_batch_events: i32 = row.try_get(first + 5).map_err(read)?;
+        let max_batch_bytes: i64 = row.try_get(first + 6).map_err(read)?;
+        let (max_events, max_bytes) = rules::batch_limits(
+            row.try_get(first + 7).map_err(read)?,
+            usize::try_from(max_batch_events).unwrap_or(1),
+            usize::try_from(max_batch_bytes).unwrap_or(usize::MAX),
+        );
+        Ok(LockedWebhook {
+            failures_in_row: u32::try_from(row.try_get::<_, i32>(first).map_err(read)?).unwrap_or_default(),
+            claim_id: row.try_get(first + 1).map_err(read)?,
+            schedule: Schedule {
+                anchor_at: row.try_get(first + 2).map_err(read)?,
+                push_interval_ms: row.try_get(first + 3).map_err(read)?,
+                last_push_at: row.try_get(first + 4).map_err(read)?,
+            },
+            max_events,
+            max_bytes,
+        })
+    }
 }
 
 async fn lock_webhook(
@@ -509,25 +778,7 @@ async fn lock_webhook(
     let Some(row) = transaction.query_opt(&statement, &[&bot_token]).await.map_err(doing("locking a webhook"))? else {
         return Ok(None);
     };
-    let read = doing("reading a webhook");
-    let max_batch_events: i32 = row.try_get(5).map_err(read)?;
-    let max_batch_bytes: i64 = row.try_get(6).map_err(read)?;
-    let (max_events, max_bytes) = rules::batch_limits(
-        row.try_get(7).map_err(read)?,
-        usize::try_from(max_batch_events).unwrap_or(1),
-        usize::try_from(max_batch_bytes).unwrap_or(usize::MAX),
-    );
-    Ok(Some(LockedWebhook {
-        failures_in_row: u32::try_from(row.try_get::<_, i32>(0).map_err(read)?).unwrap_or_default(),
-        claim_id: row.try_get(1).map_err(read)?,
-        schedule: Schedule {
-            anchor_at: row.try_get(2).map_err(read)?,
-            push_interval_ms: row.try_get(3).map_err(read)?,
-            last_push_at: row.try_get(4).map_err(read)?,
-        },
-        max_events,
-        max_bytes,
-    }))
+    LockedWebhook::from_row(&row, 0).map(Some)
 }
 
 /// When a webhook with no call under way pushes next after `settled`: by
@@ -562,113 +813,6 @@ async fn due_after(
         webhook.schedule.next_push_at(settled, now, flushing, full_batch)
     }))
 }
-/// Settles one call inside the settlement's transaction: its ledger row
-/// always; and, while the lease is still this call's, the rules' outcome on
-/// the webhook's row.
-async fn settle(
-    shared: &Shared,
-    transaction: &Transaction<'_>,
-    statements: &mut Statements,
-    call: &CallEnded,
-    now: DateTime<Utc>,
-) -> Result<Committed, String> {
-    let schema = shared.schema.quoted();
-    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
-    let outcome = rules::call_outcome(call.result.clone(), call.config.accept_any_2xx());
-    let (outcome_name, status) = match &outcome {
-        CallOutcome::Delivered(status) => ("delivered", Some(status.as_u16() as i16)),
-        CallOutcome::FailedStatus(status) => ("failed_status", Some(status.as_u16() as i16)),
-        CallOutcome::FailedTransport(_) => ("failed_transport", None),
-    };
-    let failure = (!outcome.is_success()).then(|| outcome.to_string());
-    let events = i32::try_from(call.event_ids.len()).unwrap_or(i32::MAX);
-    let bytes = i64::try_from(call.bytes).unwrap_or(i64::MAX);
-    let ended_at = now.max(call.started_at);
-    let statement = format!(
-        "INSERT INTO {schema}.calls (claim_id, bot_token, events, bytes, outcome, status, failure, started_at, ended_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (claim_id) DO NOTHING"
-    );
-    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
-        &call.claim_id,
-        &&*call.bot_token,
-        &events,
-        &bytes,
-        &outcome_name,
-        &status,
-        &failure,
-        &call.started_at,
-        &ended_at,
-    ];
-    let first = transaction.execute(&statement, &parameters).await.map_err(doing("writing the ledger"))? == 1;
-    let webhook = lock_webhook(transaction, statements, shared, &call.bot_token).await?;
-    let ours = webhook.as_ref().is_some_and(|webhook| webhook.claim_id == Some(call.claim_id));
-    let mut committed = Committed { outcome, ours, first, dropped: Vec::new(), disabled: false, health: None };
-    let Some(webhook) = webhook.filter(|_| ours && first) else { return Ok(committed) };
-    let settlement = rules::settlement(committed.outcome.is_success(), webhook.failures_in_row);
-    let failures = i32::try_from(settlement.failures_in_row).unwrap_or(i32::MAX);
-    committed.health = Some(Health { failures_in_row: settlement.failures_in_row, last_failure: failure.clone() });
-    if settlement.disables {
-        committed.dropped = delete_events(transaction, shared, &call.bot_token).await?;
-        committed.disabled = true;
-        let alert = WebhookDisabledAlert {
-            bot_token: call.bot_token.to_string(),
-            account_name: call.config.account_name().to_owned(),
-            url: call.config.url().to_string(),
-            failures_in_row: settlement.failures_in_row,
-            last_failure: failure.clone().unwrap_or_default(),
-            disabled_at: now,
-        };
-        let statement = format!(
-            "UPDATE {schema}.webhooks SET disabled = true, failures_in_row = $2, last_failure = $3,
-                 retry_events = NULL, retry_call_id = NULL, last_push_at = $4, due_at = NULL,
-                 claim_id = NULL, lease_until = NULL
-             WHERE bot_token = $1"
-        );
-        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-        transaction
-            .execute(&statement, &[&&*call.bot_token, &failures, &failure, &call.started_at])
-            .await
-            .map_err(doing("disabling a webhook"))?;
-        let statement = format!("INSERT INTO {schema}.alerts (bot_token, payload) VALUES ($1, $2)");
-        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-        transaction
-            .execute(&statement, &[&&*call.bot_token, &alert_payload(&alert)])
-            .await
-            .map_err(doing("writing an alert"))?;
-        return Ok(committed);
-    }
-    if committed.outcome.is_success() {
-        let statement = format!("DELETE FROM {schema}.events WHERE bot_token = $1 AND id = ANY($2)");
-        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-        transaction
-            .execute(&statement, &[&&*call.bot_token, &call.event_ids])
-            .await
-            .map_err(doing("deleting delivered events"))?;
-    }
-    let webhook =
-        LockedWebhook { schedule: Schedule { last_push_at: Some(call.started_at), ..webhook.schedule }, ..webhook };
-    let due_at = due_after(transaction, statements, shared, &call.bot_token, &webhook, settlement.settled, now).await?;
-    // A failed call is kept to be sent again as it was: its events and its id.
-    let failed = !committed.outcome.is_success();
-    let retry_events = failed.then_some(events);
-    let retry_call_id = failed.then_some(call.call_id.as_str());
-    let statement = format!(
-        "UPDATE {schema}.webhooks SET failures_in_row = $2, last_failure = $3, retry_events = $4,
-             retry_call_id = $5, last_push_at = $6, due_at = $7, claim_id = NULL, lease_until = NULL
-         WHERE bot_token = $1"
-    );
-    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-    transaction
-        .execute(
-            &statement,
-            &[&&*call.bot_token, &failures, &failure, &retry_events, &retry_call_id, &call.started_at, &due_at],
-        )
-        .await
-        .map_err(doing("recording the call's outcome"))?;
-    Ok(committed)
-}
-
 /// Counts a committed settlement here and tells the observer of the call
 /// (in this process, once) and of the events its disabling dropped.
 fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
