@@ -4,6 +4,8 @@
 //!
 //! Each rule is a function of a [`Setup`]; `store_tests!` runs it on each
 //! store. Times are real but short (push intervals of tens of milliseconds).
+// The in-memory dispatcher runs on its default runtime, tokio.
+#![cfg(feature = "tokio")]
 
 #[cfg(feature = "postgres")]
 mod postgres_support;

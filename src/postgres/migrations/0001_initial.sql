@@ -4,7 +4,8 @@
 -- One row per configured bot: its settings (what `WebhookConfig` holds), its
 -- health, its schedule and the lease of the call under way.
 CREATE TABLE webhooks (
-    bot_token          text PRIMARY KEY,
+    -- Byte order ("C"): cheap to compare, and the same lock order on any database.
+    bot_token          text COLLATE "C" PRIMARY KEY,
     account_name       text NOT NULL,
     url                text NOT NULL,
     -- The bot's API secret, sent as bearer; the platform's database holds it already.
@@ -54,7 +55,7 @@ CREATE SEQUENCE claim_ids AS bigint;
 -- The primary key is also the claim's ordered read, so an insert updates one index.
 CREATE TABLE events (
     id          bigint GENERATED ALWAYS AS IDENTITY,
-    bot_token   text NOT NULL REFERENCES webhooks (bot_token) ON DELETE CASCADE,
+    bot_token   text COLLATE "C" NOT NULL REFERENCES webhooks (bot_token) ON DELETE CASCADE,
     -- The event as the wire encodes it (one JSON object).
     body        bytea NOT NULL,
     accepted_at timestamptz NOT NULL,
@@ -67,7 +68,7 @@ CREATE TABLE calls (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- At most one row per claim, so a call is billed once.
     claim_id    bigint NOT NULL UNIQUE,
-    bot_token   text NOT NULL,
+    bot_token   text COLLATE "C" NOT NULL,
     events      integer NOT NULL CHECK (events >= 0),
     bytes       bigint NOT NULL CHECK (bytes >= 0),
     outcome     text NOT NULL CHECK (outcome IN ('delivered', 'failed_status', 'failed_transport')),
@@ -88,7 +89,7 @@ CREATE INDEX calls_ended_at ON calls (ended_at);
 -- The id is stable, so a sink can ignore a repeat. No foreign key: an alert outlives its webhook.
 CREATE TABLE alerts (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    bot_token    text NOT NULL,
+    bot_token    text COLLATE "C" NOT NULL,
     -- The `WebhookDisabledAlert`'s fields.
     payload      jsonb NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now(),
@@ -101,7 +102,7 @@ CREATE INDEX alerts_undelivered ON alerts (id) WHERE delivered_at IS NULL;
 -- The returning-user gate (type 9 at most once per 24 h per user of a bot),
 -- shared by all processes: when each user last fired it.
 CREATE TABLE returning_users (
-    bot_token     text NOT NULL,
+    bot_token     text COLLATE "C" NOT NULL,
     -- SHA-256 of the user id: the gate needs no user ids, so it keeps none.
     user_key      bytea NOT NULL,
     last_fired_at timestamptz NOT NULL,
