@@ -309,3 +309,20 @@ async fn every_dispatcher_hands_out_bot_senders_through_the_trait() {
     wait_until(|| transport.requests.lock().unwrap().len() == 1).await;
     let _ = dispatchers[0].shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_polling_stats_does_not_hold_deliveries_back() {
+    // A snapshot takes in what waits in the intake; the driver must still schedule it.
+    let (dispatcher, transport, _recorder) = setup(Vec::new());
+    dispatcher.configure(config("bot").build().unwrap()).unwrap();
+    for round in 0..20 {
+        for event in messages("bot", 1) {
+            assert!(dispatcher.enqueue(event).is_accepted());
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while dispatcher.stats().totals.delivered < round + 1 {
+            assert!(std::time::Instant::now() < deadline, "event {round} never pushed");
+        }
+    }
+    assert_eq!(transport.requests.lock().unwrap().len(), 20);
+}

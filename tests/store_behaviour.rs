@@ -28,6 +28,7 @@ use eventhook::{
 struct ScriptedTransport {
     script: Mutex<VecDeque<u16>>,
     calls: Mutex<Vec<Call>>,
+    bodies: Mutex<Vec<Vec<u8>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +49,7 @@ impl Transport for ScriptedTransport {
         let bot = events[0]["BotToken"].as_str().unwrap_or_default().to_owned();
         let status = self.script.lock().unwrap().pop_front().unwrap_or(200);
         self.calls.lock().unwrap().push(Call { bot, texts, webhook_id, at: Instant::now(), status });
+        self.bodies.lock().unwrap().push(request.body().clone());
         Ok(http::StatusCode::from_u16(status).expect("a status"))
     }
 }
@@ -129,7 +131,12 @@ impl Setup {
     async fn until(&self, what: &str, done: impl Fn(&Setup) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !done(self) {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}; calls: {:?}", self.calls());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until {what}; calls: {:?}; {:?}",
+                self.calls(),
+                self.dispatcher.stats()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -254,6 +261,67 @@ async fn an_event_too_large_for_any_call_is_dropped_with_its_reason(setup: Setup
     setup
         .until("the large one is dropped", |setup| setup.dispatcher.stats().totals.dropped(DropReason::TooLarge) == 1)
         .await;
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn only_200_is_a_success_unless_any_2xx_is_accepted(setup: Setup) {
+    // Every call is answered 204 until the script runs out, then 200.
+    setup.configure(config("lenient").accept_any_2xx(true).build().unwrap()).await;
+    enqueue_all(&setup, "lenient", &["l"]);
+    setup.until("a 204 delivered it", |setup| setup.dispatcher.stats().totals.delivered == 1).await;
+    assert_eq!(setup.calls()[0].status, 204);
+    setup.transport.script.lock().unwrap().push_back(204);
+    setup.configure(config("strict").build().unwrap()).await;
+    enqueue_all(&setup, "strict", &["s"]);
+    setup.until("a 200 delivered it after a 204", |setup| setup.dispatcher.stats().totals.delivered == 2).await;
+    let strict: Vec<u16> = setup.calls().iter().filter(|call| call.bot == "strict").map(|call| call.status).collect();
+    assert_eq!(strict, [204, 200], "204 is a failure for a webhook that wants exactly 200");
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn one_event_per_call_sends_each_alone(setup: Setup) {
+    setup.configure(config("bot").one_event_per_call(true).build().unwrap()).await;
+    enqueue_all(&setup, "bot", &["a", "b", "c"]);
+    setup.until("three calls", |setup| setup.calls().len() == 3).await;
+    assert!(setup.calls().iter().all(|call| call.texts.len() == 1));
+    let texts: Vec<String> = setup.calls().into_iter().flat_map(|call| call.texts).collect();
+    assert_eq!(texts, ["a", "b", "c"]);
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn a_webhook_moved_to_the_free_plan_drops_what_waits(setup: Setup) {
+    setup.configure(config("bot").push_interval(Duration::from_secs(3600)).build().unwrap()).await;
+    enqueue_all(&setup, "bot", &["a", "b"]);
+    setup.configure(config("bot").plan(Plan::Free).build().unwrap()).await;
+    setup
+        .until("the waiting events are dropped", |setup| {
+            setup.dispatcher.stats().totals.dropped(DropReason::Reconfigured) == 2
+        })
+        .await;
+    assert_eq!(setup.dispatcher.enqueue(message("bot", "c")), EnqueueOutcome::FreePlan);
+    assert!(setup.calls().is_empty(), "nothing is sent for a free bot");
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn only_the_variables_a_webhook_lists_are_sent(setup: Setup) {
+    setup.configure(config("bot").include_variables(["plan"]).build().unwrap()).await;
+    let factory = EventFactory::new("bot", "Account");
+    let chat = ChatContext::new("conversation", "TelegramChannel").variable("plan", "gold").variable("email", "x@y");
+    let event = Event::UserMessage(factory.message(&chat, "with variables"));
+    assert_eq!(setup.dispatcher.enqueue(event), EnqueueOutcome::Accepted);
+    setup.until("delivered", |setup| !setup.calls().is_empty()).await;
+    let body = setup.transport.bodies.lock().unwrap()[0].clone();
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("a JSON array");
+    assert_eq!(events[0]["Variables"], serde_json::json!({ "plan": "gold" }));
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn a_flush_after_a_failure_says_which_webhook_failed(setup: Setup) {
+    setup.configure(config("bot").push_interval(Duration::from_secs(3600)).build().unwrap()).await;
+    enqueue_all(&setup, "bot", &["a"]);
+    let error = setup.dispatcher.flush(Duration::from_secs(10)).await.expect_err("the call fails");
+    let shown = error.to_string();
+    assert!(shown.contains("bot") && shown.contains("500"), "{shown}");
     let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
 }
 
@@ -417,4 +485,9 @@ store_tests! {
     refusals_are_named;
     a_backlog_goes_in_full_batches_at_once;
     an_event_too_large_for_any_call_is_dropped_with_its_reason;
+    only_200_is_a_success_unless_any_2xx_is_accepted, script = vec![204];
+    one_event_per_call_sends_each_alone;
+    a_webhook_moved_to_the_free_plan_drops_what_waits;
+    only_the_variables_a_webhook_lists_are_sent;
+    a_flush_after_a_failure_says_which_webhook_failed, script = vec![500];
 }

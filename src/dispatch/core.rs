@@ -689,7 +689,8 @@ impl DispatchCore {
     /// A snapshot of every webhook, in total (including removed ones). It
     /// balances (see [`EventCounts`]): it waits for any `enqueue` half-way
     /// through, and counts every event accepted so far (it takes in what
-    /// waits in the intake).
+    /// waits in the intake, which may schedule a push: ask
+    /// [`next_wakeup`](Self::next_wakeup) again afterwards).
     pub fn stats(&mut self) -> DispatcherStats {
         // As in `webhook_stats`.
         let admission = Arc::clone(&self.admission);

@@ -237,13 +237,17 @@ impl WebhookDispatcher {
         let mut core = self.shared.lock_core();
         let totals = core.stats().totals;
         let pending = totals.pending + totals.in_flight;
-        if !completed {
+        let result = if !completed {
             Err(FlushError::TimedOut { pending, webhooks: core.stalled_webhooks() })
         } else if core.flush_failures() > 0 {
             Err(FlushError::Incomplete { pending, webhooks: core.stalled_webhooks() })
         } else {
             Ok(())
-        }
+        };
+        drop(core);
+        // The snapshots took in what waited (see `stats`).
+        self.shared.ring();
+        result
     }
 }
 
@@ -288,11 +292,19 @@ impl Dispatcher for WebhookDispatcher {
     }
 
     fn stats(&self) -> DispatcherStats {
-        self.shared.lock_core().stats()
+        let stats = self.shared.lock_core().stats();
+        // The snapshot took in what waited in the intake, clearing the ring
+        // that `enqueue` gave the driver: ring again, so that the driver
+        // schedules what was taken in.
+        self.shared.ring();
+        stats
     }
 
     fn webhook_stats(&self, bot_token: &str) -> Option<WebhookStats> {
-        self.shared.lock_core().webhook_stats(bot_token)
+        let stats = self.shared.lock_core().webhook_stats(bot_token);
+        // As in `stats`.
+        self.shared.ring();
+        stats
     }
 
     async fn flush(&self, timeout: Duration) -> Result<(), FlushError> {

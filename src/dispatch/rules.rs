@@ -152,7 +152,7 @@ pub(crate) enum Settled {
 }
 
 /// When a webhook with events waiting pushes next, as a delay from now:
-/// - at once during a flush, or when a whole batch waits after a success or
+/// - at once during a flush (but after a failure), or when a whole batch waits after a success or
 ///   a reconfiguration (a backlog drains at network speed);
 /// - after a call, one interval after it started (`since_last_push`);
 ///   after a failed call always so, full batch or not: the 11th failure in a
@@ -167,8 +167,10 @@ pub(crate) fn next_push(
     since_last_push: Option<Duration>,
     until_grid: impl FnOnce() -> Duration,
 ) -> Duration {
-    let backlog = full_batch && !matches!(settled, Settled::Failed);
-    if flushing || backlog {
+    // A flush makes one attempt per webhook: after a failure the failure rule paces retries.
+    let failed = matches!(settled, Settled::Failed);
+    let backlog = full_batch && !failed;
+    if (flushing && !failed) || backlog {
         return Duration::ZERO;
     }
     let after_last_push = since_last_push.map_or(Duration::ZERO, |since| interval.saturating_sub(since));
@@ -227,7 +229,12 @@ mod tests {
         assert_eq!(next_push(Settled::Delivered, false, true, interval, since, grid), Duration::ZERO);
         assert_eq!(next_push(Settled::Idle, false, true, interval, since, grid), Duration::ZERO);
         assert_eq!(next_push(Settled::Failed, false, true, interval, since, grid), Duration::from_secs(29));
-        assert_eq!(next_push(Settled::Failed, true, true, interval, since, grid), Duration::ZERO, "a flush");
+        assert_eq!(
+            next_push(Settled::Failed, true, true, interval, since, grid),
+            Duration::from_secs(29),
+            "a flush makes one attempt per webhook"
+        );
+        assert_eq!(next_push(Settled::Delivered, true, false, interval, since, grid), Duration::ZERO, "a flush");
         assert_eq!(next_push(Settled::Delivered, false, false, interval, since, grid), Duration::from_secs(29));
         assert_eq!(next_push(Settled::Idle, false, false, interval, None, grid), grid());
         assert_eq!(next_push(Settled::Idle, false, false, interval, since, grid), Duration::from_secs(29));
