@@ -232,30 +232,24 @@ async fn claim_and_call(
         }
     }
     if !idle.is_empty() {
-        // Delivered or dropped meanwhile: nothing to call; hand the claims back.
-        let Session { client, statements } = session;
-        let transaction = client.transaction().await.map_err(|error| connection::describe("beginning", &error))?;
-        for claim in &idle {
-            if let Some(webhook) = lock_webhook(&transaction, statements, shared, &claim.bot_token).await? {
-                if webhook.claim_id == Some(claim.claim_id) {
-                    let due_at =
-                        due_after(&transaction, statements, shared, &claim.bot_token, &webhook, Settled::Idle, now)
-                            .await?;
-                    let statement = format!(
-                        "UPDATE {schema}.webhooks SET claim_id = NULL, lease_until = NULL, due_at = $2 WHERE bot_token = $1"
-                    );
-                    let statement = statements
-                        .get(&transaction, &statement)
-                        .await
-                        .map_err(|error| connection::describe("preparing", &error))?;
-                    transaction
-                        .execute(&statement, &[&&*claim.bot_token, &due_at])
-                        .await
-                        .map_err(|error| connection::describe("releasing a claim", &error))?;
-                }
-            }
-        }
-        transaction.commit().await.map_err(|error| connection::describe("releasing claims", &error))?;
+        // Delivered or dropped meanwhile: nothing to call. Hand the claims
+        // back with nothing scheduled; `schedule_idle` then schedules any of
+        // them that got events since, by the same rule as any idle webhook.
+        let tokens: Vec<&str> = idle.iter().map(|claim| &*claim.bot_token).collect();
+        let claim_ids: Vec<i64> = idle.iter().map(|claim| claim.claim_id).collect();
+        let statement = format!(
+            "UPDATE {schema}.webhooks AS webhook SET claim_id = NULL, lease_until = NULL, due_at = NULL
+             FROM unnest($1::text[], $2::bigint[]) AS released (bot_token, claim_id)
+             WHERE webhook.bot_token = released.bot_token AND webhook.claim_id = released.claim_id"
+        );
+        let statement =
+            session.prepared(&statement).await.map_err(|error| connection::describe("preparing", &error))?;
+        session
+            .client
+            .execute(&statement, &[&tokens, &claim_ids])
+            .await
+            .map_err(|error| connection::describe("releasing claims", &error))?;
+        schedule_idle(shared, session, Some(&tokens)).await?;
     }
     Ok(())
 }
@@ -541,16 +535,16 @@ async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded
 
     // The webhooks' rows, locked.
     let statement = format!(
-        "SELECT bot_token, failures_in_row, claim_id, anchor_at, push_interval_ms, last_push_at, max_batch_events,
-                max_batch_bytes, one_event_per_call
+        "SELECT failures_in_row, claim_id, anchor_at, push_interval_ms, last_push_at, max_batch_events,
+                max_batch_bytes, one_event_per_call, bot_token
          FROM {schema}.webhooks WHERE bot_token = ANY($1) ORDER BY bot_token FOR NO KEY UPDATE"
     );
     let statement = statements.get(&transaction, &statement).await.map_err(doing("preparing"))?;
     let rows = transaction.query(&statement, &[&tokens]).await.map_err(doing("locking webhooks"))?;
     let mut locked = HashMap::with_capacity(rows.len());
     for row in &rows {
-        let token: String = row.try_get(0).map_err(doing("reading a webhook"))?;
-        locked.insert(token, LockedWebhook::from_row(row, 1)?);
+        let token: String = row.try_get(8).map_err(doing("reading a webhook"))?;
+        locked.insert(token, LockedWebhook::from_row(row)?);
     }
 
     // Each call by the rules: disabled now (rare, alone), or finished.
@@ -736,24 +730,23 @@ struct LockedWebhook {
 
 impl LockedWebhook {
     /// From `failures_in_row, claim_id, anchor_at, push_interval_ms,
-    /// last_push_at, max_batch_events, max_batch_bytes, one_event_per_call`,
-    /// the first at column `first`.
-    fn from_row(row: &Row, first: usize) -> Result<LockedWebhook, String> {
+    /// last_push_at, max_batch_events, max_batch_bytes, one_event_per_call`.
+    fn from_row(row: &Row) -> Result<LockedWebhook, String> {
         let read = |error: tokio_postgres::Error| connection::describe("reading a webhook", &error);
-        let max_batch_events: i32 = row.try_get(first + 5).map_err(read)?;
-        let max_batch_bytes: i64 = row.try_get(first + 6).map_err(read)?;
+        let max_batch_events: i32 = row.try_get(5).map_err(read)?;
+        let max_batch_bytes: i64 = row.try_get(6).map_err(read)?;
         let (max_events, max_bytes) = rules::batch_limits(
-            row.try_get(first + 7).map_err(read)?,
+            row.try_get(7).map_err(read)?,
             usize::try_from(max_batch_events).unwrap_or(1),
             usize::try_from(max_batch_bytes).unwrap_or(usize::MAX),
         );
         Ok(LockedWebhook {
-            failures_in_row: u32::try_from(row.try_get::<_, i32>(first).map_err(read)?).unwrap_or_default(),
-            claim_id: row.try_get(first + 1).map_err(read)?,
+            failures_in_row: u32::try_from(row.try_get::<_, i32>(0).map_err(read)?).unwrap_or_default(),
+            claim_id: row.try_get(1).map_err(read)?,
             schedule: Schedule {
-                anchor_at: row.try_get(first + 2).map_err(read)?,
-                push_interval_ms: row.try_get(first + 3).map_err(read)?,
-                last_push_at: row.try_get(first + 4).map_err(read)?,
+                anchor_at: row.try_get(2).map_err(read)?,
+                push_interval_ms: row.try_get(3).map_err(read)?,
+                last_push_at: row.try_get(4).map_err(read)?,
             },
             max_events,
             max_bytes,
@@ -761,58 +754,6 @@ impl LockedWebhook {
     }
 }
 
-async fn lock_webhook(
-    transaction: &Transaction<'_>,
-    statements: &mut Statements,
-    shared: &Shared,
-    bot_token: &str,
-) -> Result<Option<LockedWebhook>, String> {
-    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
-    let statement = format!(
-        "SELECT failures_in_row, claim_id, anchor_at, push_interval_ms, last_push_at, max_batch_events,
-                max_batch_bytes, one_event_per_call
-         FROM {}.webhooks WHERE bot_token = $1 FOR NO KEY UPDATE",
-        shared.schema.quoted()
-    );
-    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-    let Some(row) = transaction.query_opt(&statement, &[&bot_token]).await.map_err(doing("locking a webhook"))? else {
-        return Ok(None);
-    };
-    LockedWebhook::from_row(&row, 0).map(Some)
-}
-
-/// When a webhook with no call under way pushes next after `settled`: by
-/// the rules when events wait, `None` (nothing scheduled) when none do.
-async fn due_after(
-    transaction: &Transaction<'_>,
-    statements: &mut Statements,
-    shared: &Shared,
-    bot_token: &str,
-    webhook: &LockedWebhook,
-    settled: Settled,
-    now: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>, String> {
-    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
-    // Enough of the oldest waiting events to tell whether a whole batch waits.
-    let statement = format!(
-        "SELECT count(*), coalesce(sum(length(body)), 0)::bigint FROM
-             (SELECT body FROM {}.events WHERE bot_token = $1 ORDER BY id LIMIT $2) AS oldest",
-        shared.schema.quoted()
-    );
-    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-    let limit = i64::try_from(webhook.max_events).unwrap_or(i64::MAX).saturating_add(1);
-    let row = transaction.query_one(&statement, &[&bot_token, &limit]).await.map_err(doing("counting events"))?;
-    let read = doing("reading a count");
-    let waiting: i64 = row.try_get(0).map_err(read)?;
-    let waiting_bytes: i64 = row.try_get(1).map_err(read)?;
-    Ok((waiting > 0).then(|| {
-        let waiting = usize::try_from(waiting).unwrap_or(usize::MAX);
-        let bytes = usize::try_from(waiting_bytes).unwrap_or(usize::MAX);
-        let full_batch = rules::is_full_batch(waiting, bytes, webhook.max_events, webhook.max_bytes);
-        let flushing = lock(&shared.flush).is_some();
-        webhook.schedule.next_push_at(settled, now, flushing, full_batch)
-    }))
-}
 /// Counts a committed settlement here and tells the observer of the call
 /// (in this process, once) and of the events its disabling dropped.
 fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
