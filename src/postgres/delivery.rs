@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, Row, Transaction};
 
 use super::connection::{self, Session, Statements, FIRST_RETRY_DELAY};
-use super::dispatcher::{lock, Health, Shared};
+use super::dispatcher::{lock, Health, Shared, StoreError};
 use super::due::Schedule;
 use super::timestamps::{later, since};
 use super::webhooks::webhook_from_row;
@@ -44,6 +44,8 @@ struct CallEnded {
     bot_token: Arc<str>,
     claim_id: i64,
     config: Arc<WebhookConfig>,
+    /// The call's endpoint, for its billing record: built once, for the request.
+    endpoint: Endpoint,
     event_ids: Vec<i64>,
     bytes: usize,
     call_id: String,
@@ -317,14 +319,7 @@ async fn schedule_idle(shared: &Shared, session: &mut Session, tokens: Option<&[
     }
     transaction.commit().await.map_err(doing("scheduling"))?;
     for (token, reason, bodies) in dropped {
-        let events = decode(&bodies);
-        match shared.webhook(&token) {
-            Some(webhook) => count_dropped(shared, &webhook, &token, reason, events),
-            None => {
-                shared.retired.add_dropped(events.len() as u64, reason);
-                shared.observer.events_dropped(&crate::dispatch::DroppedEvents { bot_token: token, reason, events });
-            }
-        }
+        count_dropped(shared, shared.webhook(&token).as_deref(), &token, reason, decode(&bodies));
     }
     Ok(())
 }
@@ -430,6 +425,7 @@ fn start_call(
             bot_token,
             claim_id,
             config,
+            endpoint,
             event_ids,
             bytes: body_length,
             call_id,
@@ -781,15 +777,14 @@ fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
             *lock(&webhook.live.health) = health;
         }
         if !committed.dropped.is_empty() {
-            count_dropped(shared, &webhook, &call.bot_token, DropReason::Disabled, decode(&committed.dropped));
+            count_dropped(shared, Some(&webhook), &call.bot_token, DropReason::Disabled, decode(&committed.dropped));
         }
     }
     if committed.first {
-        let (_, endpoint) = Endpoint::new(&call.config);
         shared.observer.call_made(&CallRecord {
             bot_token: Arc::clone(&call.bot_token),
-            account_name: endpoint.account_name,
-            url: endpoint.url,
+            account_name: call.endpoint.account_name.clone(),
+            url: call.endpoint.url.clone(),
             events: call.event_ids.len(),
             bytes: call.bytes,
             duration: call.duration,
@@ -868,14 +863,12 @@ async fn prune_ledger(shared: &Shared, client: &Client) -> Result<(), String> {
 /// The cluster-wide flush of [`PostgresDispatcher::flush`](super::PostgresDispatcher).
 pub(crate) async fn flush(shared: &Shared, timeout: Duration) -> Result<(), FlushError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let timed_out = |pending: u64, webhooks: Vec<StalledWebhook>| FlushError::TimedOut { pending, webhooks };
-    let (done, committed) = tokio::sync::oneshot::channel();
-    if shared.intake.send(super::writer::Entry::Sync(done)).is_err() {
-        return Err(FlushError::Closed);
-    }
-    if tokio::time::timeout_at(deadline, committed).await.is_err() {
-        return Err(timed_out(shared.buffered.load(Ordering::Relaxed) as u64, Vec::new()));
-    }
+    shared.wait_durable(deadline).await.map_err(|error| match error {
+        StoreError::TimedOut { buffered, .. } => {
+            FlushError::TimedOut { pending: buffered as u64, webhooks: Vec::new() }
+        }
+        _ => FlushError::Closed,
+    })?;
     *lock(&shared.flush) = Some(Flush);
     let result = flush_committed(shared, deadline).await;
     *lock(&shared.flush) = None;

@@ -244,6 +244,22 @@ impl Shared {
         self.clock.wall_time()
     }
 
+    /// [`PostgresDispatcher::wait_durable`], until `deadline`.
+    pub(crate) async fn wait_durable(&self, deadline: tokio::time::Instant) -> Result<(), StoreError> {
+        let (done, committed) = oneshot::channel();
+        if self.intake.send(Entry::Sync(done)).is_err() {
+            return Err(StoreError::Closed);
+        }
+        match tokio::time::timeout_at(deadline, committed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::TimedOut {
+                buffered: self.buffered.load(Ordering::Relaxed),
+                last_error: lock(&self.database_error).clone(),
+            }),
+        }
+    }
+
     /// The connection of the host's own questions (pending counts, the
     /// returning-user gate, flushes): one, shared, made again when dropped.
     pub(crate) async fn query_client(&self) -> Result<Arc<tokio_postgres::Client>, tokio_postgres::Error> {
@@ -285,18 +301,7 @@ impl PostgresDispatcher {
     /// Waits until every event accepted so far is committed (or dropped),
     /// for at most `timeout`; says why not otherwise.
     pub async fn wait_durable(&self, timeout: Duration) -> Result<(), StoreError> {
-        let (done, committed) = oneshot::channel();
-        if self.shared.intake.send(Entry::Sync(done)).is_err() {
-            return Err(StoreError::Closed);
-        }
-        match tokio::time::timeout(timeout, committed).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(StoreError::Closed),
-            Err(_) => Err(StoreError::TimedOut {
-                buffered: self.shared.buffered.load(Ordering::Relaxed),
-                last_error: lock(&self.shared.database_error).clone(),
-            }),
-        }
+        self.shared.wait_durable(tokio::time::Instant::now() + timeout).await
     }
 
     /// The last error the database gave this process's tasks, until one of
@@ -480,7 +485,7 @@ impl Dispatcher for PostgresDispatcher {
         let shared = &self.shared;
         shared.closed.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + timeout;
-        let _ = tokio::time::timeout_at(deadline, self.wait_durable(timeout)).await;
+        let _ = shared.wait_durable(deadline).await;
         shared.delivery_wake.notify_one();
         while shared.calls_in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -153,7 +153,7 @@ fn add(shared: &Shared, round: &mut Round, entry: Entry) {
             let mut body = Vec::new();
             wire::encode_event_including(&event, webhook.config.included_variables(), &mut body);
             if !rules::fits_alone(body.len(), webhook.config.max_batch_bytes()) {
-                count_dropped(shared, &webhook, &token, DropReason::TooLarge, vec![event]);
+                count_dropped(shared, Some(&webhook), &token, DropReason::TooLarge, vec![event]);
                 return;
             }
             if !matches!(round.steps.last(), Some(Step::Events(_))) {
@@ -315,14 +315,7 @@ fn settle_round(shared: &Shared, round: Round, committed: Committed) {
         if bodies.is_empty() {
             continue;
         }
-        let events = decode(&bodies);
-        match shared.webhook(&token) {
-            Some(webhook) => count_dropped(shared, &webhook, &token, reason, events),
-            None => {
-                shared.retired.add_dropped(events.len() as u64, reason);
-                report_dropped(shared, &token, reason, events);
-            }
-        }
+        count_dropped(shared, shared.webhook(&token).as_deref(), &token, reason, decode(&bodies));
     }
     lock(&shared.fresh).extend(committed.fresh.into_iter().map(Arc::from));
     for done in round.syncs {
@@ -331,25 +324,27 @@ fn settle_round(shared: &Shared, round: Round, committed: Committed) {
     shared.delivery_wake.notify_one();
 }
 
-/// Counts dropped events of a webhook and hands them to the observer
-/// (all but those the host gets back, as in memory).
+/// Counts dropped events of a webhook (of a removed one, `None`: among the
+/// retired counts) and hands them to the observer (all but those the host
+/// gets back, as in memory).
 pub(crate) fn count_dropped(
     shared: &Shared,
-    webhook: &LocalWebhook,
+    webhook: Option<&LocalWebhook>,
     token: &str,
     reason: DropReason,
     events: Vec<Event>,
 ) {
     let count = events.len() as u64;
-    webhook.live.counters.add_dropped(count, reason);
-    let in_database = webhook.live.pending_in_database.load(Ordering::Relaxed);
-    if reason != DropReason::TooLarge {
-        webhook.live.pending_in_database.store(in_database.saturating_sub(count), Ordering::Relaxed);
+    match webhook {
+        Some(webhook) => {
+            webhook.live.counters.add_dropped(count, reason);
+            let in_database = webhook.live.pending_in_database.load(Ordering::Relaxed);
+            if reason != DropReason::TooLarge {
+                webhook.live.pending_in_database.store(in_database.saturating_sub(count), Ordering::Relaxed);
+            }
+        }
+        None => shared.retired.add_dropped(count, reason),
     }
-    report_dropped(shared, token, reason, events);
-}
-
-fn report_dropped(shared: &Shared, token: &str, reason: DropReason, events: Vec<Event>) {
     if reason != DropReason::Shutdown {
         shared.observer.events_dropped(&DroppedEvents { bot_token: token.to_owned(), reason, events });
     }
