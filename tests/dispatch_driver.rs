@@ -7,11 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::TestRuntime;
-use eventhook::dispatch::{CallRecord, DeliveryObserver, Dispatcher, DroppedEvents, WebhookDispatcher, WebhookState};
-use eventhook::{
-    AlertSink, ChatContext, Event, EventFactory, Transport, TransportError, WebhookConfig, WebhookDisabledAlert,
-};
+use common::{Recorder, TestRuntime};
+use eventhook::dispatch::{CallRecord, DeliveryObserver, Dispatcher, WebhookDispatcher, WebhookState};
+use eventhook::{ChatContext, Event, EventFactory, Transport, TransportError, WebhookConfig};
 
 /// Answers with scripted statuses (then 200), or hangs; records every request.
 #[derive(Debug, Default)]
@@ -31,28 +29,6 @@ impl Transport for ScriptedTransport {
             Some(status) => Ok(http::StatusCode::from_u16(status).unwrap()),
             None => futures::future::pending().await,
         }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Recorder {
-    alerts: Mutex<Vec<WebhookDisabledAlert>>,
-    calls: Mutex<Vec<CallRecord>>,
-    dropped: Mutex<Vec<DroppedEvents>>,
-}
-
-impl AlertSink for Recorder {
-    fn webhook_disabled(&self, alert: &WebhookDisabledAlert) {
-        self.alerts.lock().unwrap().push(alert.clone());
-    }
-}
-
-impl DeliveryObserver for Recorder {
-    fn call_made(&self, call: &CallRecord) {
-        self.calls.lock().unwrap().push(call.clone());
-    }
-    fn events_dropped(&self, dropped: &DroppedEvents) {
-        self.dropped.lock().unwrap().push(dropped.clone());
     }
 }
 

@@ -70,11 +70,13 @@ async fn until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A webhook's settings (its URL is never called: the transport is scripted), pushing every `interval`.
+fn settings(bot: &str, interval: Duration) -> eventhook::WebhookConfigBuilder {
+    WebhookConfig::builder(bot, "Account", "http://127.0.0.1:9/events", "bot-secret").push_interval(interval)
+}
+
 fn config(bot: &str) -> WebhookConfig {
-    WebhookConfig::builder(bot, "Account", "http://127.0.0.1:9/events", "bot-secret")
-        .push_interval(Duration::from_millis(200))
-        .build()
-        .expect("a valid config")
+    settings(bot, Duration::from_millis(200)).build().expect("a valid config")
 }
 
 fn message(bot: &str, text: &str) -> Event {
@@ -131,12 +133,7 @@ async fn settings_reach_every_process_within_the_poll_interval_and_configuring_a
     until("the second process sees the webhook", 2, || second.webhook_stats("bot").is_some()).await;
 
     // Eleven failures disable it for both; saving in the second re-enables it for the first.
-    let fast = || {
-        WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
-            .push_interval(Duration::from_millis(10))
-            .build()
-            .expect("a valid config")
-    };
+    let fast = || settings("bot", Duration::from_millis(10)).build().expect("a valid config");
     second.configure(fast()).expect("configuring");
     second.wait_durable(Duration::from_secs(5)).await.expect("committed");
     until("the first sees the new interval", 2, || {
@@ -204,10 +201,7 @@ async fn failures_count_over_every_process_and_the_alert_comes_once_with_its_led
         builder(&test, Arc::clone(&transport)).alert_sink(alerts.clone()).build().await.expect("building"),
         builder(&test, Arc::clone(&transport)).alert_sink(alerts.clone()).build().await.expect("building"),
     ];
-    let fast = WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
-        .push_interval(Duration::from_millis(20))
-        .build()
-        .expect("a valid config");
+    let fast = settings("bot", Duration::from_millis(20)).build().expect("a valid config");
     processes[0].configure(fast).expect("configuring");
     processes[0].wait_durable(Duration::from_secs(5)).await.expect("committed");
     for process in &processes {
@@ -241,8 +235,7 @@ async fn failures_count_over_every_process_and_the_alert_comes_once_with_its_led
 async fn a_call_abandoned_by_a_dead_process_is_sent_again_by_another_after_its_lease() {
     let Some(test) = migrated("a_call_abandoned_by_a_dead_process").await else { return };
     let hanging = ScriptedTransport::answering(0);
-    let short = WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
-        .push_interval(Duration::from_millis(50))
+    let short = settings("bot", Duration::from_millis(50))
         .request_timeout(Duration::from_millis(200))
         .build()
         .expect("a valid config");
@@ -293,11 +286,7 @@ async fn the_queue_bound_holds_over_the_cluster_as_of_the_last_poll() {
     let transport = Arc::new(ScriptedTransport::default());
     let first = dispatcher(&test, Arc::clone(&transport)).await;
     let second = dispatcher(&test, Arc::clone(&transport)).await;
-    let bounded = WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
-        .push_interval(Duration::from_secs(3600))
-        .queue_capacity(5)
-        .build()
-        .expect("a valid config");
+    let bounded = settings("bot", Duration::from_secs(3600)).queue_capacity(5).build().expect("a valid config");
     first.configure(bounded).expect("configuring");
     for index in 0..5 {
         assert!(first.enqueue(message("bot", &format!("m{index}"))).is_accepted());
@@ -347,6 +336,21 @@ impl CuttableProxy {
         CuttableProxy { address, cut, generation }
     }
 
+    /// A proxy in front of the test's database, and the URL of that database through it.
+    async fn in_front_of(test: &TestSchema) -> (CuttableProxy, String) {
+        let config: tokio_postgres::Config = test.url().parse().expect("DATABASE_URL parses");
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let proxy = CuttableProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+        let url = format!(
+            "postgres://{}:{}@127.0.0.1:{}/{}",
+            config.get_user().unwrap_or_default(),
+            String::from_utf8_lossy(config.get_password().unwrap_or_default()),
+            proxy.address.port(),
+            config.get_dbname().unwrap_or_default()
+        );
+        (proxy, url)
+    }
+
     fn set_cut(&self, cut: bool) {
         self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
         if cut {
@@ -358,17 +362,7 @@ impl CuttableProxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_database_loses_nothing_accepted_and_refusals_are_named() {
     let Some(test) = migrated("losing_the_database_loses_nothing_accepted").await else { return };
-    let config: tokio_postgres::Config = test.url().parse().expect("DATABASE_URL parses");
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let proxy = CuttableProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
-    // The same database, through the proxy.
-    let url = format!(
-        "postgres://{}:{}@127.0.0.1:{}/{}",
-        config.get_user().unwrap_or_default(),
-        String::from_utf8_lossy(config.get_password().unwrap_or_default()),
-        proxy.address.port(),
-        config.get_dbname().unwrap_or_default()
-    );
+    let (proxy, url) = CuttableProxy::in_front_of(&test).await;
     let transport = Arc::new(ScriptedTransport::default());
     let dispatcher = PostgresDispatcher::builder(&url)
         .schema(test.schema.clone())
@@ -378,7 +372,9 @@ async fn losing_the_database_loses_nothing_accepted_and_refusals_are_named() {
         .build()
         .await
         .expect("building through the proxy");
-    dispatcher.configure(config_for_loss()).expect("configuring");
+    dispatcher
+        .configure(settings("bot", Duration::from_millis(50)).build().expect("a valid config"))
+        .expect("configuring");
     assert!(dispatcher.enqueue(message("bot", "before")).is_accepted());
     dispatcher.wait_durable(Duration::from_secs(5)).await.expect("committed");
 
@@ -415,26 +411,10 @@ async fn losing_the_database_loses_nothing_accepted_and_refusals_are_named() {
     assert!(report.undelivered.is_empty());
 }
 
-fn config_for_loss() -> WebhookConfig {
-    WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
-        .push_interval(Duration::from_millis(50))
-        .build()
-        .expect("a valid config")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_without_the_database_hands_back_what_it_could_not_commit() {
     let Some(test) = migrated("a_shutdown_without_the_database_hands_back").await else { return };
-    let config: tokio_postgres::Config = test.url().parse().expect("DATABASE_URL parses");
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let proxy = CuttableProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
-    let url = format!(
-        "postgres://{}:{}@127.0.0.1:{}/{}",
-        config.get_user().unwrap_or_default(),
-        String::from_utf8_lossy(config.get_password().unwrap_or_default()),
-        proxy.address.port(),
-        config.get_dbname().unwrap_or_default()
-    );
+    let (proxy, url) = CuttableProxy::in_front_of(&test).await;
     let transport = Arc::new(ScriptedTransport::default());
     let dispatcher = PostgresDispatcher::builder(&url)
         .schema(test.schema.clone())
@@ -442,7 +422,9 @@ async fn a_shutdown_without_the_database_hands_back_what_it_could_not_commit() {
         .build()
         .await
         .expect("building through the proxy");
-    dispatcher.configure(config_for_loss()).expect("configuring");
+    dispatcher
+        .configure(settings("bot", Duration::from_millis(50)).build().expect("a valid config"))
+        .expect("configuring");
     dispatcher.wait_durable(Duration::from_secs(5)).await.expect("committed");
     proxy.set_cut(true);
     for text in ["one", "two", "three"] {
@@ -598,10 +580,7 @@ async fn shutdown_right_after_disabling_hands_the_alert_over_and_marks_it_delive
         .build()
         .await
         .expect("building the dispatcher");
-    let fast = WebhookConfig::builder("bot", "Account", "http://127.0.0.1:9/events", "bot-secret")
-        .push_interval(Duration::from_millis(20))
-        .build()
-        .expect("a valid config");
+    let fast = settings("bot", Duration::from_millis(20)).build().expect("a valid config");
     dispatcher.configure(fast).expect("configuring");
     assert_eq!(dispatcher.enqueue(message("bot", "m")), EnqueueOutcome::Accepted);
     tokio::time::timeout(Duration::from_secs(20), eleventh.made.notified()).await.expect("the 11th call");

@@ -7,6 +7,7 @@
 // The in-memory dispatcher runs on its default runtime, tokio.
 #![cfg(feature = "tokio")]
 
+mod common;
 #[cfg(feature = "postgres")]
 mod postgres_support;
 
@@ -15,12 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use eventhook::dispatch::{
-    CallRecord, DeliveryObserver, Dispatcher, DropReason, DroppedEvents, EnqueueOutcome, WebhookDispatcher,
-};
+use common::Recorder;
+use eventhook::dispatch::{Dispatcher, DropReason, EnqueueOutcome, WebhookDispatcher};
 use eventhook::{
-    AlertSink, ChatContext, Event, EventFactory, EventFlags, EventKind, Plan, Transport, TransportError, WebhookConfig,
-    WebhookConfigBuilder, WebhookDisabledAlert,
+    ChatContext, Event, EventFactory, EventFlags, EventKind, Plan, Transport, TransportError, WebhookConfig,
+    WebhookConfigBuilder,
 };
 
 /// Answers with scripted statuses (then 200); records every call.
@@ -51,28 +51,6 @@ impl Transport for ScriptedTransport {
         self.calls.lock().unwrap().push(Call { bot, texts, webhook_id, at: Instant::now(), status });
         self.bodies.lock().unwrap().push(request.body().clone());
         Ok(http::StatusCode::from_u16(status).expect("a status"))
-    }
-}
-
-#[derive(Debug, Default)]
-struct Recorder {
-    alerts: Mutex<Vec<WebhookDisabledAlert>>,
-    calls: Mutex<Vec<CallRecord>>,
-    dropped: Mutex<Vec<DroppedEvents>>,
-}
-
-impl AlertSink for Recorder {
-    fn webhook_disabled(&self, alert: &WebhookDisabledAlert) {
-        self.alerts.lock().unwrap().push(alert.clone());
-    }
-}
-
-impl DeliveryObserver for Recorder {
-    fn call_made(&self, call: &CallRecord) {
-        self.calls.lock().unwrap().push(call.clone());
-    }
-    fn events_dropped(&self, dropped: &DroppedEvents) {
-        self.dropped.lock().unwrap().push(dropped.clone());
     }
 }
 

@@ -153,3 +153,26 @@ impl eventhook::Runtime for TestRuntime {
         Box::pin(tokio::time::sleep(duration))
     }
 }
+
+/// Records every alert, call and drop a dispatcher reports.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub alerts: std::sync::Mutex<Vec<eventhook::WebhookDisabledAlert>>,
+    pub calls: std::sync::Mutex<Vec<eventhook::dispatch::CallRecord>>,
+    pub dropped: std::sync::Mutex<Vec<eventhook::dispatch::DroppedEvents>>,
+}
+
+impl eventhook::AlertSink for Recorder {
+    fn webhook_disabled(&self, alert: &eventhook::WebhookDisabledAlert) {
+        self.alerts.lock().unwrap().push(alert.clone());
+    }
+}
+
+impl eventhook::dispatch::DeliveryObserver for Recorder {
+    fn call_made(&self, call: &eventhook::dispatch::CallRecord) {
+        self.calls.lock().unwrap().push(call.clone());
+    }
+    fn events_dropped(&self, dropped: &eventhook::dispatch::DroppedEvents) {
+        self.dropped.lock().unwrap().push(dropped.clone());
+    }
+}
