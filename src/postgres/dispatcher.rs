@@ -687,6 +687,7 @@ impl PostgresDispatcherBuilder {
         };
         let client = connection::connect(&database, || {})
             .await
+            .map(Arc::new)
             .map_err(|error| BuildError::Database(connection::describe("connecting", &error)))?;
         let version = super::migrate::applied_version(&client, &self.schema)
             .await
@@ -722,7 +723,8 @@ impl PostgresDispatcherBuilder {
             stopping: AtomicBool::new(false),
             writer_stop: Notify::new(),
             tasks: Mutex::new(Vec::new()),
-            query_client: tokio::sync::Mutex::new(None),
+            // The connection that checked the schema serves the host's questions next.
+            query_client: tokio::sync::Mutex::new(Some(Arc::clone(&client))),
         });
         sync::refresh(&shared, &client).await.map_err(BuildError::Database)?;
         let tasks = vec![
