@@ -122,6 +122,49 @@ async fn events_accepted_by_one_process_are_delivered_once_in_order() {
     assert!(report.undelivered.is_empty());
 }
 
+/// Events committed together share a row; calls cut it: each call takes
+/// the oldest events, a failed one is sent again as it was, and every event
+/// leaves once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_cut_a_row_of_events_committed_together_and_each_event_leaves_once_in_order() {
+    let Some(test) = migrated("calls_cut_a_row_of_events_committed_together").await else { return };
+    let transport = Arc::new(ScriptedTransport::default());
+    *transport.answers.lock().unwrap() = VecDeque::from([200, 500]);
+    let process = dispatcher(&test, Arc::clone(&transport)).await;
+    let config = settings("bot", Duration::from_millis(30)).max_batch_events(10).build().expect("a valid config");
+    process.configure(config).expect("configuring");
+    let texts: Vec<String> = (0..25).map(|index| format!("m{index}")).collect();
+    for text in &texts {
+        assert_eq!(process.enqueue(message("bot", text)), EnqueueOutcome::Accepted);
+    }
+    process.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    let client = test.connect().await;
+    let schema = test.quoted();
+    let rows: i64 =
+        client.query_one(&format!("SELECT count(*) FROM {schema}.events"), &[]).await.expect("counting rows").get(0);
+    assert!(rows <= 1, "25 events committed together are in one row, not {rows}");
+
+    until("every event is delivered", 10, || transport.texts().len() == 35).await;
+    let calls: Vec<Vec<String>> = transport.calls.lock().unwrap().iter().map(|(_, texts, _)| texts.clone()).collect();
+    assert_eq!(calls, [&texts[0..10], &texts[10..20], &texts[10..20], &texts[20..25]]);
+    // The last call's settlement (its ledger row, its events' deletion) follows it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process.pending_in_database(None).await.expect("counting") > 0 {
+        assert!(Instant::now() < deadline, "the last settlement committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ledger: Vec<(i32, String)> = client
+        .query(&format!("SELECT events, outcome FROM {schema}.calls ORDER BY id"), &[])
+        .await
+        .expect("reading the ledger")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let outcomes: Vec<(i32, &str)> = ledger.iter().map(|(events, outcome)| (*events, outcome.as_str())).collect();
+    assert_eq!(outcomes, [(10, "delivered"), (10, "failed_status"), (10, "delivered"), (5, "delivered")]);
+    let _ = process.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_reach_every_process_within_the_poll_interval_and_configuring_again_re_enables_everywhere() {
     let Some(test) = migrated("settings_reach_every_process").await else { return };
@@ -620,7 +663,7 @@ async fn events_committed_while_a_settlement_disables_their_webhook_are_dropped_
     settlement.commit().await.expect("committing the settlement");
     dispatcher.wait_durable(Duration::from_secs(5)).await.expect("committed");
     // Dropped by the delivery task once the disabling is committed, within a poll interval.
-    let statement = format!("SELECT count(*) FROM {schema}.events WHERE bot_token = 'bot'");
+    let statement = format!("SELECT coalesce(sum(events), 0)::bigint FROM {schema}.events WHERE bot_token = 'bot'");
     let client = test.connect().await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

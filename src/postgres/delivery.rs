@@ -39,6 +39,53 @@ const CLAIM_LIMIT: i64 = 64;
 /// How often the ledger is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// A row of `events` as a claim reads it: its id and its events' bodies, oldest first.
+type StoredRun<'row> = (i64, Vec<&'row [u8]>);
+
+/// The rows of `events` a call's events came from: those it took whole, and
+/// the one it ended inside, if any (the oldest events of each, since a
+/// webhook's events leave only from its head).
+#[derive(Debug, Default)]
+struct Taken {
+    whole: Vec<i64>,
+    partial: Option<PartRow>,
+}
+
+/// A row a call took the first `events` events of, `bytes` in all.
+#[derive(Debug, Clone, Copy)]
+struct PartRow {
+    id: i64,
+    events: i32,
+    bytes: i64,
+}
+
+impl Taken {
+    /// Which of `rows` (oldest first, each its id and event lengths) the
+    /// first `events` events of a webhook fill.
+    fn first(rows: &[StoredRun<'_>], events: usize) -> Taken {
+        let mut taken = Taken::default();
+        let mut left = events;
+        for (id, bodies) in rows {
+            if left == 0 {
+                break;
+            }
+            if bodies.len() <= left {
+                taken.whole.push(*id);
+                left -= bodies.len();
+            } else {
+                let bytes: usize = bodies[..left].iter().map(|body| body.len()).sum();
+                taken.partial = Some(PartRow {
+                    id: *id,
+                    events: i32::try_from(left).unwrap_or(i32::MAX),
+                    bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+                });
+                left = 0;
+            }
+        }
+        taken
+    }
+}
+
 /// A call made, waiting for its settlement.
 struct CallEnded {
     bot_token: Arc<str>,
@@ -46,7 +93,9 @@ struct CallEnded {
     config: Arc<WebhookConfig>,
     /// The call's endpoint, for its billing record: built once, for the request.
     endpoint: Endpoint,
-    event_ids: Vec<i64>,
+    /// How many events the call carried, and the rows they came from.
+    events: usize,
+    taken: Taken,
     bytes: usize,
     call_id: String,
     started_at: DateTime<Utc>,
@@ -132,12 +181,20 @@ async fn round(
             return Err(error);
         }
     }
-    if last_sweep.is_none_or(|swept| swept.elapsed() >= shared.options.poll_interval) {
+    // Every poll interval: all webhooks, and alerts written by any process
+    // (one that died after its commit, say); this process's own at once.
+    let sweep = last_sweep.is_none_or(|swept| swept.elapsed() >= shared.options.poll_interval);
+    if sweep {
         schedule_idle(shared, session, None).await?;
         *last_sweep = Some(Instant::now());
     }
+    if shared.alert_written.swap(false, Ordering::AcqRel) || sweep {
+        if let Err(error) = deliver_alerts(shared, session).await {
+            shared.alert_written.store(true, Ordering::Release);
+            return Err(error);
+        }
+    }
     let client = &session.client;
-    deliver_alerts(shared, client).await?;
     if last_prune.is_none_or(|pruned| pruned.elapsed() >= PRUNE_EVERY) {
         prune_ledger(shared, client).await?;
         let window_ms = i64::try_from(shared.options.returning_user_window.as_millis()).unwrap_or(i64::MAX);
@@ -204,13 +261,19 @@ async fn claim_and_call(
     for row in &rows {
         claims.push(Claim::from_row(row)?);
     }
-    // Each claim's oldest events, as many as its call may carry: one round trip for all.
+    // Each claim's oldest rows, as many as hold the most events its call may
+    // carry (a row holds at least one): one round trip for all.
     let statement = format!(
-        "SELECT claim.bot_token, event.id, event.body
+        "SELECT claim.bot_token, run.id, run.bodies
          FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS claim (bot_token, events, position)
-         CROSS JOIN LATERAL (SELECT id, body FROM {schema}.events
-                             WHERE bot_token = claim.bot_token ORDER BY id LIMIT claim.events) AS event
-         ORDER BY claim.position, event.id"
+         CROSS JOIN LATERAL (
+             SELECT id, bodies FROM (
+                 SELECT id, bodies, sum(events) OVER (ORDER BY id) - events AS before
+                 FROM (SELECT id, bodies, events FROM {schema}.events
+                       WHERE bot_token = claim.bot_token ORDER BY id LIMIT claim.events) AS oldest
+             ) AS counted
+             WHERE before < claim.events) AS run
+         ORDER BY claim.position, run.id"
     );
     let tokens: Vec<&str> = claims.iter().map(|claim| &*claim.bot_token).collect();
     let limits: Vec<i64> = claims.iter().map(|claim| i64::try_from(claim.read_limit()).unwrap_or(i64::MAX)).collect();
@@ -220,16 +283,17 @@ async fn claim_and_call(
         .query(&statement, &[&tokens, &limits])
         .await
         .map_err(|error| connection::describe("reading the calls' events", &error))?;
-    let mut events: HashMap<String, Vec<(i64, Vec<u8>)>> = HashMap::with_capacity(claims.len());
-    for row in rows {
-        let read = |error: tokio_postgres::Error| connection::describe("reading an event", &error);
-        let token: String = row.try_get(0).map_err(read)?;
+    // The bodies stay in the rows' buffers: no copy per event.
+    let mut events: HashMap<&str, Vec<StoredRun<'_>>> = HashMap::with_capacity(claims.len());
+    for row in &rows {
+        let read = |error: tokio_postgres::Error| connection::describe("reading events", &error);
+        let token: &str = row.try_get(0).map_err(read)?;
         events.entry(token).or_default().push((row.try_get(1).map_err(read)?, row.try_get(2).map_err(read)?));
     }
     let mut idle = Vec::new();
     for claim in claims {
         let claim_events = events.remove(&*claim.bot_token).unwrap_or_default();
-        if let Some(claim) = start_call(shared, claim, claim_events, ended, call_id_prefix) {
+        if let Some(claim) = start_call(shared, claim, &claim_events, ended, call_id_prefix) {
             idle.push(claim);
         }
     }
@@ -362,29 +426,32 @@ impl Claim {
     }
 }
 
-/// Starts the call of `claim` with the oldest of `events`; hands the claim
-/// back when there is no event to send.
+/// Starts the call of `claim` with the oldest events of `rows` (its oldest
+/// rows, each its id and events); hands the claim back when there is no
+/// event to send.
 fn start_call(
     shared: &Arc<Shared>,
     claim: Claim,
-    mut events: Vec<(i64, Vec<u8>)>,
+    rows: &[StoredRun<'_>],
     ended: &mpsc::UnboundedSender<CallEnded>,
     call_id_prefix: u64,
 ) -> Option<Claim> {
     let (max_events, max_bytes) = claim.limits();
+    let oldest = || rows.iter().flat_map(|(_, bodies)| bodies);
     // The failed call again as it was; otherwise as many of the oldest as fit.
-    let count = match claim.retry_events {
-        Some(_) => events.len(),
-        None => rules::fitting(events.iter().map(|(_, body)| body.len()), max_events, max_bytes).0,
+    let (count, bytes) = match claim.retry_events {
+        Some(events) => {
+            let events = usize::try_from(events).unwrap_or(1);
+            oldest().take(events).fold((0, 0), |(count, bytes), event| (count + 1, bytes + event.len()))
+        }
+        None => rules::fitting(oldest().map(|body| body.len()), max_events, max_bytes),
     };
-    events.truncate(count);
-    if events.is_empty() {
+    if count == 0 {
         return Some(claim);
     }
-    let bytes: usize = events.iter().map(|(_, body)| body.len()).sum();
-    let mut body = Vec::with_capacity(rules::array_length(events.len(), bytes));
+    let mut body = Vec::with_capacity(rules::array_length(count, bytes));
     body.push(b'[');
-    for (index, (_, event)) in events.iter().enumerate() {
+    for (index, event) in oldest().take(count).enumerate() {
         if index > 0 {
             body.push(b',');
         }
@@ -402,8 +469,8 @@ fn start_call(
     });
     let request = endpoint.call_request(body, signature);
     let body_length = request.body().len();
-    let event_ids: Vec<i64> = events.iter().map(|(id, _)| *id).collect();
-    let in_call = event_ids.len() as u64;
+    let taken = Taken::first(rows, count);
+    let in_call = count as u64;
     shared.calls_in_flight.fetch_add(1, Ordering::AcqRel);
     shared.in_flight.fetch_add(in_call, Ordering::Relaxed);
     if let Some(webhook) = shared.webhook(&bot_token) {
@@ -426,7 +493,8 @@ fn start_call(
             claim_id,
             config,
             endpoint,
-            event_ids,
+            events: count,
+            taken,
             bytes: body_length,
             call_id,
             started_at,
@@ -498,8 +566,7 @@ async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded
     let failures: Vec<Option<String>> =
         outcomes.iter().map(|outcome| (!outcome.is_success()).then(|| outcome.to_string())).collect();
     let tokens: Vec<&str> = calls.iter().map(|call| &*call.bot_token).collect();
-    let event_counts: Vec<i32> =
-        calls.iter().map(|call| i32::try_from(call.event_ids.len()).unwrap_or(i32::MAX)).collect();
+    let event_counts: Vec<i32> = calls.iter().map(|call| i32::try_from(call.events).unwrap_or(i32::MAX)).collect();
 
     // The ledger: a row per call, unless written by an earlier try of this settlement.
     let claim_ids: Vec<i64> = calls.iter().map(|call| call.claim_id).collect();
@@ -546,7 +613,7 @@ async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded
     // Each call by the rules: disabled now (rare, alone), or finished.
     let mut committed = Vec::with_capacity(calls.len());
     let mut finishing = Vec::new();
-    let (mut delivered_tokens, mut delivered_ids) = (Vec::new(), Vec::new());
+    let mut delivered: Vec<(&str, &Taken)> = Vec::new();
     for (index, call) in calls.iter().enumerate() {
         let webhook = locked.get(&*call.bot_token);
         let ours = webhook.is_some_and(|webhook| webhook.claim_id == Some(call.claim_id));
@@ -569,30 +636,68 @@ async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded
                 settled.disabled = true;
             } else {
                 if settled.outcome.is_success() {
-                    delivered_tokens.extend(std::iter::repeat_n(&*call.bot_token, call.event_ids.len()));
-                    delivered_ids.extend_from_slice(&call.event_ids);
+                    delivered.push((&call.bot_token, &call.taken));
                 }
                 finishing.push((index, settlement));
             }
         }
         committed.push(settled);
     }
-    if !delivered_ids.is_empty() {
-        let statement = format!(
-            "DELETE FROM {schema}.events
-             WHERE (bot_token, id) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))"
-        );
-        let statement = statements.get(&transaction, &statement).await.map_err(doing("preparing"))?;
-        transaction
-            .execute(&statement, &[&delivered_tokens, &delivered_ids])
-            .await
-            .map_err(doing("deleting delivered events"))?;
+    if !delivered.is_empty() {
+        remove_delivered(&transaction, statements, shared, &delivered).await?;
     }
     if !finishing.is_empty() {
         finish(&transaction, statements, shared, calls, &locked, &finishing, &failures, &event_counts, now).await?;
     }
     transaction.commit().await.map_err(doing("committing a settlement"))?;
     Ok(committed)
+}
+
+/// Removes what successful calls delivered, in two statements for all of
+/// them: the rows they took whole, and the delivered head of each row a
+/// call ended inside (its undelivered tail stays, as the webhook's oldest).
+async fn remove_delivered(
+    transaction: &Transaction<'_>,
+    statements: &mut Statements,
+    shared: &Shared,
+    delivered: &[(&str, &Taken)],
+) -> Result<(), String> {
+    let schema = shared.schema.quoted();
+    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
+    let (mut tokens, mut ids) = (Vec::new(), Vec::new());
+    for (token, taken) in delivered {
+        tokens.extend(std::iter::repeat_n(*token, taken.whole.len()));
+        ids.extend_from_slice(&taken.whole);
+    }
+    if !ids.is_empty() {
+        let statement = format!(
+            "DELETE FROM {schema}.events
+             WHERE (bot_token, id) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))"
+        );
+        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+        transaction.execute(&statement, &[&tokens, &ids]).await.map_err(doing("deleting delivered events"))?;
+    }
+    let parts: Vec<(&str, PartRow)> =
+        delivered.iter().filter_map(|(token, taken)| Some((*token, taken.partial?))).collect();
+    if !parts.is_empty() {
+        let tokens: Vec<&str> = parts.iter().map(|(token, _)| *token).collect();
+        let ids: Vec<i64> = parts.iter().map(|(_, part)| part.id).collect();
+        let events: Vec<i32> = parts.iter().map(|(_, part)| part.events).collect();
+        let bytes: Vec<i64> = parts.iter().map(|(_, part)| part.bytes).collect();
+        let statement = format!(
+            "UPDATE {schema}.events AS run
+             SET bodies = run.bodies[taken.events + 1:], events = run.events - taken.events,
+                 bytes = run.bytes - taken.bytes
+             FROM unnest($1::text[], $2::bigint[], $3::integer[], $4::bigint[]) AS taken (bot_token, id, events, bytes)
+             WHERE run.bot_token = taken.bot_token AND run.id = taken.id"
+        );
+        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+        transaction
+            .execute(&statement, &[&tokens, &ids, &events, &bytes])
+            .await
+            .map_err(doing("deleting delivered events"))?;
+    }
+    Ok(())
 }
 
 /// Records the outcome of calls that did not disable their webhook, and
@@ -613,24 +718,18 @@ async fn finish(
 ) -> Result<(), String> {
     let schema = shared.schema.quoted();
     let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
-    // Enough of each webhook's oldest waiting events to tell whether a whole batch waits.
+    // Each webhook's waiting events and their bytes, to tell whether a whole batch waits.
     let tokens: Vec<&str> = finishing.iter().map(|(index, _)| &*calls[*index].bot_token).collect();
     let webhooks: Vec<&LockedWebhook> = tokens.iter().filter_map(|token| locked.get(*token)).collect();
-    let limits: Vec<i64> = webhooks
-        .iter()
-        .map(|webhook| i64::try_from(webhook.max_events).unwrap_or(i64::MAX).saturating_add(1))
-        .collect();
     let statement = format!(
-        "SELECT waiting.events, waiting.bytes
-         FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS webhook (bot_token, events, position)
-         CROSS JOIN LATERAL (
-             SELECT count(*) AS events, coalesce(sum(length(body)), 0)::bigint AS bytes
-             FROM (SELECT body FROM {schema}.events WHERE bot_token = webhook.bot_token
-                   ORDER BY id LIMIT webhook.events) AS oldest) AS waiting
+        "SELECT coalesce(waiting.events, 0)::bigint, coalesce(waiting.bytes, 0)::bigint
+         FROM unnest($1::text[]) WITH ORDINALITY AS webhook (bot_token, position)
+         CROSS JOIN LATERAL (SELECT sum(events) AS events, sum(bytes) AS bytes
+                             FROM {schema}.events WHERE bot_token = webhook.bot_token) AS waiting
          ORDER BY webhook.position"
     );
     let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-    let rows = transaction.query(&statement, &[&tokens, &limits]).await.map_err(doing("counting events"))?;
+    let rows = transaction.query(&statement, &[&tokens]).await.map_err(doing("counting events"))?;
     let flushing = lock(&shared.flush).is_some();
     let mut failures_in_row = Vec::with_capacity(rows.len());
     let mut last_failures = Vec::with_capacity(rows.len());
@@ -753,7 +852,7 @@ impl LockedWebhook {
 /// Counts a committed settlement here and tells the observer of the call
 /// (in this process, once) and of the events its disabling dropped.
 fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
-    let in_call = call.event_ids.len() as u64;
+    let in_call = call.events as u64;
     shared.in_flight.fetch_sub(in_call, Ordering::Relaxed);
     let delivered = committed.outcome.is_success();
     if let Some(webhook) = shared.webhook(&call.bot_token) {
@@ -772,6 +871,7 @@ fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
         }
         if committed.disabled {
             webhook.live.disabled.store(true, Ordering::Relaxed);
+            shared.alert_written.store(true, Ordering::Release);
         }
         if let Some(health) = committed.health {
             *lock(&webhook.live.health) = health;
@@ -785,7 +885,7 @@ fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
             bot_token: Arc::clone(&call.bot_token),
             account_name: call.endpoint.account_name.clone(),
             url: call.endpoint.url.clone(),
-            events: call.event_ids.len(),
+            events: call.events,
             bytes: call.bytes,
             duration: call.duration,
             outcome: committed.outcome,
@@ -822,7 +922,7 @@ fn alert_from_payload(payload: &serde_json::Value) -> Option<WebhookDisabledAler
 /// Takes undelivered alerts under a lease, hands each to the sink and
 /// marks it delivered: once per alert, unless this process dies between the
 /// two (then another delivers it again, with the same id).
-async fn deliver_alerts(shared: &Shared, client: &Client) -> Result<(), String> {
+async fn deliver_alerts(shared: &Shared, session: &mut Session) -> Result<(), String> {
     let schema = shared.schema.quoted();
     let now = shared.now();
     let statement = format!(
@@ -832,7 +932,9 @@ async fn deliver_alerts(shared: &Shared, client: &Client) -> Result<(), String> 
              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
          RETURNING id, payload"
     );
-    let rows = client
+    let statement = session.prepared(&statement).await.map_err(|error| connection::describe("preparing", &error))?;
+    let rows = session
+        .client
         .query(&statement, &[&now, &later(now, ALERT_LEASE), &CLAIM_LIMIT])
         .await
         .map_err(|error| connection::describe("taking alerts", &error))?;
@@ -844,7 +946,10 @@ async fn deliver_alerts(shared: &Shared, client: &Client) -> Result<(), String> 
             shared.alert_sink.webhook_disabled(&alert);
         }
         let statement = format!("UPDATE {schema}.alerts SET delivered_at = $2 WHERE id = $1");
-        client
+        let statement =
+            session.prepared(&statement).await.map_err(|error| connection::describe("preparing", &error))?;
+        session
+            .client
             .execute(&statement, &[&id, &now])
             .await
             .map_err(|error| connection::describe("marking an alert", &error))?;
@@ -894,7 +999,7 @@ async fn flush_committed(shared: &Shared, deadline: tokio::time::Instant) -> Res
     // A webhook is done when none of its events from before the flush are
     // left, or when a call of it failed since the flush began.
     let statement = format!(
-        "SELECT webhook.bot_token, count(*), webhook.disabled, webhook.last_failure,
+        "SELECT webhook.bot_token, sum(event.events)::bigint, webhook.disabled, webhook.last_failure,
                 webhook.failures_in_row > 0 AND webhook.last_push_at >= $2
          FROM {schema}.events AS event JOIN {schema}.webhooks AS webhook USING (bot_token)
          WHERE event.id <= $1

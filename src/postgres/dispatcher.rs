@@ -126,6 +126,9 @@ pub(crate) struct Shared {
     pub(crate) delivery_wake: Notify,
     /// Wakes the settings' sync: a NOTIFY arrived.
     pub(crate) sync_wake: Notify,
+    /// Set when this process commits a disabling: its alert goes to the sink
+    /// in the delivery task's next pass, not at its next sweep.
+    pub(crate) alert_written: AtomicBool,
     /// Events in this process's calls under way.
     pub(crate) in_flight: AtomicU64,
     pub(crate) calls_in_flight: AtomicUsize,
@@ -316,9 +319,12 @@ impl PostgresDispatcher {
         let client = self.shared.query_client().await.map_err(StoreError::database)?;
         let schema = self.shared.schema.quoted();
         let row = match bot_tokens {
-            None => client.query_one(&format!("SELECT count(*) FROM {schema}.events"), &[]).await,
+            None => {
+                client.query_one(&format!("SELECT coalesce(sum(events), 0)::bigint FROM {schema}.events"), &[]).await
+            }
             Some(tokens) => {
-                let statement = format!("SELECT count(*) FROM {schema}.events WHERE bot_token = ANY($1)");
+                let statement =
+                    format!("SELECT coalesce(sum(events), 0)::bigint FROM {schema}.events WHERE bot_token = ANY($1)");
                 client.query_one(&statement, &[&tokens]).await
             }
         };
@@ -337,7 +343,10 @@ impl PostgresDispatcher {
             return Ok(buffered);
         }
         let client = self.shared.query_client().await.map_err(StoreError::database)?;
-        let statement = format!("SELECT count(*) FROM {}.events WHERE id <= $1", self.shared.schema.quoted());
+        let statement = format!(
+            "SELECT coalesce(sum(events), 0)::bigint FROM {}.events WHERE id <= $1",
+            self.shared.schema.quoted()
+        );
         let row = client.query_one(&statement, &[&newest]).await.map_err(StoreError::database)?;
         let count: i64 = row.try_get(0).map_err(StoreError::database)?;
         Ok(buffered + u64::try_from(count).unwrap_or_default())
@@ -576,7 +585,7 @@ impl PostgresDispatcherBuilder {
             clock: Arc::new(SystemClock),
             options: Options {
                 commit_window: Duration::from_millis(10),
-                max_commit_events: 4096,
+                max_commit_events: 16_384,
                 max_buffered_events: 100_000,
                 poll_interval: Duration::from_secs(1),
                 lease_margin: Duration::from_secs(5),
@@ -713,6 +722,7 @@ impl PostgresDispatcherBuilder {
             committed_up_to: AtomicI64::new(0),
             delivery_wake: Notify::new(),
             sync_wake: Notify::new(),
+            alert_written: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
             calls_in_flight: AtomicUsize::new(0),
             database_error: Mutex::new(None),

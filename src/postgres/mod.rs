@@ -48,10 +48,15 @@
 //!   bumps whenever the settings or `disabled` change (not on leases, due
 //!   times or failure counts), so a process can tell a reconfiguration
 //!   happened during its call.
-//! - `events`: the accepted events waiting for delivery, one row each
-//!   (`id` in acceptance order, `bot_token`, the encoded `body`,
-//!   `accepted_at`); the primary key (`bot_token`, `id`) is the claim's
-//!   ordered read. Removing a webhook deletes its events.
+//! - `events`: the accepted events waiting for delivery, a row per run of
+//!   one bot's events committed together (up to 64 KiB of them): `id` in
+//!   acceptance order, `bot_token`, `bodies` (the encoded events, oldest
+//!   first, compressed with lz4 where the server has it), their count
+//!   `events` and their `bytes`, `accepted_at`. A settlement deletes the rows
+//!   its call delivered and cuts the delivered head off a row the call ended
+//!   inside. The primary key (`bot_token`, `id`) is the claim's ordered
+//!   read. Removing a webhook deletes its events. To see them:
+//!   `SELECT bot_token, convert_from(body, 'UTF8') FROM events, unnest(bodies) AS body`.
 //! - `calls`: the billing ledger, one row per call made (`id`, the unique
 //!   `claim_id`, `bot_token`, `events`, `bytes`, `outcome` of `delivered`,
 //!   `failed_status` or `failed_transport`, the HTTP `status` when there was

@@ -68,7 +68,7 @@ pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), Stri
         "SELECT webhook.bot_token, webhook.generation, webhook.disabled, webhook.failures_in_row,
                 webhook.last_failure, coalesce(pending.events, 0)
          FROM {schema}.webhooks AS webhook
-         LEFT JOIN (SELECT bot_token, count(*) AS events FROM {schema}.events GROUP BY bot_token) AS pending
+         LEFT JOIN (SELECT bot_token, sum(events)::bigint AS events FROM {schema}.events GROUP BY bot_token) AS pending
              USING (bot_token)"
     );
     let rows = client.query(&statement, &[]).await.map_err(|error| connection::describe("reading webhooks", &error))?;

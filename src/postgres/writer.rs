@@ -27,6 +27,10 @@ use crate::dispatch::{DropReason, DroppedEvents};
 use crate::event::Event;
 use crate::wire;
 
+/// The most event bytes a row of `events` holds (an event larger goes alone):
+/// enough for many events per row, little to rewrite when a call ends inside one.
+const RUN_BYTES: usize = 64 * 1024;
+
 /// What the writer is handed, in the order it was.
 pub(crate) enum Entry {
     /// An accepted event, with the webhook it was accepted for.
@@ -64,10 +68,26 @@ enum Step {
     Events(EventBatch),
 }
 
+/// Events in order, each its webhook's token and its encoded body: the
+/// bodies one after another in one buffer (one allocation for the batch,
+/// not one per event).
 #[derive(Default)]
 struct EventBatch {
-    tokens: Vec<String>,
-    bodies: Vec<Vec<u8>>,
+    tokens: Vec<Arc<str>>,
+    encoded: Vec<u8>,
+    /// Where each event's body ends in `encoded`.
+    ends: Vec<usize>,
+}
+
+impl EventBatch {
+    fn bodies(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(start, &end)| &self.encoded[start..end])
+    }
+
+    fn events(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.tokens.iter().map(|token| &**token).zip(self.bodies())
+    }
 }
 
 /// What a committed round did, to count once it is committed.
@@ -150,19 +170,19 @@ fn add(shared: &Shared, round: &mut Round, entry: Entry) {
             let token = webhook.config.shared_bot_token();
             round.accepted_total += 1;
             round.accepted.entry(Arc::clone(&token)).or_insert_with(|| (Arc::clone(&webhook), 0)).1 += 1;
-            let mut body = Vec::new();
-            wire::encode_event_including(&event, webhook.config.included_variables(), &mut body);
-            if !rules::fits_alone(body.len(), webhook.config.max_batch_bytes()) {
-                count_dropped(shared, Some(&webhook), &token, DropReason::TooLarge, vec![event]);
-                return;
-            }
             if !matches!(round.steps.last(), Some(Step::Events(_))) {
                 round.steps.push(Step::Events(EventBatch::default()));
             }
-            if let Some(Step::Events(batch)) = round.steps.last_mut() {
-                batch.tokens.push(token.to_string());
-                batch.bodies.push(body);
+            let Some(Step::Events(batch)) = round.steps.last_mut() else { return };
+            let start = batch.encoded.len();
+            wire::encode_event_including(&event, webhook.config.included_variables(), &mut batch.encoded);
+            if !rules::fits_alone(batch.encoded.len() - start, webhook.config.max_batch_bytes()) {
+                batch.encoded.truncate(start);
+                count_dropped(shared, Some(&webhook), &token, DropReason::TooLarge, vec![event]);
+                return;
             }
+            batch.ends.push(batch.encoded.len());
+            batch.tokens.push(token);
         }
         Entry::Configure(config) => round.steps.push(Step::Configure(config)),
         Entry::Remove(token) => round.steps.push(Step::Remove(token)),
@@ -222,9 +242,12 @@ async fn insert_events(
     now: DateTime<Utc>,
     committed: &mut Committed,
 ) -> Result<(), String> {
+    if batch.tokens.is_empty() {
+        return Ok(());
+    }
     let schema = shared.schema.quoted();
     let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
-    let mut tokens: Vec<&str> = batch.tokens.iter().map(String::as_str).collect();
+    let mut tokens: Vec<&str> = batch.tokens.iter().map(|token| &**token).collect();
     tokens.sort_unstable();
     tokens.dedup();
     let statement = format!("SELECT bot_token, disabled FROM {schema}.webhooks WHERE bot_token = ANY($1)");
@@ -235,24 +258,47 @@ async fn insert_events(
         let read = doing("reading a webhook");
         open.insert(row.try_get(0).map_err(read)?, !row.try_get::<_, bool>(1).map_err(read)?);
     }
-    // COPY: the cheapest way in, in the batch's order (ids follow it). A
-    // webhook removed since the read above fails the foreign key, and the
-    // round is tried again.
-    let statement = format!("COPY {schema}.events (bot_token, body, accepted_at) FROM STDIN BINARY");
-    let sink = transaction.copy_in(&statement).await.map_err(doing("inserting events"))?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::BYTEA, Type::TIMESTAMPTZ]);
-    let mut writer = std::pin::pin!(writer);
+    // Each webhook's events of the batch, in order, in runs of up to
+    // `RUN_BYTES`, a row each: one row, not one per event, for the server to write, read
+    // and delete.
+    let mut runs: Vec<(&str, Vec<&[u8]>, usize)> = Vec::new();
+    let mut open_run: HashMap<&str, usize> = HashMap::new();
     let mut skipped: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
     let mut inserted: HashMap<&str, u64> = HashMap::new();
-    for (token, body) in batch.tokens.iter().zip(&batch.bodies) {
-        if open.get(token).copied().unwrap_or(false) {
-            writer.as_mut().write(&[token, body, &now]).await.map_err(doing("inserting events"))?;
-            *inserted.entry(token).or_default() += 1;
-        } else {
-            skipped.entry(token).or_default().push(body.clone());
+    for (token, body) in batch.events() {
+        if !open.get(token).copied().unwrap_or(false) {
+            skipped.entry(token).or_default().push(body.to_vec());
+            continue;
         }
+        *inserted.entry(token).or_default() += 1;
+        let run = match open_run.get(token) {
+            Some(&index) if runs[index].2 + body.len() <= RUN_BYTES => index,
+            _ => {
+                runs.push((token, Vec::new(), 0));
+                open_run.insert(token, runs.len() - 1);
+                runs.len() - 1
+            }
+        };
+        runs[run].1.push(body);
+        runs[run].2 += body.len();
     }
-    writer.finish().await.map_err(doing("inserting events"))?;
+    if !runs.is_empty() {
+        // COPY: the cheapest way in, in the batch's order (ids follow it). A
+        // webhook removed since the read above fails the foreign key, and the
+        // round is tried again.
+        let statement =
+            format!("COPY {schema}.events (bot_token, bodies, events, bytes, accepted_at) FROM STDIN BINARY");
+        let sink = transaction.copy_in(&statement).await.map_err(doing("inserting events"))?;
+        let types = [Type::TEXT, Type::BYTEA_ARRAY, Type::INT4, Type::INT8, Type::TIMESTAMPTZ];
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        let mut writer = std::pin::pin!(writer);
+        for (token, bodies, bytes) in &runs {
+            let events = i32::try_from(bodies.len()).unwrap_or(i32::MAX);
+            let bytes = i64::try_from(*bytes).unwrap_or(i64::MAX);
+            writer.as_mut().write(&[token, bodies, &events, &bytes, &now]).await.map_err(doing("inserting events"))?;
+        }
+        writer.finish().await.map_err(doing("inserting events"))?;
+    }
     if !inserted.is_empty() {
         // The session's last id from the sequence: the newest of these events.
         let statement = format!("SELECT currval(pg_get_serial_sequence('{schema}.events', 'id'))");
@@ -277,18 +323,18 @@ pub(crate) async fn delete_events(
     shared: &Shared,
     bot_token: &str,
 ) -> Result<Vec<Vec<u8>>, String> {
-    let statement = format!("DELETE FROM {}.events WHERE bot_token = $1 RETURNING id, body", shared.schema.quoted());
+    let statement = format!("DELETE FROM {}.events WHERE bot_token = $1 RETURNING id, bodies", shared.schema.quoted());
     let rows = transaction
         .query(&statement, &[&bot_token])
         .await
         .map_err(|error| connection::describe("deleting a webhook's events", &error))?;
-    let mut events: Vec<(i64, Vec<u8>)> = Vec::with_capacity(rows.len());
+    let mut runs: Vec<(i64, Vec<Vec<u8>>)> = Vec::with_capacity(rows.len());
     for row in rows {
-        let read = |error: tokio_postgres::Error| connection::describe("reading a deleted event", &error);
-        events.push((row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?));
+        let read = |error: tokio_postgres::Error| connection::describe("reading deleted events", &error);
+        runs.push((row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?));
     }
-    events.sort_unstable_by_key(|(id, _)| *id);
-    Ok(events.into_iter().map(|(_, body)| body).collect())
+    runs.sort_unstable_by_key(|(id, _)| *id);
+    Ok(runs.into_iter().flat_map(|(_, bodies)| bodies).collect())
 }
 
 /// Counts a committed round: pending and buffered counts, drops (to the
@@ -365,7 +411,7 @@ fn hand_back(shared: &Shared, round: Round, receiver: &mut mpsc::UnboundedReceiv
     let mut total = round.accepted_total;
     for step in round.steps {
         if let Step::Events(batch) = step {
-            undelivered.extend(decode(&batch.bodies));
+            undelivered.extend(batch.bodies().map(crate::dispatch::decode_stored));
         }
     }
     while let Ok(entry) = receiver.try_recv() {

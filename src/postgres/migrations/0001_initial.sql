@@ -51,16 +51,34 @@ CREATE INDEX webhooks_due ON webhooks (due_at) WHERE NOT disabled AND due_at IS 
 -- Claim ids, unique across processes: a lease holds one, its call's ledger row repeats it.
 CREATE SEQUENCE claim_ids AS bigint;
 
--- Accepted events waiting for delivery, one row each, in acceptance order per bot.
--- The primary key is also the claim's ordered read, so an insert updates one index.
+-- Accepted events waiting for delivery, in acceptance order per bot: a row
+-- holds a run of one bot's events committed together (a row per event would
+-- cost the server a row's insert, index entries, read and delete per event).
+-- A settlement deletes the rows its call delivered and, when the call ended
+-- inside a row, keeps that row's undelivered tail. The primary key is also
+-- the claim's ordered read, so an insert updates one index.
 CREATE TABLE events (
     id          bigint GENERATED ALWAYS AS IDENTITY,
     bot_token   text COLLATE "C" NOT NULL REFERENCES webhooks (bot_token) ON DELETE CASCADE,
-    -- The event as the wire encodes it (one JSON object).
-    body        bytea NOT NULL,
+    -- The events, oldest first, each as the wire encodes it (one JSON object).
+    bodies      bytea[] NOT NULL,
+    -- How many events `bodies` holds, and their bytes: counted without reading them.
+    events      integer NOT NULL CHECK (events > 0 AND events = cardinality(bodies)),
+    bytes       bigint NOT NULL CHECK (bytes >= 0),
     accepted_at timestamptz NOT NULL,
     PRIMARY KEY (bot_token, id)
 );
+
+-- A row's events are stored compressed by lz4 where the server has it
+-- (PostgreSQL 14 and later, built with lz4): for the server, several times
+-- cheaper than the default (pglz) on runs of JSON. Elsewhere the default stays.
+DO $$
+BEGIN
+    EXECUTE 'ALTER TABLE events ALTER COLUMN bodies SET COMPRESSION lz4';
+EXCEPTION WHEN feature_not_supported OR syntax_error THEN
+    NULL;
+END
+$$;
 
 -- The billing ledger: one row per call made, written with the call's outcome.
 -- No foreign key: the ledger outlives a removed webhook.
