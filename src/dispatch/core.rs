@@ -29,7 +29,8 @@ use super::rules::{self, Settled};
 use super::stats::{
     CallCounts, Counters, DispatcherStats, DropReason, EventCounts, StalledWebhook, WebhookState, WebhookStats,
 };
-use super::store::WebhookStore;
+use super::outcome::CallOutcome;
+use super::store::{StoredWebhook, WebhookStore};
 use super::token_hash::BuildTokenHasher;
 use crate::alert::WebhookDisabledAlert;
 use crate::clock::Clock;
@@ -193,14 +194,115 @@ impl Webhook {
             .and_then(|offset| self.anchor.checked_add(offset))
             .unwrap_or(earliest)
     }
+}
 
-    /// When this webhook, with events waiting and no call under way, pushes
-    /// next after `settled` (see [`rules::next_push`]).
-    fn next_push_time(&self, settled: Settled, now: Instant, flushing: bool, full_batch: bool) -> Instant {
-        let since_last_push = self.last_push_started.map(|started| now.saturating_duration_since(started));
-        let until_grid = || self.next_grid_time(now).saturating_duration_since(now);
-        let interval = self.config.push_interval();
-        now + rules::next_push(settled, flushing, full_batch, interval, since_last_push, until_grid)
+/// Due times of webhooks with events waiting: a min-heap with lazy deletion
+/// (an entry counts while its ticket is its webhook's `scheduled`).
+struct DueTimes {
+    heap: BinaryHeap<Reverse<(Instant, NonZeroU64, Arc<str>)>>,
+    /// Tickets start at 1, so that a webhook's live one fits in a `NonZeroU64`.
+    next_ticket: NonZeroU64,
+}
+
+impl DueTimes {
+    fn set(&mut self, webhook: &mut Webhook, token: &Arc<str>, due: Instant) {
+        let ticket = self.next_ticket;
+        self.next_ticket = ticket.saturating_add(1);
+        webhook.scheduled = Some(ticket);
+        self.heap.push(Reverse((due, ticket, Arc::clone(token))));
+    }
+}
+
+/// What the rules asked of a webhook that the core does after them: it
+/// needs more of the core than the webhook (the global bound, notices).
+#[derive(Debug, Clone, Copy)]
+enum Deferred {
+    Disable,
+    DropWaiting(DropReason),
+}
+
+/// A webhook of the core as the rules see it ([`StoredWebhook`]): its queue
+/// and health in its [`WebhookStore`], its due time in the core's schedule.
+struct CoreWebhook<'a> {
+    webhook: &'a mut Webhook,
+    token: &'a Arc<str>,
+    now: Instant,
+    metrics: &'a CoreMetrics,
+    due_times: &'a mut DueTimes,
+    /// Events of the call `end_call` ended.
+    ended: usize,
+    deferred: Option<Deferred>,
+}
+
+impl<'a> CoreWebhook<'a> {
+    fn new(
+        webhook: &'a mut Webhook,
+        token: &'a Arc<str>,
+        now: Instant,
+        metrics: &'a CoreMetrics,
+        due_times: &'a mut DueTimes,
+    ) -> CoreWebhook<'a> {
+        CoreWebhook { webhook, token, now, metrics, due_times, ended: 0, deferred: None }
+    }
+}
+
+impl StoredWebhook for CoreWebhook<'_> {
+    fn failures_in_row(&self) -> u32 {
+        self.webhook.store.failures_in_row
+    }
+
+    fn end_call(&mut self, delivered: bool) {
+        let (metrics, now) = (self.metrics, self.now);
+        self.ended =
+            self.webhook.store.finish_batch(delivered, |arrival, events| metrics.delivered_since(now, arrival, events));
+    }
+
+    fn record_health(&mut self, failures_in_row: u32, failure: Option<&CallOutcome>) {
+        self.webhook.store.failures_in_row = failures_in_row;
+        if let Some(failure) = failure {
+            self.webhook.store.last_failure = Some(failure.to_string().into());
+        }
+    }
+
+    fn disable(&mut self) {
+        self.webhook.scheduled = None;
+        self.deferred = Some(Deferred::Disable);
+    }
+
+    fn free_plan(&self) -> bool {
+        self.webhook.config.plan() == Plan::Free
+    }
+
+    fn drop_waiting(&mut self, reason: DropReason) {
+        self.deferred = Some(Deferred::DropWaiting(reason));
+    }
+
+    fn waiting(&self) -> (usize, usize) {
+        let store = &self.webhook.store;
+        (store.waiting(), store.waiting_bytes())
+    }
+
+    fn batch_limits(&self) -> (usize, usize) {
+        self.webhook.batch_limits()
+    }
+
+    fn push_interval(&self) -> Duration {
+        self.webhook.config.push_interval()
+    }
+
+    fn since_last_push(&self) -> Option<Duration> {
+        self.webhook.last_push_started.map(|started| self.now.saturating_duration_since(started))
+    }
+
+    fn until_grid(&self) -> Duration {
+        self.webhook.next_grid_time(self.now).saturating_duration_since(self.now)
+    }
+
+    fn schedule(&mut self, after: Option<Duration>) {
+        match after {
+            Some(after) => self.due_times.set(self.webhook, self.token, self.now + after),
+            None => self.webhook.scheduled = None,
+        }
     }
 }
 
@@ -277,10 +379,7 @@ pub struct DispatchCore {
     /// slot, not a whole webhook. Keyed by the token at the head of each
     /// webhook's endpoint buffer (see [`Endpoint`]).
     webhooks: std::collections::HashMap<TokenKey, Box<Webhook>, BuildTokenHasher>,
-    /// Due times of webhooks with events waiting: a min-heap with lazy deletion.
-    schedule: BinaryHeap<Reverse<(Instant, NonZeroU64, Arc<str>)>>,
-    /// Tickets start at 1, so that a webhook's live one fits in a `NonZeroU64`.
-    next_ticket: NonZeroU64,
+    due_times: DueTimes,
     next_call: u64,
     /// Serials of calls (not attempts), for their `webhook-id`s.
     next_call_serial: u64,
@@ -323,8 +422,7 @@ impl DispatchCore {
             admission: Arc::clone(&admission),
             intake,
             webhooks: std::collections::HashMap::default(),
-            schedule: BinaryHeap::new(),
-            next_ticket: NonZeroU64::MIN,
+            due_times: DueTimes { heap: BinaryHeap::new(), next_ticket: NonZeroU64::MIN },
             next_call: 0,
             next_call_serial: 0,
             call_id_prefix: signing::call_id_prefix(&*clock),
@@ -439,12 +537,12 @@ impl DispatchCore {
             return None;
         }
         let now = self.clock.now();
-        while let Some(Reverse((due, ticket, _))) = self.schedule.peek() {
+        while let Some(Reverse((due, ticket, _))) = self.due_times.heap.peek() {
             if *due > now {
                 return None;
             }
             let ticket = *ticket;
-            let Some(Reverse((_, _, token))) = self.schedule.pop() else { break };
+            let Some(Reverse((_, _, token))) = self.due_times.heap.pop() else { break };
             let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { continue };
             if webhook.scheduled != Some(ticket) {
                 continue; // superseded by a later scheduling
@@ -491,12 +589,26 @@ impl DispatchCore {
         self.calls_in_flight -= 1;
         let started = webhook.last_push_started.unwrap_or(now);
         let bytes = webhook.store.in_flight_body_length();
-        let accept_any_2xx = webhook.config.accept_any_2xx;
-        let outcome = rules::call_outcome(result, accept_any_2xx);
+        let outcome = rules::call_outcome(result, webhook.config.accept_any_2xx);
         let delivered = outcome.is_success();
-        let metrics = &self.metrics;
-        let events =
-            webhook.store.finish_batch(delivered, |arrival, events| metrics.delivered_since(now, arrival, events));
+        // A flush makes one attempt per webhook; after a success it goes on while its events last.
+        if webhook.flush_remaining > 0 {
+            let ends = if delivered {
+                webhook.flush_remaining = webhook.flush_remaining.saturating_sub(webhook.store.in_flight());
+                webhook.flush_remaining == 0 || webhook.store.waiting() == 0
+            } else {
+                self.flush_failures += 1;
+                true
+            };
+            if ends {
+                webhook.flush_remaining = 0;
+                self.flushing_webhooks -= 1;
+            }
+        }
+        let flushing = webhook.flush_remaining > 0;
+        let mut stored = CoreWebhook::new(webhook, &id.bot_token, now, &self.metrics, &mut self.due_times);
+        rules::settle_call(&mut stored, &outcome, flushing);
+        let CoreWebhook { ended: events, deferred, .. } = stored;
         let duration = now.saturating_duration_since(started);
         self.metrics.call_ended(&outcome, events, duration);
         webhook.calls.calls += 1;
@@ -507,43 +619,20 @@ impl DispatchCore {
             events,
             bytes,
             duration,
-            outcome: outcome.clone(),
+            outcome,
         }));
-        let settlement = rules::settlement(delivered, webhook.store.failures_in_row);
-        webhook.store.failures_in_row = settlement.failures_in_row;
         if delivered {
             webhook.gate.counters.release_delivered(events as u64);
             webhook.calls.delivered += events as u64;
             self.admission.release(events);
             self.admission.relieve(&webhook.gate);
-            if webhook.flush_remaining > 0 {
-                webhook.flush_remaining = webhook.flush_remaining.saturating_sub(events);
-                if webhook.flush_remaining == 0 || webhook.store.waiting() == 0 {
-                    webhook.flush_remaining = 0;
-                    self.flushing_webhooks -= 1;
-                }
-            }
         } else {
             webhook.calls.calls_failed += 1;
-            webhook.store.last_failure = Some(outcome.to_string().into());
-            if webhook.flush_remaining > 0 {
-                // A flush makes one attempt per webhook; the failure rule paces retries.
-                webhook.flush_remaining = 0;
-                self.flushing_webhooks -= 1;
-                self.flush_failures += 1;
-            }
-            if settlement.disables {
-                self.disable(&id.bot_token);
-                return;
-            }
         }
-        if webhook.store.waiting() == 0 && !webhook.store.disabled && webhook.config.plan != Plan::Free {
-            // The common case, settled here without looking the webhook up again.
-            webhook.scheduled = None;
-            return;
+        if let Some(deferred) = deferred {
+            let token = Arc::clone(&id.bot_token);
+            self.carry_out(&token, deferred);
         }
-        let token = Arc::clone(&id.bot_token);
-        self.settle(&token, now, settlement.settled);
     }
 
     /// Takes in newly enqueued events, then says when the core next has a
@@ -560,12 +649,12 @@ impl DispatchCore {
         if self.calls_in_flight >= self.limits.max_concurrent_pushes {
             return None;
         }
-        while let Some(Reverse((due, ticket, token))) = self.schedule.peek() {
+        while let Some(Reverse((due, ticket, token))) = self.due_times.heap.peek() {
             let live = self.webhooks.get(token.as_bytes()).is_some_and(|webhook| webhook.scheduled == Some(*ticket));
             if live {
                 return Some(*due);
             }
-            self.schedule.pop();
+            self.due_times.heap.pop();
         }
         None
     }
@@ -797,9 +886,9 @@ impl DispatchCore {
             webhook.store.push(&encoded, arrival);
             let idle = webhook.scheduled.is_none() && webhook.call.is_none();
             if idle {
-                let due = webhook.next_push_time(Settled::Idle, now, false, false);
                 let token = Arc::clone(&gate.bot_token);
-                self.schedule_at(&token, due);
+                let mut stored = CoreWebhook::new(webhook, &token, now, &self.metrics, &mut self.due_times);
+                rules::schedule_first_push(&mut stored);
             }
         }
         // Stopping at the limit may leave events behind.
@@ -812,42 +901,42 @@ impl DispatchCore {
 
     fn schedule_at(&mut self, token: &Arc<str>, due: Instant) {
         let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { return };
-        let ticket = self.next_ticket;
-        self.next_ticket = ticket.saturating_add(1);
-        webhook.scheduled = Some(ticket);
-        self.schedule.push(Reverse((due, ticket, Arc::clone(token))));
+        self.due_times.set(webhook, token, due);
     }
 
-    /// Schedules a webhook that has no call under way, after a call or a
-    /// reconfiguration, by [`rules::next_push`]; a webhook moved to the free
-    /// plan drops what waits.
+    /// Schedules a webhook that has no call under way, after a
+    /// reconfiguration, by [`rules::schedule`].
     fn settle(&mut self, token: &Arc<str>, now: Instant, settled: Settled) {
         let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { return };
         if webhook.call.is_some() || webhook.store.disabled {
             return;
         }
-        if webhook.config.plan() == Plan::Free {
-            if webhook.flush_remaining > 0 {
-                webhook.flush_remaining = 0;
-                self.flushing_webhooks -= 1;
-            }
-            let events = webhook.store.take_waiting();
-            let count = events.len();
-            if count > 0 {
-                count_dropped(&self.admission, &self.metrics, &webhook.gate, count, DropReason::Reconfigured);
-                let decoded = decode(&events);
-                push_dropped(&mut self.notices, token, DropReason::Reconfigured, decoded);
-            }
-            return;
+        let flushing = webhook.flush_remaining > 0;
+        let mut stored = CoreWebhook::new(webhook, token, now, &self.metrics, &mut self.due_times);
+        rules::schedule(&mut stored, settled, flushing);
+        if let Some(deferred) = stored.deferred {
+            self.carry_out(token, deferred);
         }
-        if webhook.store.waiting() == 0 {
-            webhook.scheduled = None;
-            return;
+    }
+
+    /// Does what the rules asked of a webhook that needs more of the core
+    /// than the webhook itself (see [`CoreWebhook`]).
+    fn carry_out(&mut self, token: &Arc<str>, deferred: Deferred) {
+        match deferred {
+            Deferred::Disable => self.disable(token),
+            Deferred::DropWaiting(reason) => {
+                let Some(webhook) = self.webhooks.get_mut(token.as_bytes()) else { return };
+                if webhook.flush_remaining > 0 {
+                    webhook.flush_remaining = 0;
+                    self.flushing_webhooks -= 1;
+                }
+                let events = webhook.store.take_waiting();
+                if !events.is_empty() {
+                    count_dropped(&self.admission, &self.metrics, &webhook.gate, events.len(), reason);
+                    push_dropped(&mut self.notices, token, reason, decode(&events));
+                }
+            }
         }
-        let (max_events, max_bytes) = webhook.batch_limits();
-        let full_batch = webhook.store.has_full_batch(max_events, max_bytes);
-        let due = webhook.next_push_time(settled, now, webhook.flush_remaining > 0, full_batch);
-        self.schedule_at(token, due);
     }
 
     fn disable(&mut self, token: &Arc<str>) {

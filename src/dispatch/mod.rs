@@ -28,7 +28,7 @@ mod outcome;
 mod recording;
 pub(crate) mod rules;
 pub(crate) mod stats;
-mod store;
+pub(crate) mod store;
 mod token_hash;
 
 #[cfg(feature = "postgres")]

@@ -13,7 +13,8 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::outcome::CallOutcome;
-use super::stats::Refusal;
+use super::stats::{DropReason, Refusal};
+use super::store::StoredWebhook;
 use crate::transport::TransportError;
 
 /// Failed calls in a row a webhook survives; the next failure disables it
@@ -59,6 +60,57 @@ pub(crate) fn settlement(delivered: bool, failures_in_row: u32) -> Settlement {
     }
     let (failures_in_row, disables) = after_failure(failures_in_row);
     Settlement { failures_in_row, disables, settled: Settled::Failed }
+}
+
+/// Settles the call under way of `webhook` that ended with `outcome`, in
+/// whichever store keeps it: its events leave (or stay, for the same call
+/// again), its health is recorded, and the 11th failure in a row disables
+/// it; otherwise it is scheduled ([`schedule`]). `flushing`: whether a flush
+/// wants the webhook's events now.
+pub(crate) fn settle_call(webhook: &mut impl StoredWebhook, outcome: &CallOutcome, flushing: bool) -> Settlement {
+    let delivered = outcome.is_success();
+    let settlement = settlement(delivered, webhook.failures_in_row());
+    webhook.end_call(delivered);
+    webhook.record_health(settlement.failures_in_row, (!delivered).then_some(outcome));
+    if settlement.disables {
+        webhook.disable();
+    } else {
+        schedule(webhook, settlement.settled, flushing);
+    }
+    settlement
+}
+
+/// Schedules a webhook with no call under way after `settled` (a call, a
+/// reconfiguration): a webhook on the free plan drops what waits; one with
+/// nothing waiting has nothing scheduled; otherwise it pushes by [`next_push`].
+pub(crate) fn schedule(webhook: &mut impl StoredWebhook, settled: Settled, flushing: bool) {
+    if webhook.free_plan() {
+        webhook.drop_waiting(DropReason::Reconfigured);
+        webhook.schedule(None);
+        return;
+    }
+    let (events, bytes) = webhook.waiting();
+    if events == 0 {
+        webhook.schedule(None);
+        return;
+    }
+    let (max_events, max_bytes) = webhook.batch_limits();
+    let full_batch = is_full_batch(events, bytes, max_events, max_bytes);
+    let view = &*webhook;
+    let after = next_push(settled, flushing, full_batch, view.push_interval(), view.since_last_push(), || {
+        view.until_grid()
+    });
+    webhook.schedule(Some(after));
+}
+
+/// Schedules a webhook that just got events after having none (no call
+/// under way, nothing scheduled): at its next grid time, and an interval
+/// after its last push at the earliest.
+pub(crate) fn schedule_first_push(webhook: &mut impl StoredWebhook) {
+    let view = &*webhook;
+    let after =
+        next_push(Settled::Idle, false, false, view.push_interval(), view.since_last_push(), || view.until_grid());
+    webhook.schedule(Some(after));
 }
 
 /// Why an event of a webhook is refused before its bounds are checked: a

@@ -1,16 +1,62 @@
-//! Where a webhook's pending events and health live.
+//! Where a webhook's pending events and health live: the seam between the
+//! delivery rules and the stores that keep what they change.
 //!
-//! This is the seam for storage: today an in-memory queue per webhook; a
-//! durable store shared by several bot-engine processes (PostgreSQL) would
-//! implement the same operations. The core touches a webhook's events and
-//! health only through [`WebhookStore`]. Each event's arrival time goes in
-//! and comes out with it (`push`, `finish_batch`), so a durable store feeds
-//! the delivery-lag metric, and every other metric, under the same names.
+//! [`StoredWebhook`] is what every store shows the rules of one webhook
+//! while they settle its call or schedule it ([`rules::settle_call`],
+//! [`rules::schedule`]): its queue's waiting events, the call under way,
+//! its failures in a row, disabling, its due time. Two stores implement it:
+//! the in-memory core (over [`WebhookStore`], this file's queue of encoded
+//! events, and the core's schedule), and the PostgreSQL store (over a
+//! webhook's row as its settlement transaction locked it, written back in
+//! a few statements for all the calls it settles). The rules are written
+//! once, in [`rules`], against the trait; neither store repeats them.
+//!
+//! Each event's arrival time goes into the in-memory queue and comes out
+//! with it (`push`, `finish_batch`), for the delivery-lag metric.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use super::metrics::{Arrival, Arrivals};
+use super::outcome::CallOutcome;
 use super::rules::{self, array_length};
+use super::stats::DropReason;
+
+/// One webhook as a store keeps it, shown to the rules that settle its
+/// calls and schedule it ([`rules::settle_call`], [`rules::schedule`]).
+/// The rules read and change a webhook's shared state only through this.
+/// Times are delays from now, so that any clock fits (the core's
+/// `Instant`s, a database's timestamps).
+pub(crate) trait StoredWebhook {
+    /// Failed calls in a row before the call being settled.
+    fn failures_in_row(&self) -> u32;
+    /// Ends the call under way: after a success its events leave the
+    /// queue; after a failure the call stays at its head, to be sent again
+    /// as it was (the same events, the same call id).
+    fn end_call(&mut self, delivered: bool);
+    /// Records the webhook's health: its failures in a row and, after a
+    /// failure, the outcome that failed (`None` after a success).
+    fn record_health(&mut self, failures_in_row: u32, failure: Option<&CallOutcome>);
+    /// Disables the webhook: every event it holds is dropped
+    /// ([`DropReason::Disabled`]), nothing is scheduled, and its alert is raised.
+    fn disable(&mut self);
+    /// Whether the bot is on the free plan, which has no webhook calls.
+    fn free_plan(&self) -> bool;
+    /// Drops the events waiting for a call, for `reason`.
+    fn drop_waiting(&mut self, reason: DropReason);
+    /// Events waiting for a call (a failed call's included), and their encoded bytes.
+    fn waiting(&self) -> (usize, usize);
+    /// The most events and body bytes of one call ([`rules::batch_limits`]).
+    fn batch_limits(&self) -> (usize, usize);
+    /// The webhook's push interval.
+    fn push_interval(&self) -> Duration;
+    /// How long ago its last call started, if it made one.
+    fn since_last_push(&self) -> Option<Duration>;
+    /// How long until the next time on its grid of push times.
+    fn until_grid(&self) -> Duration;
+    /// Sets when it pushes next, as a delay from now (`None`: nothing to push).
+    fn schedule(&mut self, after: Option<Duration>);
+}
 
 /// The usual size of a chunk of encoded events: one allocation holds many
 /// events (not one per event), and a webhook's partly filled last chunk
@@ -133,10 +179,9 @@ impl WebhookStore {
         array_length(self.in_flight(), self.in_flight_bytes())
     }
 
-    /// Whether the waiting events fill at least one whole batch.
-    pub(crate) fn has_full_batch(&self, max_events: usize, max_bytes: usize) -> bool {
-        let waiting_bytes = self.bytes - self.in_flight_bytes();
-        rules::is_full_batch(self.waiting(), waiting_bytes, max_events, max_bytes)
+    /// Encoded bytes of the events waiting for a call (not in flight).
+    pub(crate) fn waiting_bytes(&self) -> usize {
+        self.bytes - self.in_flight_bytes()
     }
 
     /// Starts an attempt and returns its batch: the failed call again, when
@@ -366,11 +411,13 @@ mod tests {
     }
 
     #[test]
-    fn full_batch_detection() {
-        let store = store_with(&["{\"a\":1}", "{\"b\":2}"]);
-        assert!(store.has_full_batch(2, 1024));
-        assert!(!store.has_full_batch(3, 1024));
-        assert!(store.has_full_batch(3, 16));
+    fn waiting_counts_leave_out_the_call_under_way() {
+        let mut store = store_with(&["{\"a\":1}", "{\"bb\":2}", "{\"c\":3}"]);
+        assert_eq!((store.waiting(), store.waiting_bytes()), (3, 22));
+        store.start_batch(1, 1024, || 1);
+        assert_eq!((store.waiting(), store.waiting_bytes()), (2, 15));
+        store.finish_batch(false, |_, _| {});
+        assert_eq!((store.waiting(), store.waiting_bytes()), (3, 22), "a failed call waits again");
     }
 
     #[test]
