@@ -24,13 +24,13 @@ use super::bot_sender::BotSender;
 use super::endpoint::{CallSignature, Endpoint, TokenKey};
 use super::intake::{self, IntakeReceiver, Lane};
 use super::metrics::CoreMetrics;
+use super::outcome::CallOutcome;
 use super::outcome::{CallRecord, DroppedEvents, EnqueueOutcome};
 use super::rules::{self, Settled};
 use super::stats::{
     CallCounts, Counters, DispatcherStats, DropReason, EventCounts, StalledWebhook, WebhookState, WebhookStats,
 };
-use super::outcome::CallOutcome;
-use super::store::{StoredWebhook, WebhookStore};
+use super::store::{Schedulable, StoredWebhook, WebhookStore};
 use super::token_hash::BuildTokenHasher;
 use crate::alert::WebhookDisabledAlert;
 use crate::clock::Clock;
@@ -285,7 +285,9 @@ impl StoredWebhook for CoreWebhook<'_> {
     fn batch_limits(&self) -> (usize, usize) {
         self.webhook.batch_limits()
     }
+}
 
+impl Schedulable for CoreWebhook<'_> {
     fn push_interval(&self) -> Duration {
         self.webhook.config.push_interval()
     }

@@ -14,7 +14,7 @@ use http::StatusCode;
 
 use super::outcome::CallOutcome;
 use super::stats::{DropReason, Refusal};
-use super::store::StoredWebhook;
+use super::store::{Schedulable, StoredWebhook};
 use crate::transport::TransportError;
 
 /// Failed calls in a row a webhook survives; the next failure disables it
@@ -97,16 +97,15 @@ pub(crate) fn schedule(webhook: &mut impl StoredWebhook, settled: Settled, flush
     let (max_events, max_bytes) = webhook.batch_limits();
     let full_batch = is_full_batch(events, bytes, max_events, max_bytes);
     let view = &*webhook;
-    let after = next_push(settled, flushing, full_batch, view.push_interval(), view.since_last_push(), || {
-        view.until_grid()
-    });
+    let after =
+        next_push(settled, flushing, full_batch, view.push_interval(), view.since_last_push(), || view.until_grid());
     webhook.schedule(Some(after));
 }
 
 /// Schedules a webhook that just got events after having none (no call
 /// under way, nothing scheduled): at its next grid time, and an interval
 /// after its last push at the earliest.
-pub(crate) fn schedule_first_push(webhook: &mut impl StoredWebhook) {
+pub(crate) fn schedule_first_push(webhook: &mut impl Schedulable) {
     let view = &*webhook;
     let after =
         next_push(Settled::Idle, false, false, view.push_interval(), view.since_last_push(), || view.until_grid());

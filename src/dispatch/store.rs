@@ -22,12 +22,24 @@ use super::outcome::CallOutcome;
 use super::rules::{self, array_length};
 use super::stats::DropReason;
 
+/// A webhook's due time as a store keeps it, and what the rules read to
+/// set it ([`rules::schedule_first_push`]). Times are delays from now, so
+/// that any clock fits (the core's `Instant`s, a database's timestamps).
+pub(crate) trait Schedulable {
+    /// The webhook's push interval.
+    fn push_interval(&self) -> Duration;
+    /// How long ago its last call started, if it made one.
+    fn since_last_push(&self) -> Option<Duration>;
+    /// How long until the next time on its grid of push times.
+    fn until_grid(&self) -> Duration;
+    /// Sets when it pushes next, as a delay from now (`None`: nothing to push).
+    fn schedule(&mut self, after: Option<Duration>);
+}
+
 /// One webhook as a store keeps it, shown to the rules that settle its
 /// calls and schedule it ([`rules::settle_call`], [`rules::schedule`]).
 /// The rules read and change a webhook's shared state only through this.
-/// Times are delays from now, so that any clock fits (the core's
-/// `Instant`s, a database's timestamps).
-pub(crate) trait StoredWebhook {
+pub(crate) trait StoredWebhook: Schedulable {
     /// Failed calls in a row before the call being settled.
     fn failures_in_row(&self) -> u32;
     /// Ends the call under way: after a success its events leave the
@@ -48,14 +60,6 @@ pub(crate) trait StoredWebhook {
     fn waiting(&self) -> (usize, usize);
     /// The most events and body bytes of one call ([`rules::batch_limits`]).
     fn batch_limits(&self) -> (usize, usize);
-    /// The webhook's push interval.
-    fn push_interval(&self) -> Duration;
-    /// How long ago its last call started, if it made one.
-    fn since_last_push(&self) -> Option<Duration>;
-    /// How long until the next time on its grid of push times.
-    fn until_grid(&self) -> Duration;
-    /// Sets when it pushes next, as a delay from now (`None`: nothing to push).
-    fn schedule(&mut self, after: Option<Duration>);
 }
 
 /// The usual size of a chunk of encoded events: one allocation holds many

@@ -22,8 +22,9 @@ use super::writer::{count_dropped, decode, delete_events};
 use crate::alert::WebhookDisabledAlert;
 use crate::config::WebhookConfig;
 use crate::dispatch::endpoint::{CallSignature, Endpoint};
-use crate::dispatch::rules::{self, Settled};
+use crate::dispatch::rules;
 use crate::dispatch::stats::StalledWebhook;
+use crate::dispatch::store::{Schedulable, StoredWebhook};
 use crate::dispatch::{CallOutcome, CallRecord, DropReason, FlushError, WebhookState};
 use crate::signing;
 use crate::transport::{TransportError, TransportErrorKind};
@@ -93,8 +94,9 @@ struct CallEnded {
     config: Arc<WebhookConfig>,
     /// The call's endpoint, for its billing record: built once, for the request.
     endpoint: Endpoint,
-    /// How many events the call carried, and the rows they came from.
+    /// How many events the call carried, their encoded bytes, and the rows they came from.
     events: usize,
+    event_bytes: usize,
     taken: Taken,
     bytes: usize,
     call_id: String,
@@ -349,7 +351,6 @@ async fn schedule_idle(shared: &Shared, session: &mut Session, tokens: Option<&[
     if rows.is_empty() {
         return transaction.commit().await.map_err(doing("scheduling"));
     }
-    let flushing = lock(&shared.flush).is_some();
     let mut due_tokens = Vec::new();
     let mut due_times = Vec::new();
     let mut dropped = Vec::new();
@@ -369,7 +370,7 @@ async fn schedule_idle(shared: &Shared, session: &mut Session, tokens: Option<&[
             push_interval_ms: row.try_get(4).map_err(read)?,
             last_push_at: row.try_get(5).map_err(read)?,
         };
-        due_times.push(schedule.next_push_at(Settled::Idle, now, flushing, false));
+        due_times.push(schedule.first_push_at(now));
         due_tokens.push(token);
     }
     if !due_tokens.is_empty() {
@@ -494,6 +495,7 @@ fn start_call(
             config,
             endpoint,
             events: count,
+            event_bytes: bytes,
             taken,
             bytes: body_length,
             call_id,
@@ -513,9 +515,15 @@ struct Committed {
     ours: bool,
     /// Whether its ledger row is new: a settlement tried again after its commit changes nothing.
     first: bool,
-    dropped: Vec<Vec<u8>>,
-    disabled: bool,
+    /// Events the settlement dropped (disabling, or the free plan), with why.
+    dropped: Option<(DropReason, Vec<Vec<u8>>)>,
     health: Option<Health>,
+}
+
+impl Committed {
+    fn disabled(&self) -> bool {
+        matches!(self.dropped, Some((DropReason::Disabled, _)))
+    }
 }
 
 /// Settles every ended call in one transaction (one commit, one WAL flush
@@ -596,11 +604,16 @@ async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded
         first.insert(row.try_get::<_, i64>(0).map_err(doing("reading the ledger"))?);
     }
 
-    // The webhooks' rows, locked.
+    // The webhooks' rows, locked, with their waiting events and bytes.
     let statement = format!(
-        "SELECT failures_in_row, claim_id, anchor_at, push_interval_ms, last_push_at, max_batch_events,
-                max_batch_bytes, one_event_per_call, bot_token
-         FROM {schema}.webhooks WHERE bot_token = ANY($1) ORDER BY bot_token FOR NO KEY UPDATE"
+        "SELECT webhook.failures_in_row, webhook.claim_id, webhook.anchor_at, webhook.push_interval_ms,
+                webhook.last_push_at, webhook.max_batch_events, webhook.max_batch_bytes, webhook.one_event_per_call,
+                webhook.bot_token, webhook.plan = 'free', webhook.last_failure,
+                coalesce(waiting.events, 0)::bigint, coalesce(waiting.bytes, 0)::bigint
+         FROM {schema}.webhooks AS webhook
+         CROSS JOIN LATERAL (SELECT sum(events) AS events, sum(bytes) AS bytes
+                             FROM {schema}.events AS event WHERE event.bot_token = webhook.bot_token) AS waiting
+         WHERE webhook.bot_token = ANY($1) ORDER BY webhook.bot_token FOR NO KEY UPDATE OF webhook"
     );
     let statement = statements.get(&transaction, &statement).await.map_err(doing("preparing"))?;
     let rows = transaction.query(&statement, &[&tokens]).await.map_err(doing("locking webhooks"))?;
@@ -610,47 +623,153 @@ async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded
         locked.insert(token, LockedWebhook::from_row(row)?);
     }
 
-    // Each call by the rules: disabled now (rare, alone), or finished.
+    // Each call by the rules, on its webhook's row: disabled now, or its
+    // waiting events dropped (rare, alone), and finished.
+    let flushing = lock(&shared.flush).is_some();
     let mut committed = Vec::with_capacity(calls.len());
-    let mut finishing = Vec::new();
-    let mut delivered: Vec<(&str, &Taken)> = Vec::new();
+    let mut settling = Vec::new();
     for (index, call) in calls.iter().enumerate() {
         let webhook = locked.get(&*call.bot_token);
         let ours = webhook.is_some_and(|webhook| webhook.claim_id == Some(call.claim_id));
         let outcome = outcomes[index].clone();
-        let mut settled = Committed {
-            outcome,
-            ours,
-            first: first.contains(&call.claim_id),
-            dropped: Vec::new(),
-            disabled: false,
-            health: None,
-        };
+        let mut settled =
+            Committed { outcome, ours, first: first.contains(&call.claim_id), dropped: None, health: None };
         if let Some(webhook) = webhook.filter(|_| settled.ours && settled.first) {
-            let settlement = rules::settlement(settled.outcome.is_success(), webhook.failures_in_row);
+            let mut row = SettlingWebhook::new(webhook, call, now);
+            rules::settle_call(&mut row, &settled.outcome, flushing);
             settled.health =
-                Some(Health { failures_in_row: settlement.failures_in_row, last_failure: failures[index].clone() });
-            if settlement.disables {
-                settled.dropped =
-                    disable(&transaction, statements, shared, call, &settlement, failures[index].clone(), now).await?;
-                settled.disabled = true;
-            } else {
-                if settled.outcome.is_success() {
-                    delivered.push((&call.bot_token, &call.taken));
-                }
-                finishing.push((index, settlement));
-            }
+                Some(Health { failures_in_row: row.failures_in_row, last_failure: row.last_failure.clone() });
+            settling.push((index, row));
         }
         committed.push(settled);
     }
+    // What the calls delivered leaves first; then what the rules dropped.
+    let delivered: Vec<(&str, &Taken)> = settling
+        .iter()
+        .filter(|(_, row)| row.delivered)
+        .map(|(_, row)| (&*row.call.bot_token, &row.call.taken))
+        .collect();
     if !delivered.is_empty() {
         remove_delivered(&transaction, statements, shared, &delivered).await?;
     }
+    let mut finishing = Vec::with_capacity(settling.len());
+    for (index, row) in settling {
+        if row.disabled {
+            let dropped = disable(&transaction, statements, shared, row.call, &row, now).await?;
+            committed[index].dropped = Some((DropReason::Disabled, dropped));
+            continue;
+        }
+        if let Some(reason) = row.drop_waiting {
+            let dropped = delete_events(&transaction, shared, &row.call.bot_token).await?;
+            committed[index].dropped = Some((reason, dropped));
+        }
+        finishing.push(row);
+    }
     if !finishing.is_empty() {
-        finish(&transaction, statements, shared, calls, &locked, &finishing, &failures, &event_counts, now).await?;
+        finish(&transaction, statements, shared, &finishing).await?;
     }
     transaction.commit().await.map_err(doing("committing a settlement"))?;
     Ok(committed)
+}
+
+/// A webhook's locked row as the rules see it while they settle its call
+/// ([`StoredWebhook`]): what the row and its events say, and what the rules
+/// decide, written back by [`finish`] (or [`disable`]) for all calls at once.
+struct SettlingWebhook<'a> {
+    row: &'a LockedWebhook,
+    call: &'a CallEnded,
+    now: DateTime<Utc>,
+    /// Whether the call's events leave the queue (`end_call` after a success).
+    delivered: bool,
+    /// Events waiting, and their bytes, as the rules left them.
+    waiting: (usize, usize),
+    failures_in_row: u32,
+    last_failure: Option<String>,
+    disabled: bool,
+    drop_waiting: Option<DropReason>,
+    due_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> SettlingWebhook<'a> {
+    fn new(row: &'a LockedWebhook, call: &'a CallEnded, now: DateTime<Utc>) -> SettlingWebhook<'a> {
+        SettlingWebhook {
+            row,
+            call,
+            now,
+            delivered: false,
+            waiting: row.waiting,
+            failures_in_row: row.failures_in_row,
+            last_failure: row.last_failure.clone(),
+            disabled: false,
+            drop_waiting: None,
+            due_at: None,
+        }
+    }
+
+    /// The row's schedule with this call as its last push.
+    fn schedule(&self) -> Schedule {
+        Schedule { last_push_at: Some(self.call.started_at), ..self.row.schedule }
+    }
+}
+
+impl StoredWebhook for SettlingWebhook<'_> {
+    fn failures_in_row(&self) -> u32 {
+        self.row.failures_in_row
+    }
+
+    fn end_call(&mut self, delivered: bool) {
+        self.delivered = delivered;
+        if delivered {
+            let (events, bytes) = self.waiting;
+            self.waiting = (events.saturating_sub(self.call.events), bytes.saturating_sub(self.call.event_bytes));
+        }
+    }
+
+    fn record_health(&mut self, failures_in_row: u32, failure: Option<&CallOutcome>) {
+        self.failures_in_row = failures_in_row;
+        if let Some(failure) = failure {
+            self.last_failure = Some(failure.to_string());
+        }
+    }
+
+    fn disable(&mut self) {
+        self.disabled = true;
+    }
+
+    fn free_plan(&self) -> bool {
+        self.row.free_plan
+    }
+
+    fn drop_waiting(&mut self, reason: DropReason) {
+        self.drop_waiting = Some(reason);
+        self.waiting = (0, 0);
+    }
+
+    fn waiting(&self) -> (usize, usize) {
+        self.waiting
+    }
+
+    fn batch_limits(&self) -> (usize, usize) {
+        (self.row.max_events, self.row.max_bytes)
+    }
+}
+
+impl Schedulable for SettlingWebhook<'_> {
+    fn push_interval(&self) -> Duration {
+        self.row.schedule.interval()
+    }
+
+    fn since_last_push(&self) -> Option<Duration> {
+        self.schedule().since_last_push(self.now)
+    }
+
+    fn until_grid(&self) -> Duration {
+        self.schedule().until_grid(self.now)
+    }
+
+    fn schedule(&mut self, after: Option<Duration>) {
+        self.due_at = after.map(|after| later(self.now, after));
+    }
 }
 
 /// Removes what successful calls delivered, in two statements for all of
@@ -700,59 +819,30 @@ async fn remove_delivered(
     Ok(())
 }
 
-/// Records the outcome of calls that did not disable their webhook, and
-/// schedules each by the rules: its failures in row, the failed call to
-/// send again, its last push, its next due time (none when no event waits),
-/// and the claim handed back; in one statement.
-#[allow(clippy::too_many_arguments)]
+/// Writes what the rules decided for calls that did not disable their
+/// webhook, in one statement: failures in a row, the last failure, the
+/// failed call to send again (its events and its id), the last push, the
+/// next due time (none when no event waits), and the claim handed back.
 async fn finish(
     transaction: &Transaction<'_>,
     statements: &mut Statements,
     shared: &Shared,
-    calls: &[CallEnded],
-    locked: &HashMap<String, LockedWebhook>,
-    finishing: &[(usize, rules::Settlement)],
-    failures: &[Option<String>],
-    event_counts: &[i32],
-    now: DateTime<Utc>,
+    settled: &[SettlingWebhook<'_>],
 ) -> Result<(), String> {
     let schema = shared.schema.quoted();
     let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
-    // Each webhook's waiting events and their bytes, to tell whether a whole batch waits.
-    let tokens: Vec<&str> = finishing.iter().map(|(index, _)| &*calls[*index].bot_token).collect();
-    let webhooks: Vec<&LockedWebhook> = tokens.iter().filter_map(|token| locked.get(*token)).collect();
-    let statement = format!(
-        "SELECT coalesce(waiting.events, 0)::bigint, coalesce(waiting.bytes, 0)::bigint
-         FROM unnest($1::text[]) WITH ORDINALITY AS webhook (bot_token, position)
-         CROSS JOIN LATERAL (SELECT sum(events) AS events, sum(bytes) AS bytes
-                             FROM {schema}.events WHERE bot_token = webhook.bot_token) AS waiting
-         ORDER BY webhook.position"
-    );
-    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-    let rows = transaction.query(&statement, &[&tokens]).await.map_err(doing("counting events"))?;
-    let flushing = lock(&shared.flush).is_some();
-    let mut failures_in_row = Vec::with_capacity(rows.len());
-    let mut last_failures = Vec::with_capacity(rows.len());
-    let mut retry_events = Vec::with_capacity(rows.len());
-    let mut retry_call_ids = Vec::with_capacity(rows.len());
-    let mut last_pushes = Vec::with_capacity(rows.len());
-    let mut due_times = Vec::with_capacity(rows.len());
-    for ((row, (index, settlement)), webhook) in rows.iter().zip(finishing).zip(&webhooks) {
-        let read = doing("reading a count");
-        let waiting = usize::try_from(row.try_get::<_, i64>(0).map_err(read)?).unwrap_or(usize::MAX);
-        let bytes = usize::try_from(row.try_get::<_, i64>(1).map_err(read)?).unwrap_or(usize::MAX);
-        let call = &calls[*index];
-        let schedule = Schedule { last_push_at: Some(call.started_at), ..webhook.schedule };
-        let full_batch = rules::is_full_batch(waiting, bytes, webhook.max_events, webhook.max_bytes);
-        due_times.push((waiting > 0).then(|| schedule.next_push_at(settlement.settled, now, flushing, full_batch)));
-        failures_in_row.push(i32::try_from(settlement.failures_in_row).unwrap_or(i32::MAX));
-        last_failures.push(failures[*index].clone());
-        // A failed call is kept to be sent again as it was: its events and its id.
-        let failed = failures[*index].is_some();
-        retry_events.push(failed.then_some(event_counts[*index]));
-        retry_call_ids.push(failed.then_some(call.call_id.as_str()));
-        last_pushes.push(call.started_at);
-    }
+    let tokens: Vec<&str> = settled.iter().map(|row| &*row.call.bot_token).collect();
+    let failures_in_row: Vec<i32> =
+        settled.iter().map(|row| i32::try_from(row.failures_in_row).unwrap_or(i32::MAX)).collect();
+    let last_failures: Vec<Option<&str>> = settled.iter().map(|row| row.last_failure.as_deref()).collect();
+    // A failed call (not dropped) is kept to be sent again as it was.
+    let retry = |row: &SettlingWebhook<'_>| !row.delivered && row.drop_waiting.is_none();
+    let retry_events: Vec<Option<i32>> =
+        settled.iter().map(|row| retry(row).then(|| i32::try_from(row.call.events).unwrap_or(i32::MAX))).collect();
+    let retry_call_ids: Vec<Option<&str>> =
+        settled.iter().map(|row| retry(row).then_some(row.call.call_id.as_str())).collect();
+    let last_pushes: Vec<DateTime<Utc>> = settled.iter().map(|row| row.call.started_at).collect();
+    let due_times: Vec<Option<DateTime<Utc>>> = settled.iter().map(|row| row.due_at).collect();
     let statement = format!(
         "UPDATE {schema}.webhooks AS webhook
          SET failures_in_row = settled.failures_in_row, last_failure = settled.last_failure,
@@ -778,10 +868,10 @@ async fn disable(
     statements: &mut Statements,
     shared: &Shared,
     call: &CallEnded,
-    settlement: &rules::Settlement,
-    failure: Option<String>,
+    settled: &SettlingWebhook<'_>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Vec<u8>>, String> {
+    let failure = settled.last_failure.clone();
     let schema = shared.schema.quoted();
     let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
     let dropped = delete_events(transaction, shared, &call.bot_token).await?;
@@ -789,11 +879,11 @@ async fn disable(
         bot_token: call.bot_token.to_string(),
         account_name: call.config.account_name().to_owned(),
         url: call.config.url().to_string(),
-        failures_in_row: settlement.failures_in_row,
+        failures_in_row: settled.failures_in_row,
         last_failure: failure.clone().unwrap_or_default(),
         disabled_at: now,
     };
-    let failures = i32::try_from(settlement.failures_in_row).unwrap_or(i32::MAX);
+    let failures = i32::try_from(settled.failures_in_row).unwrap_or(i32::MAX);
     let statement = format!(
         "UPDATE {schema}.webhooks SET disabled = true, failures_in_row = $2, last_failure = $3,
              retry_events = NULL, retry_call_id = NULL, last_push_at = $4, due_at = NULL,
@@ -814,18 +904,23 @@ async fn disable(
     Ok(dropped)
 }
 
-/// A webhook's row as a settlement reads it, locked.
+/// A webhook's row as a settlement reads it, locked, with its waiting events.
 struct LockedWebhook {
     failures_in_row: u32,
+    last_failure: Option<String>,
     claim_id: Option<i64>,
     schedule: Schedule,
     max_events: usize,
     max_bytes: usize,
+    free_plan: bool,
+    /// Its events (those of the call being settled included) and their bytes.
+    waiting: (usize, usize),
 }
 
 impl LockedWebhook {
     /// From `failures_in_row, claim_id, anchor_at, push_interval_ms,
-    /// last_push_at, max_batch_events, max_batch_bytes, one_event_per_call`.
+    /// last_push_at, max_batch_events, max_batch_bytes, one_event_per_call,
+    /// bot_token, plan = 'free', last_failure, waiting events, waiting bytes`.
     fn from_row(row: &Row) -> Result<LockedWebhook, String> {
         let read = |error: tokio_postgres::Error| connection::describe("reading a webhook", &error);
         let max_batch_events: i32 = row.try_get(5).map_err(read)?;
@@ -845,6 +940,12 @@ impl LockedWebhook {
             },
             max_events,
             max_bytes,
+            free_plan: row.try_get(9).map_err(read)?,
+            last_failure: row.try_get(10).map_err(read)?,
+            waiting: (
+                usize::try_from(row.try_get::<_, i64>(11).map_err(read)?).unwrap_or(usize::MAX),
+                usize::try_from(row.try_get::<_, i64>(12).map_err(read)?).unwrap_or(usize::MAX),
+            ),
         })
     }
 }
@@ -855,6 +956,7 @@ fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
     let in_call = call.events as u64;
     shared.in_flight.fetch_sub(in_call, Ordering::Relaxed);
     let delivered = committed.outcome.is_success();
+    let disabled = committed.disabled();
     if let Some(webhook) = shared.webhook(&call.bot_token) {
         let counters = &webhook.live.counters;
         counters.in_flight.fetch_sub(in_call.min(counters.in_flight.load(Ordering::Relaxed)), Ordering::Relaxed);
@@ -869,15 +971,15 @@ fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
             let pending = webhook.live.pending_in_database.load(Ordering::Relaxed);
             webhook.live.pending_in_database.store(pending.saturating_sub(in_call), Ordering::Relaxed);
         }
-        if committed.disabled {
+        if disabled {
             webhook.live.disabled.store(true, Ordering::Relaxed);
             shared.alert_written.store(true, Ordering::Release);
         }
         if let Some(health) = committed.health {
             *lock(&webhook.live.health) = health;
         }
-        if !committed.dropped.is_empty() {
-            count_dropped(shared, Some(&webhook), &call.bot_token, DropReason::Disabled, decode(&committed.dropped));
+        if let Some((reason, dropped)) = committed.dropped.as_ref().filter(|(_, dropped)| !dropped.is_empty()) {
+            count_dropped(shared, Some(&webhook), &call.bot_token, *reason, decode(dropped));
         }
     }
     if committed.first {
@@ -891,7 +993,7 @@ fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
             outcome: committed.outcome,
         });
     }
-    if committed.disabled {
+    if disabled {
         shared.delivery_wake.notify_one();
     }
 }
