@@ -3,7 +3,37 @@
 //! real PostgreSQL; skipped loudly without `DATABASE_URL`).
 //!
 //! Each rule is a function of a [`Setup`]; `store_tests!` runs it on each
-//! store. Times are real but short (push intervals of tens of milliseconds).
+//! store. Times are real but short (push intervals of tens of milliseconds);
+//! timing assertions have wide margins ("not before 0.8 × the interval",
+//! "at once" as "within half of it"). Where the PostgreSQL store documents a
+//! difference (`remove` hands no events back, pending counts are as of its
+//! last poll, its queue bound is checked against that count, `shutdown`
+//! leaves committed events in the database), a rule states the shared
+//! behaviour and names the store-specific part by [`Setup::store`].
+//!
+//! The rule tests of `tests/dispatch_core.rs` that stay there only, as they
+//! need the sans-IO core's own API or its manual clock:
+//! - `a_queue_bound_larger_than_the_intake_ring_holds_exactly`,
+//!   `a_global_bound_larger_than_the_intake_ring_holds_exactly`,
+//!   `a_burst_larger_than_the_intake_ring_is_taken_in_whole`,
+//!   `a_webhook_filled_during_global_crowding_keeps_its_bound_after_it`:
+//!   the in-memory intake's ring and take-ins (`take_in_all`), and the
+//!   global `max_pending_events` bound, which the PostgreSQL store does not
+//!   have (its `max_buffered_events` bounds uncommitted events instead);
+//!   the global-bound part of `enqueue_says_what_happened` likewise.
+//! - `bot_senders_racing_remove_and_close_lose_and_double_count_nothing`,
+//!   `a_bot_sender_sees_a_disable_and_a_reconfiguration_at_once`: races of
+//!   `BotSender`s on other threads against the core's `remove`/`close`, and
+//!   the in-memory sender's cached settings (here, a sender's answers after
+//!   a disable, re-enable and reconfiguration are checked on both stores).
+//! - `snapshots_taken_during_enqueue_balance`: exact balanced snapshots
+//!   during `enqueue`, which the PostgreSQL store's counts as of its last
+//!   poll do not promise.
+//! - `call_ids_are_unique_across_bots_and_cores`: two cores on clocks
+//!   showing the same time (here: a new call gets a new id).
+//! - The exact times of the core tests (a retry exactly one interval later,
+//!   11 failures in exactly 10 intervals, a tenth of the bots per tenth of
+//!   the interval, the alert's `disabled_at`): here as bounds.
 // The in-memory dispatcher runs on its default runtime, tokio.
 #![cfg(feature = "tokio")]
 
@@ -121,8 +151,13 @@ enum Store {
     Postgres,
 }
 
+/// The global cap on calls under way, set on both stores (below their default
+/// of 64, so that a test can reach it).
+const MAX_CONCURRENT_CALLS: usize = 3;
+
 /// A dispatcher on one store, its scripted transport and its recorder.
 struct Setup {
+    /// Which store this is, for the differences it documents.
     store: Store,
     dispatcher: Arc<dyn Dispatcher>,
     transport: Arc<ScriptedTransport>,
@@ -139,6 +174,7 @@ impl Setup {
             .transport(transport.clone())
             .alert_sink(recorder.clone())
             .observer(recorder.clone())
+            .max_concurrent_pushes(MAX_CONCURRENT_CALLS)
             .build()
             .expect("building");
         Setup {
@@ -164,6 +200,7 @@ impl Setup {
             .observer(recorder.clone())
             .poll_interval(Duration::from_millis(10))
             .commit_window(Duration::from_millis(2))
+            .max_concurrent_pushes(MAX_CONCURRENT_CALLS)
             .build()
             .await
             .expect("building");
@@ -254,6 +291,7 @@ async fn a_failed_call_is_sent_again_as_it_was_an_interval_later(setup: Setup) {
 
 async fn the_eleventh_failure_in_a_row_disables_drops_and_alerts_once(setup: Setup) {
     setup.configure(config("bot").push_interval(Duration::from_millis(10)).build().unwrap()).await;
+    let sender = setup.dispatcher.bot_sender("bot");
     enqueue_all(&setup, "bot", &["a", "b"]);
     setup.until("the alert", |setup| !setup.recorder.alerts.lock().unwrap().is_empty()).await;
     assert_eq!(setup.calls().len(), 11, "more than 10 failures, not one more call");
@@ -266,16 +304,19 @@ async fn the_eleventh_failure_in_a_row_disables_drops_and_alerts_once(setup: Set
     assert_eq!(dropped, 2);
     setup.until("disabled here", |setup| setup.dispatcher.stats().disabled_webhooks == 1).await;
     assert_eq!(setup.dispatcher.enqueue(message("bot", "late")), EnqueueOutcome::WebhookDisabled);
+    assert_eq!(sender.enqueue(message("bot", "late")), EnqueueOutcome::WebhookDisabled, "a bot sender too");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(setup.recorder.alerts.lock().unwrap().len(), 1, "alerted once");
     let alert = setup.recorder.alerts.lock().unwrap()[0].clone();
     assert_eq!((alert.bot_token.as_str(), alert.failures_in_row), ("bot", 11));
     assert!(alert.last_failure.contains("500"), "{}", alert.last_failure);
+    assert_eq!((alert.account_name.as_str(), alert.url.as_str()), ("Account", "https://hooks.example.com/bot"));
+    assert!(!format!("{alert:?}{alert}").contains("secret"), "no secret in an alert: {alert:?}");
 
     // Saving the settings again re-enables it.
     setup.configure(config("bot").build().unwrap()).await;
     setup.until("enabled", |setup| setup.dispatcher.stats().disabled_webhooks == 0).await;
-    assert_eq!(setup.dispatcher.enqueue(message("bot", "again")), EnqueueOutcome::Accepted);
+    assert_eq!(sender.enqueue(message("bot", "again")), EnqueueOutcome::Accepted, "through the same bot sender");
     setup
         .until("delivered after re-enabling", |setup| setup.calls().last().is_some_and(|call| call.texts == ["again"]))
         .await;
@@ -356,16 +397,34 @@ async fn a_webhook_moved_to_the_free_plan_drops_what_waits(setup: Setup) {
     let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
 }
 
+/// Each event carries the variables its webhook lists, with the values they
+/// had when it was enqueued; a webhook that lists none gets no `Variables`.
 async fn only_the_variables_a_webhook_lists_are_sent(setup: Setup) {
-    setup.configure(config("bot").include_variables(["plan"]).build().unwrap()).await;
-    let factory = EventFactory::new("bot", "Account");
-    let chat = ChatContext::new("conversation", "TelegramChannel").variable("plan", "gold").variable("email", "x@y");
-    let event = Event::UserMessage(factory.message(&chat, "with variables"));
-    assert_eq!(setup.dispatcher.enqueue(event), EnqueueOutcome::Accepted);
-    setup.until("delivered", |setup| !setup.calls().is_empty()).await;
-    let body = setup.transport.bodies.lock().unwrap()[0].clone();
-    let events: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("a JSON array");
-    assert_eq!(events[0]["Variables"], serde_json::json!({ "plan": "gold" }));
+    let hourly = |bot: &str| config(bot).push_interval(Duration::from_secs(3600));
+    setup.configure(hourly("bot").include_variables(["plan", "email"]).build().unwrap()).await;
+    setup.configure(hourly("silent").build().unwrap()).await;
+    let mut chat = ChatContext::new("conversation", "TelegramChannel")
+        .variable("plan", "gold")
+        .variable("email", "x@y")
+        .variable("other", "not listed");
+    for bot in ["bot", "silent"] {
+        let event = Event::UserMessage(EventFactory::new(bot, "Account").message(&chat, "with variables"));
+        assert_eq!(setup.dispatcher.enqueue(event), EnqueueOutcome::Accepted);
+    }
+    chat.variables.insert("plan", "platinum");
+    let later = Event::UserMessage(EventFactory::new("bot", "Account").message(&chat, "later"));
+    assert_eq!(setup.dispatcher.enqueue(later), EnqueueOutcome::Accepted);
+    setup.dispatcher.flush(Duration::from_secs(10)).await.expect("flushed");
+    let body = |bot: &str| {
+        let index = setup.calls().iter().position(|call| call.bot == bot).expect("a call per webhook");
+        let body = setup.transport.bodies.lock().unwrap()[index].clone();
+        serde_json::from_slice::<Vec<serde_json::Value>>(&body).expect("a JSON array")
+    };
+    let listing = body("bot");
+    assert_eq!(listing[0]["Variables"], serde_json::json!({ "plan": "gold", "email": "x@y" }));
+    assert_eq!(listing[1]["Variables"], serde_json::json!({ "plan": "platinum", "email": "x@y" }), "as at enqueue");
+    let silent = body("silent");
+    assert!(silent[0].get("Variables").is_none(), "{silent:?}");
     let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
 }
 
@@ -721,6 +780,28 @@ async fn one_call_per_webhook(setup: Setup) {
     flush.await.unwrap().expect("flushed");
     assert_eq!(setup.calls().len(), 6);
     assert!(setup.transport.overlapping.lock().unwrap().is_empty(), "{:?}", setup.transport.overlapping);
+    let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
+}
+
+/// No more calls are under way at once than the dispatcher's cap.
+async fn calls_under_way_stay_within_the_global_cap(setup: Setup) {
+    let bots: Vec<String> = (0..=MAX_CONCURRENT_CALLS).map(|bot| format!("capped-{bot}")).collect();
+    for bot in &bots {
+        let builder = config(bot).push_interval(Duration::from_secs(3600)).request_timeout(Duration::from_secs(5));
+        setup.configure(builder.build().unwrap()).await;
+    }
+    setup.transport.hold();
+    for bot in &bots {
+        enqueue_all(&setup, bot, &["x"]);
+    }
+    let dispatcher = setup.dispatcher.clone();
+    let flush = tokio::spawn(async move { dispatcher.flush(Duration::from_secs(10)).await });
+    setup.until("the cap reached", |setup| setup.calls().len() == MAX_CONCURRENT_CALLS).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(setup.calls().len(), MAX_CONCURRENT_CALLS, "only a call that ends frees a place");
+    setup.transport.release();
+    flush.await.unwrap().expect("flushed");
+    assert_eq!(setup.calls().len(), bots.len());
     let _ = setup.dispatcher.shutdown(Duration::from_secs(2)).await;
 }
 
@@ -1135,6 +1216,7 @@ store_tests! {
     a_free_plan_bot_never_gets_a_call;
     every_call_is_reported_for_billing;
     one_call_per_webhook;
+    calls_under_way_stay_within_the_global_cap;
     flush_pushes_everything_now_and_shutdown_returns_the_rest;
     the_queue_bound_counts_the_batch_in_flight;
     a_signed_call_keeps_its_id_and_body_and_is_signed_again_for_each_attempt;
