@@ -681,3 +681,60 @@ async fn events_committed_while_a_settlement_disables_their_webhook_are_dropped_
     assert_eq!(dispatcher.stats().totals.accepted, 1);
     let _ = dispatcher.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Answers its first call with 200 after `first`, and every later call
+/// after an hour: a call under way for as long as a test needs.
+#[derive(Debug)]
+struct FirstCallAnswers {
+    first: Duration,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Transport for FirstCallAnswers {
+    async fn send(&self, _request: http::Request<Vec<u8>>) -> Result<StatusCode, TransportError> {
+        let first = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        tokio::time::sleep(if first { self.first } else { Duration::from_secs(3600) }).await;
+        Ok(StatusCode::OK)
+    }
+}
+
+/// Removing a webhook while its call is under way, the call settling before
+/// the removal commits: the call's events count as delivered, the rest as
+/// removed, and the counts balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_settles_before_its_webhooks_removal_commits_counts_its_events_delivered() {
+    let Some(test) = migrated("a_call_that_settles_before_its_webhooks_removal_commits").await else { return };
+    let transport = Arc::new(FirstCallAnswers { first: Duration::from_millis(100), calls: Default::default() });
+    let process = PostgresDispatcher::builder(test.url())
+        .schema(test.schema.clone())
+        .transport(transport.clone())
+        .poll_interval(Duration::from_millis(50))
+        // The removal waits for the writer's next commit: long after the call settles.
+        .commit_window(Duration::from_millis(1500))
+        .build()
+        .await
+        .expect("building");
+    let config = settings("bot", Duration::from_secs(3600)).max_batch_events(2).build().expect("a valid config");
+    process.configure(config).expect("configuring");
+    for text in ["a", "b", "c"] {
+        assert_eq!(process.enqueue(message("bot", text)), EnqueueOutcome::Accepted);
+    }
+    process.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    let flushing = process.flush(Duration::from_millis(50));
+    let _ = flushing.await;
+    until("the first call is under way", 5, || transport.calls.load(std::sync::atomic::Ordering::SeqCst) > 0).await;
+    assert!(process.remove("bot").is_empty(), "the events are in the database");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let totals = process.stats().totals;
+        let removed = totals.dropped(eventhook::dispatch::DropReason::Removed);
+        if (totals.pending, totals.in_flight, totals.delivered + removed) == (0, 0, 3) {
+            assert_eq!((totals.accepted, totals.delivered, removed), (3, 2, 1), "{totals:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the counts balance: {totals:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = process.shutdown(Duration::from_millis(200)).await;
+}

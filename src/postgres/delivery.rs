@@ -957,17 +957,22 @@ fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
     shared.in_flight.fetch_sub(in_call, Ordering::Relaxed);
     let delivered = committed.outcome.is_success();
     let disabled = committed.disabled();
-    if let Some(webhook) = shared.webhook(&call.bot_token) {
+    let webhook = shared.webhook(&call.bot_token);
+    // A webhook removed here meanwhile counts its call among the retired counts.
+    let counters = webhook.as_ref().map_or(&shared.retired, |webhook| &webhook.live.counters);
+    if committed.first {
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        if !delivered {
+            counters.calls_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if delivered && committed.ours && committed.first {
+        counters.delivered.fetch_add(in_call, Ordering::Relaxed);
+    }
+    if let Some(webhook) = webhook {
         let counters = &webhook.live.counters;
         counters.in_flight.fetch_sub(in_call.min(counters.in_flight.load(Ordering::Relaxed)), Ordering::Relaxed);
-        if committed.first {
-            counters.calls.fetch_add(1, Ordering::Relaxed);
-            if !delivered {
-                counters.calls_failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
         if delivered && committed.ours && committed.first {
-            counters.delivered.fetch_add(in_call, Ordering::Relaxed);
             let pending = webhook.live.pending_in_database.load(Ordering::Relaxed);
             webhook.live.pending_in_database.store(pending.saturating_sub(in_call), Ordering::Relaxed);
         }

@@ -453,7 +453,12 @@ impl Dispatcher for PostgresDispatcher {
         let shared = &*self.shared;
         let removed = shared.webhooks.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(bot_token);
         if let Some(webhook) = removed {
-            shared.retired.absorb(&webhook.live.counters.snapshot());
+            // A call under way is not counted here: its events are dropped
+            // when the removal commits, or delivered by a settlement that
+            // commits first (which then counts among the retired).
+            let mut counts = webhook.live.counters.snapshot();
+            counts.in_flight = 0;
+            shared.retired.absorb(&counts);
         }
         lock(&shared.removing).insert(Arc::from(bot_token));
         let _ = shared.intake.send(Entry::Remove(Arc::from(bot_token)));

@@ -64,6 +64,15 @@ async fn listen_and_refresh(shared: &Arc<Shared>, client: &mut Option<Client>) -
 /// those removed.
 pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), String> {
     let schema = shared.schema.quoted();
+    // What this process had committed before the read: a webhook whose
+    // settings it commits during the read is new to the database, not removed.
+    let committed_before: HashMap<Arc<str>, u64> = shared
+        .webhooks
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+        .map(|(token, webhook)| (Arc::clone(token), webhook.generation.load(Ordering::Relaxed)))
+        .collect();
     let statement = format!(
         "SELECT webhook.bot_token, webhook.generation, webhook.disabled, webhook.failures_in_row,
                 webhook.last_failure, coalesce(pending.events, 0)
@@ -115,9 +124,12 @@ pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), Stri
         *lock(&webhook.live.health) = health;
         webhooks.insert(Arc::from(token.as_str()), Arc::new(webhook));
     }
-    // Removed by another process; not one configured here and still on its way.
+    // Removed by another process; not one configured here and still on its
+    // way (generation 0), or committed here since the read.
     webhooks.retain(|token, webhook| {
-        let keep = in_database.contains(&**token) || webhook.generation.load(Ordering::Relaxed) == 0;
+        let generation = webhook.generation.load(Ordering::Relaxed);
+        let committed_since = committed_before.get(token) != Some(&generation);
+        let keep = in_database.contains(&**token) || generation == 0 || committed_since;
         if !keep {
             shared.retired.absorb(&webhook.live.counters.snapshot());
         }
