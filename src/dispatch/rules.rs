@@ -172,6 +172,24 @@ pub(crate) fn fitting(lengths: impl IntoIterator<Item = usize>, max_events: usiz
     (events, event_bytes)
 }
 
+/// How many of a webhook's oldest events (their encoded `lengths`, oldest
+/// first) its next call carries, and their encoded bytes: a failed call's
+/// `failed` events again, as it was, whatever the limits are now; otherwise
+/// as many as fit ([`fitting`]).
+pub(crate) fn call_events(
+    failed: Option<usize>,
+    lengths: impl IntoIterator<Item = usize>,
+    max_events: usize,
+    max_bytes: usize,
+) -> (usize, usize) {
+    match failed {
+        Some(events) => {
+            lengths.into_iter().take(events).fold((0, 0), |(count, bytes), length| (count + 1, bytes + length))
+        }
+        None => fitting(lengths, max_events, max_bytes),
+    }
+}
+
 /// Where a webhook's grid of push times starts, after its anchor: spread
 /// over the interval, the same way for the same bot in every process.
 pub(crate) fn phase(bot_token: &str, interval: Duration) -> Duration {
@@ -289,6 +307,12 @@ mod tests {
         assert_eq!(next_push(Settled::Delivered, false, false, interval, since, grid), Duration::from_secs(29));
         assert_eq!(next_push(Settled::Idle, false, false, interval, None, grid), grid());
         assert_eq!(next_push(Settled::Idle, false, false, interval, since, grid), Duration::from_secs(29));
+    }
+
+    #[test]
+    fn a_failed_call_carries_its_events_again_whatever_the_limits() {
+        assert_eq!(call_events(Some(3), [7, 7, 7, 7], 1, 8), (3, 21));
+        assert_eq!(call_events(None, [7, 7, 7, 7], 2, 1024), (2, 14));
     }
 
     #[test]

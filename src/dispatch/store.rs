@@ -200,13 +200,10 @@ impl WebhookStore {
         new_serial: impl FnOnce() -> u64,
     ) -> Batch {
         debug_assert!(self.in_flight_call().is_none(), "one call in flight per webhook");
-        let call = match self.call {
-            Some(call) => call,
-            None => {
-                let (events, bytes) = self.fitting(max_events, max_bytes);
-                Call { events, bytes, serial: new_serial(), in_flight: false }
-            }
-        };
+        let failed = self.call.map(|call| call.events);
+        let (events, bytes) = rules::call_events(failed, self.stored().map(<[u8]>::len), max_events, max_bytes);
+        let serial = self.call.map_or_else(new_serial, |call| call.serial);
+        let call = Call { events, bytes, serial, in_flight: false };
         let mut body = Vec::with_capacity(array_length(call.events, call.bytes));
         body.push(b'[');
         for (index, event) in self.stored().take(call.events).enumerate() {
@@ -218,11 +215,6 @@ impl WebhookStore {
         body.push(b']');
         self.call = Some(Call { in_flight: true, ..call });
         Batch { events: call.events, body, serial: call.serial }
-    }
-
-    /// How many of the oldest events fit in a batch, and their encoded bytes.
-    fn fitting(&self, max_events: usize, max_bytes: usize) -> (usize, usize) {
-        rules::fitting(self.stored().map(<[u8]>::len), max_events, max_bytes)
     }
 
     /// Ends the attempt under way: a success removes its call's events

@@ -440,13 +440,8 @@ fn start_call(
     let (max_events, max_bytes) = claim.limits();
     let oldest = || rows.iter().flat_map(|(_, bodies)| bodies);
     // The failed call again as it was; otherwise as many of the oldest as fit.
-    let (count, bytes) = match claim.retry_events {
-        Some(events) => {
-            let events = usize::try_from(events).unwrap_or(1);
-            oldest().take(events).fold((0, 0), |(count, bytes), event| (count + 1, bytes + event.len()))
-        }
-        None => rules::fitting(oldest().map(|body| body.len()), max_events, max_bytes),
-    };
+    let failed = claim.retry_events.map(|events| usize::try_from(events).unwrap_or(1));
+    let (count, bytes) = rules::call_events(failed, oldest().map(|body| body.len()), max_events, max_bytes);
     if count == 0 {
         return Some(claim);
     }
