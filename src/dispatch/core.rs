@@ -24,8 +24,7 @@ use super::bot_sender::BotSender;
 use super::endpoint::{CallSignature, Endpoint, TokenKey};
 use super::intake::{self, IntakeReceiver, Lane};
 use super::metrics::CoreMetrics;
-use super::outcome::CallOutcome;
-use super::outcome::{CallRecord, DroppedEvents, EnqueueOutcome};
+use super::outcome::{CallOutcome, CallRecord, DroppedEvents, EnqueueOutcome};
 use super::rules::{self, Settled};
 use super::stats::{
     CallCounts, Counters, DispatcherStats, DropReason, EventCounts, StalledWebhook, WebhookState, WebhookStats,
