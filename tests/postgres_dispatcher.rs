@@ -88,7 +88,7 @@ async fn dispatcher(test: &TestSchema, transport: Arc<ScriptedTransport>) -> Pos
     builder(test, transport).build().await.expect("building the dispatcher")
 }
 
-fn builder(test: &TestSchema, transport: Arc<ScriptedTransport>) -> eventhook::postgres::PostgresDispatcherBuilder {
+fn builder(test: &TestSchema, transport: Arc<dyn Transport>) -> eventhook::postgres::PostgresDispatcherBuilder {
     PostgresDispatcher::builder(test.url())
         .schema(test.schema.clone())
         .transport(transport)
@@ -240,9 +240,9 @@ async fn failures_count_over_every_process_and_the_alert_comes_once_with_its_led
     let transport = ScriptedTransport::answering(503);
     let alerts = Arc::new(Alerts::default());
     let processes = [
-        builder(&test, Arc::clone(&transport)).alert_sink(alerts.clone()).build().await.expect("building"),
-        builder(&test, Arc::clone(&transport)).alert_sink(alerts.clone()).build().await.expect("building"),
-        builder(&test, Arc::clone(&transport)).alert_sink(alerts.clone()).build().await.expect("building"),
+        builder(&test, transport.clone()).alert_sink(alerts.clone()).build().await.expect("building"),
+        builder(&test, transport.clone()).alert_sink(alerts.clone()).build().await.expect("building"),
+        builder(&test, transport.clone()).alert_sink(alerts.clone()).build().await.expect("building"),
     ];
     let fast = settings("bot", Duration::from_millis(20)).build().expect("a valid config");
     processes[0].configure(fast).expect("configuring");
@@ -283,7 +283,7 @@ async fn a_call_abandoned_by_a_dead_process_is_sent_again_by_another_after_its_l
         .build()
         .expect("a valid config");
     let dying =
-        builder(&test, Arc::clone(&hanging)).lease_margin(Duration::from_millis(100)).build().await.expect("building");
+        builder(&test, hanging.clone()).lease_margin(Duration::from_millis(100)).build().await.expect("building");
     dying.configure(short).expect("configuring");
     assert!(dying.enqueue(message("bot", "once")).is_accepted());
     dying.wait_durable(Duration::from_secs(5)).await.expect("committed");
@@ -489,14 +489,13 @@ async fn a_shutdown_without_the_database_hands_back_what_it_could_not_commit() {
 async fn building_checks_the_schema_and_the_settings_and_never_shows_the_password() {
     let Some(test) = TestSchema::new("building_checks_the_schema_and_the_settings") else { return };
     let transport = Arc::new(ScriptedTransport::default());
-    let error = builder(&test, Arc::clone(&transport)).build().await.expect_err("not migrated yet");
+    let error = builder(&test, transport.clone()).build().await.expect_err("not migrated yet");
     let shown = error.to_string();
     assert!(shown.contains("version 0") && shown.contains("migrate"), "{shown}");
     migrate(&mut test.connect().await, &test.schema).await.expect("migrating");
-    let error = builder(&test, Arc::clone(&transport)).max_buffered_events(0).build().await.expect_err("0 events");
+    let error = builder(&test, transport.clone()).max_buffered_events(0).build().await.expect_err("0 events");
     assert_eq!(error.to_string(), "max_buffered_events must be at least 1");
-    let error =
-        builder(&test, Arc::clone(&transport)).poll_interval(Duration::ZERO).build().await.expect_err("no poll");
+    let error = builder(&test, transport.clone()).poll_interval(Duration::ZERO).build().await.expect_err("no poll");
     assert_eq!(error.to_string(), "poll_interval must be at least 1 ms");
     let error =
         PostgresDispatcher::builder("postgres://user:pw@127.0.0.1:notaport/db").build().await.expect_err("bad URL");
@@ -541,11 +540,8 @@ async fn ledger_rows_older_than_the_retention_are_pruned() {
     let _ = first.shutdown(Duration::from_secs(1)).await;
     // A process whose retention is shorter than the row's age prunes it when it starts.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let pruning = builder(&test, Arc::clone(&transport))
-        .ledger_retention(Duration::from_millis(10))
-        .build()
-        .await
-        .expect("building");
+    let pruning =
+        builder(&test, transport.clone()).ledger_retention(Duration::from_millis(10)).build().await.expect("building");
     let deadline = Instant::now() + Duration::from_secs(5);
     while count().await != 0 {
         assert!(Instant::now() < deadline, "never pruned");
@@ -574,8 +570,8 @@ async fn an_alert_committed_by_a_process_that_died_is_delivered_once_by_another(
     client.execute(&statement, &[&"bot-a", &payload("bot-a"), &"bot-b", &payload("bot-b")]).await.expect("inserting");
     let alerts = Arc::new(Alerts::default());
     let transport = Arc::new(ScriptedTransport::default());
-    let first = builder(&test, Arc::clone(&transport)).alert_sink(alerts.clone()).build().await.expect("building");
-    let second = builder(&test, Arc::clone(&transport)).alert_sink(alerts.clone()).build().await.expect("building");
+    let first = builder(&test, transport.clone()).alert_sink(alerts.clone()).build().await.expect("building");
+    let second = builder(&test, transport.clone()).alert_sink(alerts.clone()).build().await.expect("building");
     until("both alerts", 5, || alerts.0.lock().unwrap().len() >= 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let delivered = alerts.0.lock().unwrap().clone();
@@ -706,10 +702,7 @@ impl Transport for FirstCallAnswers {
 async fn a_call_that_settles_before_its_webhooks_removal_commits_counts_its_events_delivered() {
     let Some(test) = migrated("a_call_that_settles_before_its_webhooks_removal_commits").await else { return };
     let transport = Arc::new(FirstCallAnswers { first: Duration::from_millis(100), calls: Default::default() });
-    let process = PostgresDispatcher::builder(test.url())
-        .schema(test.schema.clone())
-        .transport(transport.clone())
-        .poll_interval(Duration::from_millis(50))
+    let process = builder(&test, transport.clone())
         // The removal waits for the writer's next commit: long after the call settles.
         .commit_window(Duration::from_millis(1500))
         .build()

@@ -264,7 +264,6 @@ impl StoredWebhook for CoreWebhook<'_> {
     }
 
     fn disable(&mut self) {
-        self.webhook.scheduled = None;
         self.deferred = Some(Deferred::Disable);
     }
 

@@ -46,6 +46,12 @@ pub(crate) fn describe(doing: &str, error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Turns a database error met while `doing` something into its description
+/// ([`describe`]), for `map_err`.
+pub(crate) fn doing(doing: &'static str) -> impl Fn(tokio_postgres::Error) -> String + Copy {
+    move |error| describe(doing, &error)
+}
+
 /// A task's connection and the statements it has prepared on it: a
 /// statement the task runs again costs one round trip, not two.
 pub(crate) struct Session {

@@ -13,7 +13,7 @@ use http::StatusCode;
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Row, Transaction};
 
-use super::connection::{self, Session, Statements, FIRST_RETRY_DELAY};
+use super::connection::{self, doing, Session, Statements, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, Health, Shared, StoreError};
 use super::due::Schedule;
 use super::timestamps::{later, since};
@@ -167,8 +167,7 @@ async fn round(
     call_id_prefix: u64,
 ) -> Result<Option<DateTime<Utc>>, String> {
     if session.is_none() {
-        let connected =
-            Session::connect(&shared.database).await.map_err(|error| connection::describe("connecting", &error))?;
+        let connected = Session::connect(&shared.database).await.map_err(doing("connecting"))?;
         *session = Some(connected);
     }
     let Some(session) = session.as_mut() else { return Err("no connection".to_owned()) };
@@ -202,7 +201,7 @@ async fn round(
         let window_ms = i64::try_from(shared.options.returning_user_window.as_millis()).unwrap_or(i64::MAX);
         super::returning_users::forget_expired(client, &shared.schema, shared.now(), window_ms)
             .await
-            .map_err(|error| connection::describe("forgetting returning users", &error))?;
+            .map_err(doing("forgetting returning users"))?;
         *last_prune = Some(Instant::now());
     }
     if !shared.closed.load(Ordering::Acquire) {
@@ -216,13 +215,9 @@ async fn round(
          WHERE due_at IS NOT NULL AND NOT disabled",
         shared.schema.quoted()
     );
-    let statement = session.prepared(&statement).await.map_err(|error| connection::describe("preparing", &error))?;
-    let row = session
-        .client
-        .query_one(&statement, &[])
-        .await
-        .map_err(|error| connection::describe("reading due times", &error))?;
-    row.try_get(0).map_err(|error| connection::describe("reading due times", &error))
+    let statement = session.prepared(&statement).await.map_err(doing("preparing"))?;
+    let row = session.client.query_one(&statement, &[]).await.map_err(doing("reading due times"))?;
+    row.try_get(0).map_err(doing("reading due times"))
 }
 
 /// Claims up to `free` due webhooks, reads their calls' events in one
@@ -250,12 +245,12 @@ async fn claim_and_call(
          FROM due WHERE webhook.bot_token = due.bot_token
          RETURNING webhook.*"
     );
-    let statement = session.prepared(&statement).await.map_err(|error| connection::describe("preparing", &error))?;
+    let statement = session.prepared(&statement).await.map_err(doing("preparing"))?;
     let rows = session
         .client
         .query(&statement, &[&now, &limit, &lease_margin_ms])
         .await
-        .map_err(|error| connection::describe("claiming due webhooks", &error))?;
+        .map_err(doing("claiming due webhooks"))?;
     if rows.is_empty() {
         return Ok(());
     }
@@ -279,16 +274,13 @@ async fn claim_and_call(
     );
     let tokens: Vec<&str> = claims.iter().map(|claim| &*claim.bot_token).collect();
     let limits: Vec<i64> = claims.iter().map(|claim| i64::try_from(claim.read_limit()).unwrap_or(i64::MAX)).collect();
-    let statement = session.prepared(&statement).await.map_err(|error| connection::describe("preparing", &error))?;
-    let rows = session
-        .client
-        .query(&statement, &[&tokens, &limits])
-        .await
-        .map_err(|error| connection::describe("reading the calls' events", &error))?;
+    let statement = session.prepared(&statement).await.map_err(doing("preparing"))?;
+    let rows =
+        session.client.query(&statement, &[&tokens, &limits]).await.map_err(doing("reading the calls' events"))?;
     // The bodies stay in the rows' buffers: no copy per event.
     let mut events: HashMap<&str, Vec<StoredRun<'_>>> = HashMap::with_capacity(claims.len());
     for row in &rows {
-        let read = |error: tokio_postgres::Error| connection::describe("reading events", &error);
+        let read = doing("reading events");
         let token: &str = row.try_get(0).map_err(read)?;
         events.entry(token).or_default().push((row.try_get(1).map_err(read)?, row.try_get(2).map_err(read)?));
     }
@@ -310,13 +302,8 @@ async fn claim_and_call(
              FROM unnest($1::text[], $2::bigint[]) AS released (bot_token, claim_id)
              WHERE webhook.bot_token = released.bot_token AND webhook.claim_id = released.claim_id"
         );
-        let statement =
-            session.prepared(&statement).await.map_err(|error| connection::describe("preparing", &error))?;
-        session
-            .client
-            .execute(&statement, &[&tokens, &claim_ids])
-            .await
-            .map_err(|error| connection::describe("releasing claims", &error))?;
+        let statement = session.prepared(&statement).await.map_err(doing("preparing"))?;
+        session.client.execute(&statement, &[&tokens, &claim_ids]).await.map_err(doing("releasing claims"))?;
         schedule_idle(shared, session, Some(&tokens)).await?;
     }
     Ok(())
@@ -332,7 +319,6 @@ async fn claim_and_call(
 /// way may have counted no events before these were committed.
 async fn schedule_idle(shared: &Shared, session: &mut Session, tokens: Option<&[&str]>) -> Result<(), String> {
     let schema = shared.schema.quoted();
-    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
     let now = shared.now();
     let Session { client, statements } = session;
     let transaction = client.transaction().await.map_err(doing("beginning to schedule"))?;
@@ -401,7 +387,7 @@ struct Claim {
 
 impl Claim {
     fn from_row(row: &Row) -> Result<Claim, String> {
-        let read = |error: tokio_postgres::Error| connection::describe("reading a claimed webhook", &error);
+        let read = doing("reading a claimed webhook");
         let stored = webhook_from_row(row).map_err(|error| error.to_string())?;
         let config = Arc::new(stored.config);
         Ok(Claim {
@@ -560,7 +546,6 @@ async fn settle_all(shared: &Shared, session: &mut Session, unsettled: &mut VecD
 
 async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded]) -> Result<Vec<Committed>, String> {
     let schema = shared.schema.quoted();
-    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
     let now = shared.now();
     let Session { client, statements } = session;
     let transaction = client.transaction().await.map_err(doing("beginning a settlement"))?;
@@ -777,7 +762,6 @@ async fn remove_delivered(
     delivered: &[(&str, &Taken)],
 ) -> Result<(), String> {
     let schema = shared.schema.quoted();
-    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
     let (mut tokens, mut ids) = (Vec::new(), Vec::new());
     for (token, taken) in delivered {
         tokens.extend(std::iter::repeat_n(*token, taken.whole.len()));
@@ -825,7 +809,6 @@ async fn finish(
     settled: &[SettlingWebhook<'_>],
 ) -> Result<(), String> {
     let schema = shared.schema.quoted();
-    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
     let tokens: Vec<&str> = settled.iter().map(|row| &*row.call.bot_token).collect();
     let failures_in_row: Vec<i32> =
         settled.iter().map(|row| i32::try_from(row.failures_in_row).unwrap_or(i32::MAX)).collect();
@@ -868,7 +851,6 @@ async fn disable(
 ) -> Result<Vec<Vec<u8>>, String> {
     let failure = settled.last_failure.clone();
     let schema = shared.schema.quoted();
-    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
     let dropped = delete_events(transaction, shared, &call.bot_token).await?;
     let alert = WebhookDisabledAlert {
         bot_token: call.bot_token.to_string(),
@@ -917,7 +899,7 @@ impl LockedWebhook {
     /// last_push_at, max_batch_events, max_batch_bytes, one_event_per_call,
     /// bot_token, plan = 'free', last_failure, waiting events, waiting bytes`.
     fn from_row(row: &Row) -> Result<LockedWebhook, String> {
-        let read = |error: tokio_postgres::Error| connection::describe("reading a webhook", &error);
+        let read = doing("reading a webhook");
         let max_batch_events: i32 = row.try_get(5).map_err(read)?;
         let max_batch_bytes: i64 = row.try_get(6).map_err(read)?;
         let (max_events, max_bytes) = rules::batch_limits(
@@ -1034,27 +1016,22 @@ async fn deliver_alerts(shared: &Shared, session: &mut Session) -> Result<(), St
              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
          RETURNING id, payload"
     );
-    let statement = session.prepared(&statement).await.map_err(|error| connection::describe("preparing", &error))?;
+    let statement = session.prepared(&statement).await.map_err(doing("preparing"))?;
     let rows = session
         .client
         .query(&statement, &[&now, &later(now, ALERT_LEASE), &CLAIM_LIMIT])
         .await
-        .map_err(|error| connection::describe("taking alerts", &error))?;
+        .map_err(doing("taking alerts"))?;
     for row in rows {
-        let read = |error: tokio_postgres::Error| connection::describe("reading an alert", &error);
+        let read = doing("reading an alert");
         let id: i64 = row.try_get(0).map_err(read)?;
         let payload: serde_json::Value = row.try_get(1).map_err(read)?;
         if let Some(alert) = alert_from_payload(&payload) {
             shared.alert_sink.webhook_disabled(&alert);
         }
         let statement = format!("UPDATE {schema}.alerts SET delivered_at = $2 WHERE id = $1");
-        let statement =
-            session.prepared(&statement).await.map_err(|error| connection::describe("preparing", &error))?;
-        session
-            .client
-            .execute(&statement, &[&id, &now])
-            .await
-            .map_err(|error| connection::describe("marking an alert", &error))?;
+        let statement = session.prepared(&statement).await.map_err(doing("preparing"))?;
+        session.client.execute(&statement, &[&id, &now]).await.map_err(doing("marking an alert"))?;
     }
     Ok(())
 }
@@ -1063,7 +1040,7 @@ async fn prune_ledger(shared: &Shared, client: &Client) -> Result<(), String> {
     let cutoff =
         shared.now() - chrono::Duration::from_std(shared.options.ledger_retention).unwrap_or(chrono::Duration::MAX);
     let statement = format!("DELETE FROM {}.calls WHERE ended_at < $1", shared.schema.quoted());
-    client.execute(&statement, &[&cutoff]).await.map_err(|error| connection::describe("pruning the ledger", &error))?;
+    client.execute(&statement, &[&cutoff]).await.map_err(doing("pruning the ledger"))?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
-use super::connection::{self, FIRST_RETRY_DELAY};
+use super::connection::{self, doing, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, Health, LocalWebhook, Shared};
 use super::webhooks::load_webhook;
 
@@ -47,12 +47,9 @@ async fn listen_and_refresh(shared: &Arc<Shared>, client: &mut Option<Client>) -
             }
         })
         .await
-        .map_err(|error| connection::describe("connecting to listen", &error))?;
+        .map_err(doing("connecting to listen"))?;
         let channel = shared.schema.webhooks_channel().replace('"', "\"\"");
-        connected
-            .batch_execute(&format!("LISTEN \"{channel}\""))
-            .await
-            .map_err(|error| connection::describe("listening for settings", &error))?;
+        connected.batch_execute(&format!("LISTEN \"{channel}\"")).await.map_err(doing("listening for settings"))?;
         *client = Some(connected);
     }
     let Some(client) = client.as_ref() else { return Err("no connection".to_owned()) };
@@ -80,11 +77,11 @@ pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), Stri
          LEFT JOIN (SELECT bot_token, sum(events)::bigint AS events FROM {schema}.events GROUP BY bot_token) AS pending
              USING (bot_token)"
     );
-    let rows = client.query(&statement, &[]).await.map_err(|error| connection::describe("reading webhooks", &error))?;
+    let rows = client.query(&statement, &[]).await.map_err(doing("reading webhooks"))?;
     let mut in_database = HashSet::with_capacity(rows.len());
     let mut changed = Vec::new();
     for row in &rows {
-        let read = |error: tokio_postgres::Error| connection::describe("reading a webhook", &error);
+        let read = doing("reading a webhook");
         let token: String = row.try_get(0).map_err(read)?;
         let generation = u64::try_from(row.try_get::<_, i64>(1).map_err(read)?).unwrap_or_default();
         let disabled: bool = row.try_get(2).map_err(read)?;

@@ -18,7 +18,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
-use super::connection::{self, Session, Statements, FIRST_RETRY_DELAY};
+use super::connection::{self, doing, Session, Statements, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, LocalWebhook, Shared};
 use super::webhooks::save_webhook_at;
 use crate::config::{Plan, WebhookConfig};
@@ -192,12 +192,10 @@ fn add(shared: &Shared, round: &mut Round, entry: Entry) {
 
 async fn commit(shared: &Shared, session: &mut Option<Session>, round: &Round) -> Result<Committed, String> {
     if session.is_none() {
-        let connected =
-            Session::connect(&shared.database).await.map_err(|error| connection::describe("connecting", &error))?;
+        let connected = Session::connect(&shared.database).await.map_err(doing("connecting"))?;
         *session = Some(connected);
     }
     let Some(Session { client, statements }) = session.as_mut() else { return Err("no connection".to_owned()) };
-    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
     let transaction = client.transaction().await.map_err(doing("beginning a commit"))?;
     let now = shared.now();
     let mut committed = Committed::default();
@@ -246,7 +244,6 @@ async fn insert_events(
         return Ok(());
     }
     let schema = shared.schema.quoted();
-    let doing = |what: &'static str| move |error: tokio_postgres::Error| connection::describe(what, &error);
     let mut tokens: Vec<&str> = batch.tokens.iter().map(|token| &**token).collect();
     tokens.sort_unstable();
     tokens.dedup();
@@ -324,13 +321,10 @@ pub(crate) async fn delete_events(
     bot_token: &str,
 ) -> Result<Vec<Vec<u8>>, String> {
     let statement = format!("DELETE FROM {}.events WHERE bot_token = $1 RETURNING id, bodies", shared.schema.quoted());
-    let rows = transaction
-        .query(&statement, &[&bot_token])
-        .await
-        .map_err(|error| connection::describe("deleting a webhook's events", &error))?;
+    let rows = transaction.query(&statement, &[&bot_token]).await.map_err(doing("deleting a webhook's events"))?;
     let mut runs: Vec<(i64, Vec<Vec<u8>>)> = Vec::with_capacity(rows.len());
     for row in rows {
-        let read = |error: tokio_postgres::Error| connection::describe("reading deleted events", &error);
+        let read = doing("reading deleted events");
         runs.push((row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?));
     }
     runs.sort_unstable_by_key(|(id, _)| *id);
