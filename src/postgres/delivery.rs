@@ -929,12 +929,22 @@ impl LockedWebhook {
 
 /// Counts a committed settlement here and tells the observer of the call
 /// (in this process, once) and of the events its disabling dropped.
-fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
+fn apply(shared: &Shared, call: &CallEnded, mut committed: Committed) {
     let in_call = call.events as u64;
     shared.in_flight.fetch_sub(in_call, Ordering::Relaxed);
     let delivered = committed.outcome.is_success();
     let disabled = committed.disabled();
     let webhook = shared.webhook(&call.bot_token);
+    // Health first: a host that sees the call counted sees its health too.
+    if let Some(webhook) = &webhook {
+        if disabled {
+            webhook.live.disabled.store(true, Ordering::Relaxed);
+            shared.alert_written.store(true, Ordering::Release);
+        }
+        if let Some(health) = committed.health.take() {
+            *lock(&webhook.live.health) = health;
+        }
+    }
     // A webhook removed here meanwhile counts its call among the retired counts.
     let counters = webhook.as_ref().map_or(&shared.retired, |webhook| &webhook.live.counters);
     if committed.first {
@@ -952,13 +962,6 @@ fn apply(shared: &Shared, call: &CallEnded, committed: Committed) {
         if delivered && committed.ours && committed.first {
             let pending = webhook.live.pending_in_database.load(Ordering::Relaxed);
             webhook.live.pending_in_database.store(pending.saturating_sub(in_call), Ordering::Relaxed);
-        }
-        if disabled {
-            webhook.live.disabled.store(true, Ordering::Relaxed);
-            shared.alert_written.store(true, Ordering::Release);
-        }
-        if let Some(health) = committed.health {
-            *lock(&webhook.live.health) = health;
         }
         if let Some((reason, dropped)) = committed.dropped.as_ref().filter(|(_, dropped)| !dropped.is_empty()) {
             count_dropped(shared, Some(&webhook), &call.bot_token, *reason, decode(dropped));
