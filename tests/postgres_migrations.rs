@@ -270,6 +270,46 @@ async fn settings_changes_bump_the_generation_and_are_announced_bookkeeping_is_n
         async move { writer.batch_execute(&statement).await.expect(&statement) }
     };
 
+    // The triggers fire on updates of every column but the bookkeeping ones
+    // (the same list as the bump's comparison), so a column added later is
+    // counted as a setting unless it is named bookkeeping in both places.
+    const BOOKKEEPING: [&str; 9] = [
+        "failures_in_row",
+        "last_failure",
+        "anchor_at",
+        "due_at",
+        "last_push_at",
+        "retry_events",
+        "retry_call_id",
+        "claim_id",
+        "lease_until",
+    ];
+    let columns = writer
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 \
+             AND NOT attisdropped ORDER BY attname",
+            &[&table],
+        )
+        .await
+        .expect("reading the columns");
+    let settings: Vec<String> = columns
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .filter(|column| !BOOKKEEPING.contains(&column.as_str()))
+        .collect();
+    for trigger in ["webhooks_bump_generation", "webhooks_notify"] {
+        let fired_by = writer
+            .query(
+                "SELECT attname::text FROM pg_trigger JOIN pg_attribute ON attrelid = tgrelid AND attnum = ANY (tgattr) \
+                 WHERE tgrelid = $1::text::regclass AND tgname = $2 ORDER BY attname",
+                &[&table, &trigger],
+            )
+            .await
+            .expect("reading the trigger's columns");
+        let fired_by: Vec<String> = fired_by.iter().map(|row| row.get(0)).collect();
+        assert_eq!(fired_by, settings, "the columns whose update fires {trigger}");
+    }
+
     execute(format!(
         "INSERT INTO {table} (bot_token, account_name, url, secret, events, plan, push_interval_ms,
             max_batch_events, max_batch_bytes, one_event_per_call, request_timeout_ms, queue_capacity, accept_any_2xx,

@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 use super::connection::{self, doing, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, Health, LocalWebhook, Shared};
-use super::webhooks::load_webhook;
+use super::webhooks::{load_webhooks_of, StoredWebhook};
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut client: Option<Client> = None;
@@ -99,10 +99,16 @@ pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), Stri
         in_database.insert(token);
     }
     let mut loaded = HashMap::with_capacity(changed.len());
-    for (token, pending, health) in changed {
-        let stored = load_webhook(client, &shared.schema, &token).await.map_err(|error| error.to_string())?;
-        if let Some(stored) = stored {
-            loaded.insert(token, (stored, pending, health));
+    if !changed.is_empty() {
+        let tokens: Vec<&str> = changed.iter().map(|(token, _, _)| token.as_str()).collect();
+        let stored = load_webhooks_of(client, &shared.schema, &tokens).await.map_err(|error| error.to_string())?;
+        let mut stored: HashMap<String, StoredWebhook> =
+            stored.into_iter().map(|webhook| (webhook.config.bot_token().to_owned(), webhook)).collect();
+        for (token, pending, health) in changed {
+            // Removed since the first read: the next refresh forgets it.
+            if let Some(webhook) = stored.remove(&token) {
+                loaded.insert(token, (webhook, pending, health));
+            }
         }
     }
     let removing = lock(&shared.removing);

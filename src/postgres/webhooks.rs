@@ -273,6 +273,20 @@ pub async fn load_webhook(
     row.as_ref().map(webhook_from_row).transpose()
 }
 
+/// The stored webhooks of `bot_tokens` that have a row, in one statement (a
+/// process joining a cluster loads thousands at once).
+pub(crate) async fn load_webhooks_of(
+    client: &impl GenericClient,
+    schema: &PostgresSchema,
+    bot_tokens: &[&str],
+) -> Result<Vec<StoredWebhook>, WebhookStoreError> {
+    let rows = client
+        .query(&format!("{} WHERE bot_token = ANY($1)", select_statement(schema)), &[&bot_tokens])
+        .await
+        .map_err(WebhookStoreError::database("loading the changed webhooks", None))?;
+    rows.iter().map(webhook_from_row).collect()
+}
+
 fn select_statement(schema: &PostgresSchema) -> String {
     format!(
         "SELECT {}, disabled, failures_in_row, last_failure, generation FROM {}.webhooks",

@@ -149,7 +149,14 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER webhooks_bump_generation BEFORE UPDATE ON webhooks
+-- Fired only by updates that set a setting, `disabled` or `generation`:
+-- claims, leases, due times and health counts are most of the updates, and
+-- skip the function call.
+CREATE TRIGGER webhooks_bump_generation
+    BEFORE UPDATE OF bot_token, account_name, url, secret, signing_secrets, events, plan, push_interval_ms, max_batch_events,
+        max_batch_bytes, one_event_per_call, request_timeout_ms, queue_capacity, accept_any_2xx, included_variables,
+        disabled, generation
+    ON webhooks
     FOR EACH ROW EXECUTE FUNCTION webhooks_bump_generation();
 
 -- Tells listening processes that a webhook was configured, changed, disabled
@@ -178,5 +185,10 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER webhooks_notify AFTER INSERT OR UPDATE OR DELETE ON webhooks
+-- Fired by the same updates as the bump (an update of another column never bumps).
+CREATE TRIGGER webhooks_notify
+    AFTER INSERT OR DELETE OR UPDATE OF bot_token, account_name, url, secret, signing_secrets, events, plan, push_interval_ms,
+        max_batch_events, max_batch_bytes, one_event_per_call, request_timeout_ms, queue_capacity, accept_any_2xx,
+        included_variables, disabled, generation
+    ON webhooks
     FOR EACH ROW EXECUTE FUNCTION webhooks_notify();
