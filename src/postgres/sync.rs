@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 use super::connection::{self, doing, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, Health, LocalWebhook, Shared};
-use super::webhooks::{load_webhooks_of, StoredWebhook};
+use super::webhooks::load_webhooks_of;
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut client: Option<Client> = None;
@@ -79,7 +79,7 @@ pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), Stri
     );
     let rows = client.query(&statement, &[]).await.map_err(doing("reading webhooks"))?;
     let mut in_database = HashSet::with_capacity(rows.len());
-    let mut changed = Vec::new();
+    let mut changed = HashMap::new();
     for row in &rows {
         let read = doing("reading a webhook");
         let token: String = row.try_get(0).map_err(read)?;
@@ -94,30 +94,31 @@ pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), Stri
                 webhook.live.pending_in_database.store(pending, Ordering::Relaxed);
                 *lock(&webhook.live.health) = Health { failures_in_row, last_failure };
             }
-            _ => changed.push((token.clone(), pending, Health { failures_in_row, last_failure })),
+            _ => {
+                changed.insert(token.clone(), (pending, Health { failures_in_row, last_failure }));
+            }
         }
         in_database.insert(token);
     }
-    let mut loaded = HashMap::with_capacity(changed.len());
+    // A webhook removed since the first read has no row here: the next refresh forgets it.
+    let mut loaded = Vec::with_capacity(changed.len());
     if !changed.is_empty() {
-        let tokens: Vec<&str> = changed.iter().map(|(token, _, _)| token.as_str()).collect();
+        let tokens: Vec<&str> = changed.keys().map(String::as_str).collect();
         let stored = load_webhooks_of(client, &shared.schema, &tokens).await.map_err(|error| error.to_string())?;
-        let mut stored: HashMap<String, StoredWebhook> =
-            stored.into_iter().map(|webhook| (webhook.config.bot_token().to_owned(), webhook)).collect();
-        for (token, pending, health) in changed {
-            // Removed since the first read: the next refresh forgets it.
-            if let Some(webhook) = stored.remove(&token) {
-                loaded.insert(token, (webhook, pending, health));
+        for webhook in stored {
+            if let Some((pending, health)) = changed.remove(webhook.config.bot_token()) {
+                loaded.push((webhook, pending, health));
             }
         }
     }
     let removing = lock(&shared.removing);
     let mut webhooks = shared.webhooks.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-    for (token, (stored, pending, health)) in loaded {
-        if removing.contains(token.as_str()) {
+    for (stored, pending, health) in loaded {
+        let token = stored.config.shared_bot_token();
+        if removing.contains(&*token) {
             continue;
         }
-        let webhook = match webhooks.get(token.as_str()) {
+        let webhook = match webhooks.get(&*token) {
             // Settings saved here but not committed yet stay until their commit.
             Some(old) if old.generation.load(Ordering::Relaxed) == 0 => continue,
             Some(old) => old.reconfigured(stored.config, stored.generation, stored.disabled),
@@ -125,7 +126,7 @@ pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), Stri
         };
         webhook.live.pending_in_database.store(pending, Ordering::Relaxed);
         *lock(&webhook.live.health) = health;
-        webhooks.insert(Arc::from(token.as_str()), Arc::new(webhook));
+        webhooks.insert(token, Arc::new(webhook));
     }
     // Removed by another process; not one configured here and still on its
     // way (generation 0), or committed here since the read.
