@@ -40,8 +40,12 @@
 //! included), over the events. The WAL is the server's, so anything else
 //! the server does meanwhile is counted too; commits per event likewise
 //! come from `pg_stat_database` (this database's, read after the server's
-//! statistics are flushed). Each side runs once, after one warm-up run of
-//! the in-memory dispatcher (criterion's repeated sampling would take hours).
+//! statistics are flushed). After one warm-up run of the in-memory
+//! dispatcher and one of two PostgreSQL dispatchers, those two sides run
+//! `ALTERNATE_RUNS` (3) times in turn and each is reported by its median
+//! run (events/s): this machine's speed drifts over minutes, and runs taken
+//! alternately see the same drift. The outbox and the 1 and 4 dispatchers
+//! run once (criterion's repeated sampling would take hours).
 //!
 //! Without `DATABASE_URL` the bench prints a `SKIPPED` line and exits 0.
 
@@ -70,6 +74,10 @@ const RUN_LIMIT: Duration = Duration::from_secs(300);
 /// Rows an outbox worker claims at a time.
 const OUTBOX_CLAIM: i64 = 100;
 const OUTBOX_WORKERS: usize = 2;
+/// Runs of the in-memory side and of two PostgreSQL dispatchers, taken in turn.
+const ALTERNATE_RUNS: usize = 3;
+/// The pause after each PostgreSQL side's run.
+const QUIET_AFTER_RUN: Duration = Duration::from_secs(1);
 
 /// One run of one side.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +97,12 @@ impl Run {
 
     fn wal_per_event(&self) -> f64 {
         self.wal_bytes / EVENTS as f64
+    }
+
+    /// The run of median events/s (of an odd count; the upper middle of an even one).
+    fn median(mut runs: Vec<Run>) -> Run {
+        runs.sort_by_key(|run| run.elapsed);
+        runs[runs.len() / 2]
     }
 }
 
@@ -171,9 +185,12 @@ impl Bench {
         self.runtime.block_on(self.admin.query_one(statement, &[])).expect("commits").get(0)
     }
 
+    /// Drops a run's schema, then lets the server settle (the files' removal, its
+    /// writers) before the next run, which the runs taken in turn would otherwise pay.
     fn drop_schema(&self, schema: &PostgresSchema) {
         let statement = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", schema.name());
         self.runtime.block_on(self.admin.batch_execute(&statement)).expect("dropping the bench's schema");
+        std::thread::sleep(QUIET_AFTER_RUN);
     }
 
     /// One run of the in-memory dispatcher.
@@ -436,17 +453,34 @@ fn main() {
         "postgres: {BOTS} bots, {EVENTS} events, push interval {PUSH_INTERVAL:?}, max_batch_events {MAX_BATCH_EVENTS}, \
          concurrency {CONCURRENCY} per process"
     );
-    if std::env::var_os("EVENTHOOK_POSTGRES_DISPATCHERS_ONLY").is_some() {
-        // For a profiler (see benches/README.md): two PostgreSQL dispatchers' runs alone, no report.
-        for _ in 0..3 {
+    if let Some(runs) = std::env::var_os("EVENTHOOK_POSTGRES_DISPATCHERS_ONLY") {
+        // For a profiler (see benches/README.md): two PostgreSQL dispatchers' runs alone (3, or as
+        // many as the variable says), no report.
+        let runs = runs.to_str().and_then(|runs| runs.parse().ok()).unwrap_or(3);
+        for _ in 0..runs {
             println!("2 PostgreSQL dispatchers: {:.0} events/s", bench.run_postgres(2).rate());
         }
         return;
     }
+    // A warm-up run of each side, then the two main sides in turn: this
+    // machine's speed drifts over minutes (a shared VM), and each side's
+    // median of runs taken alternately sees the same drift.
     let _ = bench.run_memory();
-    let memory = bench.run_memory();
-    println!("  in-memory dispatcher: {:.0} events/s, {} posts", memory.rate(), memory.posts);
-    let two = bench.run_postgres(2);
+    let _ = bench.run_postgres(2);
+    let (mut memory_runs, mut two_runs) = (Vec::new(), Vec::new());
+    for _ in 0..ALTERNATE_RUNS {
+        let memory = bench.run_memory();
+        println!("  in-memory dispatcher: {:.0} events/s, {} posts", memory.rate(), memory.posts);
+        memory_runs.push(memory);
+        two_runs.push(bench.run_postgres(2));
+    }
+    let memory = Run::median(memory_runs);
+    let two = Run::median(two_runs);
+    println!(
+        "  medians of {ALTERNATE_RUNS}: in-memory {:.0} events/s, 2 PostgreSQL dispatchers {:.0} events/s",
+        memory.rate(),
+        two.rate()
+    );
     let outbox = bench.run_outbox();
     let one = bench.run_postgres(1);
     let four = bench.run_postgres(4);

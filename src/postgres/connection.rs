@@ -52,6 +52,31 @@ pub(crate) fn doing(doing: &'static str) -> impl Fn(tokio_postgres::Error) -> St
     move |error| describe(doing, &error)
 }
 
+/// Begins a transaction on `client` for statements sent with it: polled
+/// together (`try_join`), statements are sent together and answered in
+/// order, so the `BEGIN` costs no round trip of its own. A transaction
+/// begun so ends with [`commit`], or by [`rolled_back_on_error`].
+pub(crate) async fn begin(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute("BEGIN").await
+}
+
+/// Commits what [`begin`] began; sent with the last statements, it costs no
+/// round trip of its own either: a statement that fails before it aborts
+/// the transaction, and the `COMMIT` then rolls it back.
+pub(crate) async fn commit(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute("COMMIT").await
+}
+
+/// Passes on what a transaction [`begin`] began came to; after a failure,
+/// first rolls back what the failure left open, so that the connection
+/// serves the next transaction (a closed one is replaced anyway).
+pub(crate) async fn rolled_back_on_error<T, E>(client: &Client, outcome: Result<T, E>) -> Result<T, E> {
+    if outcome.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    outcome
+}
+
 /// A task's connection and the statements it has prepared on it: a
 /// statement the task runs again costs one round trip, not two.
 pub(crate) struct Session {

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures::TryFutureExt;
 use http::StatusCode;
 use tokio::sync::mpsc;
-use tokio_postgres::{Client, Row, Transaction};
+use tokio_postgres::{Client, Row, Statement};
 
 use super::connection::{self, doing, Session, Statements, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, Health, Shared, StoreError};
@@ -204,11 +205,18 @@ async fn round(
             .map_err(doing("forgetting returning users"))?;
         *last_prune = Some(Instant::now());
     }
-    if !shared.closed.load(Ordering::Acquire) {
-        let free = shared.options.max_concurrent_pushes.saturating_sub(shared.calls_in_flight.load(Ordering::Acquire));
-        if free > 0 {
-            claim_and_call(shared, session, free, ended, call_id_prefix).await?;
-        }
+    if shared.closed.load(Ordering::Acquire) {
+        return Ok(None);
+    }
+    let free = || shared.options.max_concurrent_pushes.saturating_sub(shared.calls_in_flight.load(Ordering::Acquire));
+    let claimed_all = free() > 0 && claim_and_call(shared, session, free(), ended, call_id_prefix).await?;
+    if free() == 0 {
+        // No call can start before one ends, which wakes this task.
+        return Ok(None);
+    }
+    if claimed_all {
+        // More may be due: claim again at once.
+        return Ok(Some(shared.now()));
     }
     let statement = format!(
         "SELECT min(greatest(due_at, coalesce(lease_until, due_at))) FROM {}.webhooks
@@ -221,14 +229,15 @@ async fn round(
 }
 
 /// Claims up to `free` due webhooks, reads their calls' events in one
-/// statement, and starts a call for each that still has events.
+/// statement, and starts a call for each that still has events. Returns
+/// whether it claimed as many as it could (so that more may be due).
 async fn claim_and_call(
     shared: &Arc<Shared>,
     session: &mut Session,
     free: usize,
     ended: &mpsc::UnboundedSender<CallEnded>,
     call_id_prefix: u64,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let schema = shared.schema.quoted();
     let now = shared.now();
     let lease_margin_ms = i64::try_from(shared.options.lease_margin.as_millis()).unwrap_or(i64::MAX);
@@ -251,8 +260,9 @@ async fn claim_and_call(
         .query(&statement, &[&now, &limit, &lease_margin_ms])
         .await
         .map_err(doing("claiming due webhooks"))?;
+    let claimed_all = i64::try_from(rows.len()).is_ok_and(|claimed| claimed == limit);
     if rows.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let mut claims = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -306,7 +316,7 @@ async fn claim_and_call(
         session.client.execute(&statement, &[&tokens, &claim_ids]).await.map_err(doing("releasing claims"))?;
         schedule_idle(shared, session, Some(&tokens)).await?;
     }
-    Ok(())
+    Ok(claimed_all)
 }
 
 /// Gives a due time to each webhook (of `tokens`, or all) that has events
@@ -318,10 +328,21 @@ async fn claim_and_call(
 /// Waits for the rows' locks rather than skipping them: a settlement under
 /// way may have counted no events before these were committed.
 async fn schedule_idle(shared: &Shared, session: &mut Session, tokens: Option<&[&str]>) -> Result<(), String> {
+    let Session { client, statements } = session;
+    let scheduled = schedule_in_transaction(shared, client, statements, tokens).await;
+    connection::rolled_back_on_error(client, scheduled).await
+}
+
+/// The scheduling's transaction: `BEGIN` with the locking read, then the
+/// update with `COMMIT` (more round trips only when events are dropped).
+async fn schedule_in_transaction(
+    shared: &Shared,
+    client: &Client,
+    statements: &mut Statements,
+    tokens: Option<&[&str]>,
+) -> Result<(), String> {
     let schema = shared.schema.quoted();
     let now = shared.now();
-    let Session { client, statements } = session;
-    let transaction = client.transaction().await.map_err(doing("beginning to schedule"))?;
     // In token order, as every writer of these rows locks them.
     let statement = format!(
         "SELECT webhook.bot_token, webhook.disabled, webhook.plan = 'free',
@@ -332,10 +353,14 @@ async fn schedule_idle(shared: &Shared, session: &mut Session, tokens: Option<&[
            AND EXISTS (SELECT 1 FROM {schema}.events AS event WHERE event.bot_token = webhook.bot_token)
          ORDER BY webhook.bot_token FOR NO KEY UPDATE OF webhook"
     );
-    let statement = statements.get(&transaction, &statement).await.map_err(doing("preparing"))?;
-    let rows = transaction.query(&statement, &[&tokens]).await.map_err(doing("reading idle webhooks"))?;
+    let statement = statements.get(client, &statement).await.map_err(doing("preparing"))?;
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tokens];
+    let ((), rows) = futures::try_join!(
+        connection::begin(client).map_err(doing("beginning to schedule")),
+        client.query(&statement, &parameters).map_err(doing("reading idle webhooks")),
+    )?;
     if rows.is_empty() {
-        return transaction.commit().await.map_err(doing("scheduling"));
+        return connection::commit(client).await.map_err(doing("scheduling"));
     }
     let mut due_tokens = Vec::new();
     let mut due_times = Vec::new();
@@ -347,7 +372,7 @@ async fn schedule_idle(shared: &Shared, session: &mut Session, tokens: Option<&[
         let free_plan: bool = row.try_get(2).map_err(read)?;
         if disabled || free_plan {
             let reason = if disabled { DropReason::Disabled } else { DropReason::Reconfigured };
-            let bodies = delete_events(&transaction, shared, &token).await?;
+            let bodies = delete_events(client, shared, &token).await?;
             dropped.push((token, reason, bodies));
             continue;
         }
@@ -365,10 +390,15 @@ async fn schedule_idle(shared: &Shared, session: &mut Session, tokens: Option<&[
              FROM unnest($1::text[], $2::timestamptz[]) AS due (bot_token, due_at)
              WHERE webhook.bot_token = due.bot_token"
         );
-        let statement = statements.get(&transaction, &statement).await.map_err(doing("preparing"))?;
-        transaction.execute(&statement, &[&due_tokens, &due_times]).await.map_err(doing("scheduling webhooks"))?;
+        let statement = statements.get(client, &statement).await.map_err(doing("preparing"))?;
+        let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&due_tokens, &due_times];
+        futures::try_join!(
+            client.execute(&statement, &parameters).map_err(doing("scheduling webhooks")),
+            connection::commit(client).map_err(doing("scheduling")),
+        )?;
+    } else {
+        connection::commit(client).await.map_err(doing("scheduling"))?;
     }
-    transaction.commit().await.map_err(doing("scheduling"))?;
     for (token, reason, bodies) in dropped {
         count_dropped(shared, shared.webhook(&token).as_deref(), &token, reason, decode(&bodies));
     }
@@ -545,10 +575,22 @@ async fn settle_all(shared: &Shared, session: &mut Session, unsettled: &mut VecD
 }
 
 async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded]) -> Result<Vec<Committed>, String> {
+    let Session { client, statements } = session;
+    let settled = settle_in_transaction(shared, client, statements, calls).await;
+    connection::rolled_back_on_error(client, settled).await
+}
+
+/// The settlement's transaction, in two round trips: `BEGIN` with the
+/// ledger and the locking read, then the writes with `COMMIT` (three when
+/// a call disables its webhook or drops its waiting events).
+async fn settle_in_transaction(
+    shared: &Shared,
+    client: &Client,
+    statements: &mut Statements,
+    calls: &[CallEnded],
+) -> Result<Vec<Committed>, String> {
     let schema = shared.schema.quoted();
     let now = shared.now();
-    let Session { client, statements } = session;
-    let transaction = client.transaction().await.map_err(doing("beginning a settlement"))?;
     let outcomes: Vec<CallOutcome> =
         calls.iter().map(|call| rules::call_outcome(call.result.clone(), call.config.accept_any_2xx())).collect();
     let failures: Vec<Option<String>> =
@@ -575,14 +617,9 @@ async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded
                               $7::text[], $8::timestamptz[], $9::timestamptz[])
          ON CONFLICT (claim_id) DO NOTHING RETURNING claim_id"
     );
-    let statement = statements.get(&transaction, &statement).await.map_err(doing("preparing"))?;
+    let ledger = statements.get(client, &statement).await.map_err(doing("preparing"))?;
     let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 9] =
         [&claim_ids, &tokens, &event_counts, &bytes, &names, &statuses, &failures, &started, &ended];
-    let rows = transaction.query(&statement, &parameters).await.map_err(doing("writing the ledger"))?;
-    let mut first = HashSet::with_capacity(rows.len());
-    for row in rows {
-        first.insert(row.try_get::<_, i64>(0).map_err(doing("reading the ledger"))?);
-    }
 
     // The webhooks' rows, locked, with their waiting events and bytes.
     let statement = format!(
@@ -595,8 +632,18 @@ async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded
                              FROM {schema}.events AS event WHERE event.bot_token = webhook.bot_token) AS waiting
          WHERE webhook.bot_token = ANY($1) ORDER BY webhook.bot_token FOR NO KEY UPDATE OF webhook"
     );
-    let statement = statements.get(&transaction, &statement).await.map_err(doing("preparing"))?;
-    let rows = transaction.query(&statement, &[&tokens]).await.map_err(doing("locking webhooks"))?;
+    let locking = statements.get(client, &statement).await.map_err(doing("preparing"))?;
+    // Sent together, answered in order: one round trip for both.
+    let locking_parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tokens];
+    let ((), ledger_rows, rows) = futures::try_join!(
+        connection::begin(client).map_err(doing("beginning a settlement")),
+        client.query(&ledger, &parameters).map_err(doing("writing the ledger")),
+        client.query(&locking, &locking_parameters).map_err(doing("locking webhooks")),
+    )?;
+    let mut first = HashSet::with_capacity(ledger_rows.len());
+    for row in ledger_rows {
+        first.insert(row.try_get::<_, i64>(0).map_err(doing("reading the ledger"))?);
+    }
     let mut locked = HashMap::with_capacity(rows.len());
     for row in &rows {
         let token: String = row.try_get(8).map_err(doing("reading a webhook"))?;
@@ -623,32 +670,40 @@ async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded
         }
         committed.push(settled);
     }
-    // What the calls delivered leaves first; then what the rules dropped.
+    // What the calls delivered leaves, and the outcomes of the calls that
+    // did not disable their webhook are written, in one round trip; then
+    // (rarely) the waiting events the rules dropped, after the delivered
+    // ones left.
     let delivered: Vec<(&str, &Taken)> = settling
         .iter()
         .filter(|(_, row)| row.delivered)
         .map(|(_, row)| (&*row.call.bot_token, &row.call.taken))
         .collect();
-    if !delivered.is_empty() {
-        remove_delivered(&transaction, statements, shared, &delivered).await?;
+    let (disabling, finishing): (Vec<_>, Vec<_>) = settling.into_iter().partition(|(_, row)| row.disabled);
+    let removal = Removal::prepare(client, statements, shared).await?;
+    let finishing_rows: Vec<&SettlingWebhook<'_>> = finishing.iter().map(|(_, row)| row).collect();
+    let finishing_statement = statements.get(client, &finish_statement(shared)).await.map_err(doing("preparing"))?;
+    let writes = futures::future::try_join(
+        removal.remove_delivered(client, &delivered),
+        finish(client, &finishing_statement, &finishing_rows),
+    );
+    let common = disabling.is_empty() && finishing.iter().all(|(_, row)| row.drop_waiting.is_none());
+    if common {
+        futures::try_join!(writes, connection::commit(client).map_err(doing("committing a settlement")))?;
+        return Ok(committed);
     }
-    let mut finishing = Vec::with_capacity(settling.len());
-    for (index, row) in settling {
-        if row.disabled {
-            let dropped = disable(&transaction, statements, shared, row.call, &row, now).await?;
-            committed[index].dropped = Some((DropReason::Disabled, dropped));
-            continue;
-        }
+    writes.await?;
+    for (index, row) in &finishing {
         if let Some(reason) = row.drop_waiting {
-            let dropped = delete_events(&transaction, shared, &row.call.bot_token).await?;
-            committed[index].dropped = Some((reason, dropped));
+            let dropped = delete_events(client, shared, &row.call.bot_token).await?;
+            committed[*index].dropped = Some((reason, dropped));
         }
-        finishing.push(row);
     }
-    if !finishing.is_empty() {
-        finish(&transaction, statements, shared, &finishing).await?;
+    for (index, row) in disabling {
+        let dropped = disable(client, statements, shared, row.call, &row, now).await?;
+        committed[index].dropped = Some((DropReason::Disabled, dropped));
     }
-    transaction.commit().await.map_err(doing("committing a settlement"))?;
+    connection::commit(client).await.map_err(doing("committing a settlement"))?;
     Ok(committed)
 }
 
@@ -752,63 +807,74 @@ impl Schedulable for SettlingWebhook<'_> {
     }
 }
 
-/// Removes what successful calls delivered, in two statements for all of
-/// them: the rows they took whole, and the delivered head of each row a
-/// call ended inside (its undelivered tail stays, as the webhook's oldest).
-async fn remove_delivered(
-    transaction: &Transaction<'_>,
-    statements: &mut Statements,
-    shared: &Shared,
-    delivered: &[(&str, &Taken)],
-) -> Result<(), String> {
-    let schema = shared.schema.quoted();
-    let (mut tokens, mut ids) = (Vec::new(), Vec::new());
-    for (token, taken) in delivered {
-        tokens.extend(std::iter::repeat_n(*token, taken.whole.len()));
-        ids.extend_from_slice(&taken.whole);
-    }
-    if !ids.is_empty() {
-        let statement = format!(
+/// The two statements that remove what successful calls delivered, for
+/// all of them: the rows they took whole, and the delivered head of each
+/// row a call ended inside (its undelivered tail stays, as the webhook's
+/// oldest).
+struct Removal {
+    whole: Statement,
+    partial: Statement,
+}
+
+impl Removal {
+    async fn prepare(transaction: &Client, statements: &mut Statements, shared: &Shared) -> Result<Removal, String> {
+        let schema = shared.schema.quoted();
+        let whole = format!(
             "DELETE FROM {schema}.events
              WHERE (bot_token, id) IN (SELECT * FROM unnest($1::text[], $2::bigint[]))"
         );
-        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-        transaction.execute(&statement, &[&tokens, &ids]).await.map_err(doing("deleting delivered events"))?;
-    }
-    let parts: Vec<(&str, PartRow)> =
-        delivered.iter().filter_map(|(token, taken)| Some((*token, taken.partial?))).collect();
-    if !parts.is_empty() {
-        let tokens: Vec<&str> = parts.iter().map(|(token, _)| *token).collect();
-        let ids: Vec<i64> = parts.iter().map(|(_, part)| part.id).collect();
-        let events: Vec<i32> = parts.iter().map(|(_, part)| part.events).collect();
-        let bytes: Vec<i64> = parts.iter().map(|(_, part)| part.bytes).collect();
-        let statement = format!(
+        let partial = format!(
             "UPDATE {schema}.events AS run
              SET bodies = run.bodies[taken.events + 1:], events = run.events - taken.events,
                  bytes = run.bytes - taken.bytes
              FROM unnest($1::text[], $2::bigint[], $3::integer[], $4::bigint[]) AS taken (bot_token, id, events, bytes)
              WHERE run.bot_token = taken.bot_token AND run.id = taken.id"
         );
-        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-        transaction
-            .execute(&statement, &[&tokens, &ids, &events, &bytes])
-            .await
-            .map_err(doing("deleting delivered events"))?;
+        Ok(Removal {
+            whole: statements.get(transaction, &whole).await.map_err(doing("preparing"))?,
+            partial: statements.get(transaction, &partial).await.map_err(doing("preparing"))?,
+        })
     }
-    Ok(())
+
+    /// Both statements (those with anything to do) in one round trip.
+    async fn remove_delivered(&self, transaction: &Client, delivered: &[(&str, &Taken)]) -> Result<(), String> {
+        let (mut tokens, mut ids) = (Vec::new(), Vec::new());
+        for (token, taken) in delivered {
+            tokens.extend(std::iter::repeat_n(*token, taken.whole.len()));
+            ids.extend_from_slice(&taken.whole);
+        }
+        let parts: Vec<(&str, PartRow)> =
+            delivered.iter().filter_map(|(token, taken)| Some((*token, taken.partial?))).collect();
+        let part_tokens: Vec<&str> = parts.iter().map(|(token, _)| *token).collect();
+        let part_ids: Vec<i64> = parts.iter().map(|(_, part)| part.id).collect();
+        let part_events: Vec<i32> = parts.iter().map(|(_, part)| part.events).collect();
+        let part_bytes: Vec<i64> = parts.iter().map(|(_, part)| part.bytes).collect();
+        let whole = async {
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            transaction.execute(&self.whole, &[&tokens, &ids]).await
+        };
+        let partial = async {
+            if parts.is_empty() {
+                return Ok(0);
+            }
+            transaction.execute(&self.partial, &[&part_tokens, &part_ids, &part_events, &part_bytes]).await
+        };
+        futures::try_join!(whole, partial).map_err(doing("deleting delivered events"))?;
+        Ok(())
+    }
 }
 
 /// Writes what the rules decided for calls that did not disable their
-/// webhook, in one statement: failures in a row, the last failure, the
-/// failed call to send again (its events and its id), the last push, the
-/// next due time (none when no event waits), and the claim handed back.
-async fn finish(
-    transaction: &Transaction<'_>,
-    statements: &mut Statements,
-    shared: &Shared,
-    settled: &[SettlingWebhook<'_>],
-) -> Result<(), String> {
-    let schema = shared.schema.quoted();
+/// webhook, in one statement ([`finish_statement`]): failures in a row, the
+/// last failure, the failed call to send again (its events and its id), the
+/// last push, the next due time (none when no event waits), and the claim
+/// handed back.
+async fn finish(transaction: &Client, statement: &Statement, settled: &[&SettlingWebhook<'_>]) -> Result<(), String> {
+    if settled.is_empty() {
+        return Ok(());
+    }
     let tokens: Vec<&str> = settled.iter().map(|row| &*row.call.bot_token).collect();
     let failures_in_row: Vec<i32> =
         settled.iter().map(|row| i32::try_from(row.failures_in_row).unwrap_or(i32::MAX)).collect();
@@ -821,7 +887,16 @@ async fn finish(
         settled.iter().map(|row| retry(row).then_some(row.call.call_id.as_str())).collect();
     let last_pushes: Vec<DateTime<Utc>> = settled.iter().map(|row| row.call.started_at).collect();
     let due_times: Vec<Option<DateTime<Utc>>> = settled.iter().map(|row| row.due_at).collect();
-    let statement = format!(
+    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&tokens, &failures_in_row, &last_failures, &retry_events, &retry_call_ids, &last_pushes, &due_times];
+    transaction.execute(statement, &parameters).await.map_err(doing("recording the calls' outcomes"))?;
+    Ok(())
+}
+
+/// The statement of [`finish`].
+fn finish_statement(shared: &Shared) -> String {
+    let schema = shared.schema.quoted();
+    format!(
         "UPDATE {schema}.webhooks AS webhook
          SET failures_in_row = settled.failures_in_row, last_failure = settled.last_failure,
              retry_events = settled.retry_events, retry_call_id = settled.retry_call_id,
@@ -830,19 +905,14 @@ async fn finish(
                      $7::timestamptz[])
              AS settled (bot_token, failures_in_row, last_failure, retry_events, retry_call_id, last_push_at, due_at)
          WHERE webhook.bot_token = settled.bot_token"
-    );
-    let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-    let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-        [&tokens, &failures_in_row, &last_failures, &retry_events, &retry_call_ids, &last_pushes, &due_times];
-    transaction.execute(&statement, &parameters).await.map_err(doing("recording the calls' outcomes"))?;
-    Ok(())
+    )
 }
 
 /// Disables a webhook after its call's failure: drops its events (returned
 /// for the observer), records its health and writes its alert, in the
 /// settlement's transaction.
 async fn disable(
-    transaction: &Transaction<'_>,
+    transaction: &Client,
     statements: &mut Statements,
     shared: &Shared,
     call: &CallEnded,

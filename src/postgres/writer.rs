@@ -3,10 +3,12 @@
 //!
 //! A round gathers what arrives within the commit window (or up to its
 //! event limit), encodes each event once, and commits everything in one
-//! transaction: settings rows, removals, events, and the due time of each
-//! webhook that had none. A failed round is tried again, whole, until the
-//! database takes it; meanwhile `enqueue` keeps accepting until the buffer
-//! bound, then refuses with a named reason.
+//! transaction: settings rows, removals and events (the delivery task then
+//! schedules the webhooks given events). What arrives while a round commits
+//! is gathered and encoded for the next, so that the database and the
+//! encoding work at the same time. A failed round is tried again, whole,
+//! until the database takes it; meanwhile `enqueue` keeps accepting until
+//! the buffer bound, then refuses with a named reason.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -16,7 +18,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::Transaction;
+use tokio_postgres::{GenericClient, Transaction};
 
 use super::connection::{self, doing, Session, Statements, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, LocalWebhook, Shared};
@@ -108,56 +110,128 @@ struct Committed {
 /// could not commit to [`Shared::uncommitted`].
 pub(crate) async fn run(shared: Arc<Shared>, mut receiver: mpsc::UnboundedReceiver<Entry>) {
     let mut session: Option<Session> = None;
+    let mut next: Option<Gathering> = None;
     loop {
-        let Some(round) = gather(&shared, &mut receiver).await else {
+        let Some(round) = gather(&shared, &mut receiver, next.take()).await else {
             hand_back(&shared, Round::default(), &mut receiver);
             return;
         };
-        let mut delay = FIRST_RETRY_DELAY;
-        let committed = loop {
-            match commit(&shared, &mut session, &round).await {
-                Ok(committed) => break committed,
-                Err(error) => {
-                    shared.database_state(Some(error));
-                    if session.as_ref().is_some_and(|session| session.client.is_closed()) {
-                        session = None;
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shared.writer_stop.notified() => {}
-                    }
-                    if shared.stopping.load(Ordering::Acquire) {
-                        hand_back(&shared, round, &mut receiver);
-                        return;
-                    }
-                    delay = connection::next_delay(delay);
+        // What arrives while a round commits is gathered, and encoded, for
+        // the next: the database and the encoding work at the same time.
+        let committed = {
+            let mut commit = std::pin::pin!(commit_until_stopped(&shared, &mut session, &round));
+            let mut open = true;
+            loop {
+                let gathering = open && next.as_ref().is_none_or(|next| !next.round.is_full(&shared));
+                tokio::select! {
+                    biased;
+                    committed = &mut commit => break committed,
+                    entry = receiver.recv(), if gathering => match entry {
+                        Some(entry) => add(&shared, &mut next.get_or_insert_with(|| Gathering::new(&shared)).round, entry),
+                        None => open = false,
+                    },
                 }
             }
+        };
+        let Some(committed) = committed else {
+            let mut round = round;
+            if let Some(next) = next {
+                round.append(next.round);
+            }
+            hand_back(&shared, round, &mut receiver);
+            return;
         };
         shared.database_state(None);
         settle_round(&shared, round, committed);
     }
 }
 
-/// Waits for the first entry, then gathers for the commit window; `None` when told to stop.
-async fn gather(shared: &Shared, receiver: &mut mpsc::UnboundedReceiver<Entry>) -> Option<Round> {
-    let first = tokio::select! {
-        first = receiver.recv() => first?,
-        () = shared.writer_stop.notified() => return None,
-    };
-    let deadline = tokio::time::Instant::now() + shared.options.commit_window;
-    let mut round = Round::default();
-    let mut waiting = Some(first);
+/// Commits `round`, trying again until the database takes it; `None` if
+/// told to stop first.
+async fn commit_until_stopped(shared: &Shared, session: &mut Option<Session>, round: &Round) -> Option<Committed> {
+    let mut delay = FIRST_RETRY_DELAY;
     loop {
-        while let Some(entry) = waiting.take().or_else(|| receiver.try_recv().ok()) {
-            let sync = matches!(entry, Entry::Sync(_));
-            add(shared, &mut round, entry);
-            if sync || round.accepted_total >= shared.options.max_commit_events {
-                return Some(round);
+        match commit(shared, session, round).await {
+            Ok(committed) => return Some(committed),
+            Err(error) => {
+                shared.database_state(Some(error));
+                if session.as_ref().is_some_and(|session| session.client.is_closed()) {
+                    *session = None;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shared.writer_stop.notified() => {}
+                }
+                if shared.stopping.load(Ordering::Acquire) {
+                    return None;
+                }
+                delay = connection::next_delay(delay);
             }
         }
+    }
+}
+
+/// A round being gathered, and when its commit window closes.
+struct Gathering {
+    round: Round,
+    deadline: tokio::time::Instant,
+}
+
+impl Gathering {
+    /// From its first entry on: the window runs from now.
+    fn new(shared: &Shared) -> Gathering {
+        Gathering { round: Round::default(), deadline: tokio::time::Instant::now() + shared.options.commit_window }
+    }
+}
+
+impl Round {
+    /// Whether the round takes no more entries: it holds a sync (answered
+    /// once this much is committed) or its event limit.
+    fn is_full(&self, shared: &Shared) -> bool {
+        !self.syncs.is_empty() || self.accepted_total >= shared.options.max_commit_events
+    }
+
+    /// Adds what `later` holds after what this round holds.
+    fn append(&mut self, later: Round) {
+        self.steps.extend(later.steps);
+        self.syncs.extend(later.syncs);
+        for (token, (webhook, accepted)) in later.accepted {
+            self.accepted.entry(token).or_insert_with(|| (webhook, 0)).1 += accepted;
+        }
+        self.accepted_total += later.accepted_total;
+    }
+}
+
+/// Gathers a round until its commit window closes (or it is full),
+/// continuing `started` if given, else from the first entry to come;
+/// `None` when told to stop first.
+async fn gather(
+    shared: &Shared,
+    receiver: &mut mpsc::UnboundedReceiver<Entry>,
+    started: Option<Gathering>,
+) -> Option<Round> {
+    let Gathering { mut round, deadline } = match started {
+        Some(started) => started,
+        None => {
+            let first = tokio::select! {
+                first = receiver.recv() => first?,
+                () = shared.writer_stop.notified() => return None,
+            };
+            let mut gathering = Gathering::new(shared);
+            add(shared, &mut gathering.round, first);
+            gathering
+        }
+    };
+    loop {
+        while !round.is_full(shared) {
+            let Ok(entry) = receiver.try_recv() else { break };
+            add(shared, &mut round, entry);
+        }
+        if round.is_full(shared) {
+            return Some(round);
+        }
         match tokio::time::timeout_at(deadline, receiver.recv()).await {
-            Ok(Some(entry)) => waiting = Some(entry),
+            Ok(Some(entry)) => add(shared, &mut round, entry),
             Ok(None) | Err(_) => return Some(round),
         }
     }
@@ -316,7 +390,7 @@ async fn insert_events(
 
 /// Deletes every event of a webhook, returning their bodies oldest first.
 pub(crate) async fn delete_events(
-    transaction: &Transaction<'_>,
+    transaction: &impl GenericClient,
     shared: &Shared,
     bot_token: &str,
 ) -> Result<Vec<Vec<u8>>, String> {
