@@ -42,7 +42,7 @@
 //! come from `pg_stat_database` (this database's, read after the server's
 //! statistics are flushed). After one warm-up run of the in-memory
 //! dispatcher and one of two PostgreSQL dispatchers, those two sides run
-//! `ALTERNATE_RUNS` (3) times in turn and each is reported by its median
+//! `ALTERNATE_RUNS` (5) times in turn and each is reported by its median
 //! run (events/s): this machine's speed drifts over minutes, and runs taken
 //! alternately see the same drift. The outbox and the 1 and 4 dispatchers
 //! run once (criterion's repeated sampling would take hours).
@@ -75,7 +75,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(300);
 const OUTBOX_CLAIM: i64 = 100;
 const OUTBOX_WORKERS: usize = 2;
 /// Runs of the in-memory side and of two PostgreSQL dispatchers, taken in turn.
-const ALTERNATE_RUNS: usize = 3;
+const ALTERNATE_RUNS: usize = 5;
 /// The pause after each PostgreSQL side's run.
 const QUIET_AFTER_RUN: Duration = Duration::from_secs(1);
 
