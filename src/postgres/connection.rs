@@ -55,7 +55,7 @@ pub(crate) fn doing(doing: &'static str) -> impl Fn(tokio_postgres::Error) -> St
 /// Begins a transaction on `client` for statements sent with it: polled
 /// together (`try_join`), statements are sent together and answered in
 /// order, so the `BEGIN` costs no round trip of its own. A transaction
-/// begun so ends with [`commit`], or by [`rolled_back_on_error`].
+/// begun so ends with [`commit`] (see [`Session::transaction`]).
 pub(crate) async fn begin(client: &Client) -> Result<(), tokio_postgres::Error> {
     client.batch_execute("BEGIN").await
 }
@@ -65,16 +65,6 @@ pub(crate) async fn begin(client: &Client) -> Result<(), tokio_postgres::Error> 
 /// the transaction, and the `COMMIT` then rolls it back.
 pub(crate) async fn commit(client: &Client) -> Result<(), tokio_postgres::Error> {
     client.batch_execute("COMMIT").await
-}
-
-/// Passes on what a transaction [`begin`] began came to; after a failure,
-/// first rolls back what the failure left open, so that the connection
-/// serves the next transaction (a closed one is replaced anyway).
-pub(crate) async fn rolled_back_on_error<T, E>(client: &Client, outcome: Result<T, E>) -> Result<T, E> {
-    if outcome.is_err() {
-        let _ = client.batch_execute("ROLLBACK").await;
-    }
-    outcome
 }
 
 /// A task's connection and the statements it has prepared on it: a
@@ -91,6 +81,20 @@ impl Session {
 
     pub(crate) async fn prepared(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         self.statements.get(&self.client, sql).await
+    }
+
+    /// Runs `transaction`, which [`begin`]s and [`commit`]s on the
+    /// connection; after a failure, rolls back what it left open, so that
+    /// the connection serves the next one (a closed one is replaced anyway).
+    pub(crate) async fn transaction<T>(
+        &mut self,
+        transaction: impl AsyncFnOnce(&Client, &mut Statements) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let outcome = transaction(&self.client, &mut self.statements).await;
+        if outcome.is_err() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        outcome
     }
 }
 

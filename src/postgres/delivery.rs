@@ -328,9 +328,9 @@ async fn claim_and_call(
 /// Waits for the rows' locks rather than skipping them: a settlement under
 /// way may have counted no events before these were committed.
 async fn schedule_idle(shared: &Shared, session: &mut Session, tokens: Option<&[&str]>) -> Result<(), String> {
-    let Session { client, statements } = session;
-    let scheduled = schedule_in_transaction(shared, client, statements, tokens).await;
-    connection::rolled_back_on_error(client, scheduled).await
+    session
+        .transaction(async |client, statements| schedule_in_transaction(shared, client, statements, tokens).await)
+        .await
 }
 
 /// The scheduling's transaction: `BEGIN` with the locking read, then the
@@ -575,9 +575,7 @@ async fn settle_all(shared: &Shared, session: &mut Session, unsettled: &mut VecD
 }
 
 async fn settle_batch(shared: &Shared, session: &mut Session, calls: &[CallEnded]) -> Result<Vec<Committed>, String> {
-    let Session { client, statements } = session;
-    let settled = settle_in_transaction(shared, client, statements, calls).await;
-    connection::rolled_back_on_error(client, settled).await
+    session.transaction(async |client, statements| settle_in_transaction(shared, client, statements, calls).await).await
 }
 
 /// The settlement's transaction, in two round trips: `BEGIN` with the
@@ -1007,13 +1005,10 @@ fn apply(shared: &Shared, call: &CallEnded, mut committed: Committed) {
     let webhook = shared.webhook(&call.bot_token);
     // Health first: a host that sees the call counted sees its health too.
     if let Some(webhook) = &webhook {
-        if disabled {
-            webhook.live.disabled.store(true, Ordering::Relaxed);
-            shared.alert_written.store(true, Ordering::Release);
-        }
-        if let Some(health) = committed.health.take() {
-            *lock(&webhook.live.health) = health;
-        }
+        webhook.live.settled(disabled, committed.health.take());
+    }
+    if disabled {
+        shared.alert_written.store(true, Ordering::Release);
     }
     // A webhook removed here meanwhile counts its call among the retired counts.
     let counters = webhook.as_ref().map_or(&shared.retired, |webhook| &webhook.live.counters);

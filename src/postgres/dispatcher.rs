@@ -185,6 +185,35 @@ pub(crate) struct Live {
     pub(crate) buffered: AtomicU64,
     pub(crate) counters: Counters,
     pub(crate) health: Mutex<Health>,
+    /// Settlements of this process recorded here ([`Live::settled`]): a
+    /// poll whose read began before one of them holds older health.
+    pub(crate) settlements: AtomicU64,
+}
+
+impl Live {
+    /// Records the health (and a disabling) a settlement of this process committed.
+    pub(crate) fn settled(&self, disabled: bool, health: Option<Health>) {
+        let mut current = lock(&self.health);
+        if disabled {
+            self.disabled.store(true, Ordering::Relaxed);
+        }
+        if let Some(health) = health {
+            *current = health;
+        }
+        self.settlements.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records health and `disabled` as a poll read them, unless a
+    /// settlement of this process recorded newer ones after the read began
+    /// (`settlements_before`: [`Live::settlements`] then; `None` for a
+    /// webhook this process did not know then).
+    pub(crate) fn polled(&self, settlements_before: Option<u64>, disabled: bool, health: Health) {
+        let mut current = lock(&self.health);
+        if settlements_before.is_none_or(|before| before == self.settlements.load(Ordering::Relaxed)) {
+            self.disabled.store(disabled, Ordering::Relaxed);
+            *current = health;
+        }
+    }
 }
 
 /// Failures in a row and the last failure, as the database last said.
@@ -790,4 +819,34 @@ pub enum BuildError {
         /// The version this crate needs.
         expected: u32,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failing(failures_in_row: u32) -> Health {
+        Health { failures_in_row, last_failure: Some("status 500".to_owned()) }
+    }
+
+    #[test]
+    fn a_poll_read_before_a_settlement_leaves_the_settlement_s_health() {
+        let live = Live::default();
+        live.settled(false, Some(failing(1)));
+        // A poll's read begins, and sees the failure; a success settles meanwhile.
+        let read_began = live.settlements.load(Ordering::Relaxed);
+        live.settled(false, Some(Health::default()));
+        live.polled(Some(read_began), true, failing(1));
+        assert_eq!(lock(&live.health).failures_in_row, 0, "the success stays");
+        assert!(!live.disabled.load(Ordering::Relaxed));
+        // A poll whose read began after it: what other processes settled.
+        let read_began = live.settlements.load(Ordering::Relaxed);
+        live.polled(Some(read_began), true, failing(11));
+        assert_eq!(lock(&live.health).failures_in_row, 11);
+        assert!(live.disabled.load(Ordering::Relaxed));
+        // A webhook this process did not know when the read began.
+        let unknown = Live::default();
+        unknown.polled(None, false, failing(3));
+        assert_eq!(lock(&unknown.health).failures_in_row, 3);
+    }
 }

@@ -61,15 +61,21 @@ async fn listen_and_refresh(shared: &Arc<Shared>, client: &mut Option<Client>) -
 /// those removed.
 pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), String> {
     let schema = shared.schema.quoted();
-    // What this process had committed before the read: a webhook whose
-    // settings it commits during the read is new to the database, not removed.
-    let committed_before: HashMap<Arc<str>, u64> = shared
+    // What this process had committed and settled before the read: a
+    // webhook whose settings it commits during the read is new to the
+    // database, not removed; health it settles during the read is newer
+    // than the read's.
+    let before: HashMap<Arc<str>, (u64, u64)> = shared
         .webhooks
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .iter()
-        .map(|(token, webhook)| (Arc::clone(token), webhook.generation.load(Ordering::Relaxed)))
+        .map(|(token, webhook)| {
+            let settlements = webhook.live.settlements.load(Ordering::Relaxed);
+            (Arc::clone(token), (webhook.generation.load(Ordering::Relaxed), settlements))
+        })
         .collect();
+    let settlements_before = |token: &str| before.get(token).map(|(_, settlements)| *settlements);
     let statement = format!(
         "SELECT webhook.bot_token, webhook.generation, webhook.disabled, webhook.failures_in_row,
                 webhook.last_failure, coalesce(pending.events, 0)
@@ -90,9 +96,8 @@ pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), Stri
         let pending = u64::try_from(row.try_get::<_, i64>(5).map_err(read)?).unwrap_or_default();
         match shared.webhook(&token) {
             Some(webhook) if webhook.generation.load(Ordering::Relaxed) >= generation => {
-                webhook.live.disabled.store(disabled, Ordering::Relaxed);
                 webhook.live.pending_in_database.store(pending, Ordering::Relaxed);
-                *lock(&webhook.live.health) = Health { failures_in_row, last_failure };
+                webhook.live.polled(settlements_before(&token), disabled, Health { failures_in_row, last_failure });
             }
             _ => {
                 changed.insert(token.clone(), (pending, Health { failures_in_row, last_failure }));
@@ -125,14 +130,14 @@ pub(crate) async fn refresh(shared: &Shared, client: &Client) -> Result<(), Stri
             None => LocalWebhook::new(stored.config, stored.generation, stored.disabled),
         };
         webhook.live.pending_in_database.store(pending, Ordering::Relaxed);
-        *lock(&webhook.live.health) = health;
+        webhook.live.polled(settlements_before(&token), stored.disabled, health);
         webhooks.insert(token, Arc::new(webhook));
     }
     // Removed by another process; not one configured here and still on its
     // way (generation 0), or committed here since the read.
     webhooks.retain(|token, webhook| {
         let generation = webhook.generation.load(Ordering::Relaxed);
-        let committed_since = committed_before.get(token) != Some(&generation);
+        let committed_since = before.get(token).map(|(committed, _)| *committed) != Some(generation);
         let keep = in_database.contains(&**token) || generation == 0 || committed_since;
         if !keep {
             shared.retired.absorb(&webhook.live.counters.snapshot());
