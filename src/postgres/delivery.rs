@@ -679,14 +679,13 @@ async fn settle_in_transaction(
         .collect();
     let (disabling, finishing): (Vec<_>, Vec<_>) = settling.into_iter().partition(|(_, row)| row.disabled);
     let removal = Removal::prepare(client, statements, shared).await?;
-    let finishing_rows: Vec<&SettlingWebhook<'_>> = finishing.iter().map(|(_, row)| row).collect();
     let finishing_statement = statements.get(client, &finish_statement(shared)).await.map_err(doing("preparing"))?;
     let writes = futures::future::try_join(
         removal.remove_delivered(client, &delivered),
-        finish(client, &finishing_statement, &finishing_rows),
+        finish(client, &finishing_statement, &finishing),
     );
-    let common = disabling.is_empty() && finishing.iter().all(|(_, row)| row.drop_waiting.is_none());
-    if common {
+    let drops_events = !disabling.is_empty() || finishing.iter().any(|(_, row)| row.drop_waiting.is_some());
+    if !drops_events {
         futures::try_join!(writes, connection::commit(client).map_err(doing("committing a settlement")))?;
         return Ok(committed);
     }
@@ -869,22 +868,25 @@ impl Removal {
 /// last failure, the failed call to send again (its events and its id), the
 /// last push, the next due time (none when no event waits), and the claim
 /// handed back.
-async fn finish(transaction: &Client, statement: &Statement, settled: &[&SettlingWebhook<'_>]) -> Result<(), String> {
+async fn finish(
+    transaction: &Client,
+    statement: &Statement,
+    settled: &[(usize, SettlingWebhook<'_>)],
+) -> Result<(), String> {
     if settled.is_empty() {
         return Ok(());
     }
-    let tokens: Vec<&str> = settled.iter().map(|row| &*row.call.bot_token).collect();
-    let failures_in_row: Vec<i32> =
-        settled.iter().map(|row| i32::try_from(row.failures_in_row).unwrap_or(i32::MAX)).collect();
-    let last_failures: Vec<Option<&str>> = settled.iter().map(|row| row.last_failure.as_deref()).collect();
+    let rows = || settled.iter().map(|(_, row)| row);
+    let tokens: Vec<&str> = rows().map(|row| &*row.call.bot_token).collect();
+    let failures_in_row: Vec<i32> = rows().map(|row| i32::try_from(row.failures_in_row).unwrap_or(i32::MAX)).collect();
+    let last_failures: Vec<Option<&str>> = rows().map(|row| row.last_failure.as_deref()).collect();
     // A failed call (not dropped) is kept to be sent again as it was.
     let retry = |row: &SettlingWebhook<'_>| !row.delivered && row.drop_waiting.is_none();
     let retry_events: Vec<Option<i32>> =
-        settled.iter().map(|row| retry(row).then(|| i32::try_from(row.call.events).unwrap_or(i32::MAX))).collect();
-    let retry_call_ids: Vec<Option<&str>> =
-        settled.iter().map(|row| retry(row).then_some(row.call.call_id.as_str())).collect();
-    let last_pushes: Vec<DateTime<Utc>> = settled.iter().map(|row| row.call.started_at).collect();
-    let due_times: Vec<Option<DateTime<Utc>>> = settled.iter().map(|row| row.due_at).collect();
+        rows().map(|row| retry(row).then(|| i32::try_from(row.call.events).unwrap_or(i32::MAX))).collect();
+    let retry_call_ids: Vec<Option<&str>> = rows().map(|row| retry(row).then_some(row.call.call_id.as_str())).collect();
+    let last_pushes: Vec<DateTime<Utc>> = rows().map(|row| row.call.started_at).collect();
+    let due_times: Vec<Option<DateTime<Utc>>> = rows().map(|row| row.due_at).collect();
     let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
         [&tokens, &failures_in_row, &last_failures, &retry_events, &retry_call_ids, &last_pushes, &due_times];
     transaction.execute(statement, &parameters).await.map_err(doing("recording the calls' outcomes"))?;
