@@ -145,7 +145,9 @@ const EXPECTED_COLUMNS: &[(&str, &[Column])] = &[
         &[
             ("id", "bigint", false),
             ("bot_token", "text", false),
-            ("bodies", "ARRAY", false),
+            ("body", "bytea", false),
+            ("ends", "ARRAY", false),
+            ("delivered", "integer", false),
             ("events", "integer", false),
             ("bytes", "bigint", false),
             ("accepted_at", "timestamp with time zone", false),

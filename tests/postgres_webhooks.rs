@@ -101,8 +101,8 @@ async fn saving_again_re_enables_and_leaves_schedule_lease_and_events_alone() {
             "UPDATE {schema}.webhooks SET disabled = true, failures_in_row = 11, last_failure = 'answered 500',
                 due_at = '2030-01-01T00:00:00Z', claim_id = nextval('{schema}.claim_ids'),
                 lease_until = '2030-01-01T00:00:30Z';
-             INSERT INTO {schema}.events (bot_token, bodies, events, bytes, accepted_at)
-             VALUES ('bot-1', ARRAY['{{}}'::bytea], 1, 2, now())"
+             INSERT INTO {schema}.events (bot_token, body, ends, events, bytes, accepted_at)
+             VALUES ('bot-1', '{{}}'::bytea, ARRAY[2], 1, 2, now())"
         ))
         .await
         .expect("disabling by SQL");
@@ -146,8 +146,8 @@ async fn removing_deletes_the_row_and_its_events() {
     let schema = test.quoted();
     client
         .batch_execute(&format!(
-            "INSERT INTO {schema}.events (bot_token, bodies, events, bytes, accepted_at)
-             SELECT token, ARRAY['{{}}'::bytea], 1, 2, now() FROM unnest(ARRAY['bot-1', 'bot-1', 'bot-2']) AS token"
+            "INSERT INTO {schema}.events (bot_token, body, ends, events, bytes, accepted_at)
+             SELECT token, '{{}}'::bytea, ARRAY[2], 1, 2, now() FROM unnest(ARRAY['bot-1', 'bot-1', 'bot-2']) AS token"
         ))
         .await
         .expect("queueing events");
@@ -164,6 +164,40 @@ async fn removing_deletes_the_row_and_its_events() {
         .map(|row| (row.get(0), row.get(1)))
         .collect();
     assert_eq!(events, [("bot-2".to_owned(), 1)]);
+}
+
+#[tokio::test]
+async fn the_documented_query_shows_each_row_s_waiting_events_as_json() {
+    let Some(test) = TestSchema::new("the_documented_query_shows_each_row_s_waiting_events_as_json") else { return };
+    let client = migrated(&test).await;
+    save_webhook(&client, &test.schema, &full_config("bot-1").0).await.expect("saving");
+    let schema = test.quoted();
+    // A row whose oldest event a call delivered, and a row of one event.
+    client
+        .batch_execute(&format!(
+            r#"INSERT INTO {schema}.events (bot_token, body, ends, delivered, events, bytes, accepted_at)
+               VALUES ('bot-1', convert_to('{{"a":1}},{{"b":2}},{{"c":3}}', 'UTF8'), ARRAY[7, 15, 23], 1, 2, 14, now()),
+                      ('bot-1', convert_to('{{"d":4}}', 'UTF8'), ARRAY[7], 0, 1, 7, now())"#
+        ))
+        .await
+        .expect("queueing events");
+    // As `eventhook::postgres`'s docs give it, on this schema.
+    let statement = format!(
+        "SELECT bot_token, ('[' || convert_from(substr(body, coalesce(ends[delivered] + 2, 1)), 'UTF8') || ']')::jsonb
+         FROM {schema}.events ORDER BY id"
+    );
+    let shown: Vec<(String, serde_json::Value)> = client
+        .query(&statement, &[])
+        .await
+        .expect("the documented query")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let expected = [
+        ("bot-1".to_owned(), serde_json::json!([{"b": 2}, {"c": 3}])),
+        ("bot-1".to_owned(), serde_json::json!([{"d": 4}])),
+    ];
+    assert_eq!(shown, expected);
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ use tokio_postgres::{Client, Row, Statement};
 use super::connection::{self, doing, Session, Statements, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, Health, Shared, StoreError};
 use super::due::Schedule;
+use super::runs::{self, StoredRun};
 use super::timestamps::{later, since};
 use super::webhooks::webhook_from_row;
 use super::writer::{count_dropped, decode, delete_events};
@@ -41,9 +42,6 @@ const CLAIM_LIMIT: i64 = 64;
 /// How often the ledger is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// A row of `events` as a claim reads it: its id and its events' bodies, oldest first.
-type StoredRun<'row> = (i64, Vec<&'row [u8]>);
-
 /// The rows of `events` a call's events came from: those it took whole, and
 /// the one it ended inside, if any (the oldest events of each, since a
 /// webhook's events leave only from its head).
@@ -53,7 +51,7 @@ struct Taken {
     partial: Option<PartRow>,
 }
 
-/// A row a call took the first `events` events of, `bytes` in all.
+/// A row a call took the first `events` waiting events of, `bytes` in all.
 #[derive(Debug, Clone, Copy)]
 struct PartRow {
     id: i64,
@@ -62,22 +60,22 @@ struct PartRow {
 }
 
 impl Taken {
-    /// Which of `rows` (oldest first, each its id and event lengths) the
-    /// first `events` events of a webhook fill.
+    /// Which of `rows` (a webhook's oldest, oldest first) its first
+    /// `events` waiting events fill.
     fn first(rows: &[StoredRun<'_>], events: usize) -> Taken {
         let mut taken = Taken::default();
         let mut left = events;
-        for (id, bodies) in rows {
+        for row in rows {
             if left == 0 {
                 break;
             }
-            if bodies.len() <= left {
-                taken.whole.push(*id);
-                left -= bodies.len();
+            if row.waiting() <= left {
+                taken.whole.push(row.id);
+                left -= row.waiting();
             } else {
-                let bytes: usize = bodies[..left].iter().map(|body| body.len()).sum();
+                let bytes: usize = row.bodies().take(left).map(<[u8]>::len).sum();
                 taken.partial = Some(PartRow {
-                    id: *id,
+                    id: row.id,
                     events: i32::try_from(left).unwrap_or(i32::MAX),
                     bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
                 });
@@ -271,16 +269,17 @@ async fn claim_and_call(
     // Each claim's oldest rows, as many as hold the most events its call may
     // carry (a row holds at least one): one round trip for all.
     let statement = format!(
-        "SELECT claim.bot_token, run.id, run.bodies
+        "SELECT claim.bot_token, {columns}
          FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS claim (bot_token, events, position)
          CROSS JOIN LATERAL (
-             SELECT id, bodies FROM (
-                 SELECT id, bodies, sum(events) OVER (ORDER BY id) - events AS before
-                 FROM (SELECT id, bodies, events FROM {schema}.events
+             SELECT {columns} FROM (
+                 SELECT {columns}, sum(events) OVER (ORDER BY id) - events AS before
+                 FROM (SELECT {columns}, events FROM {schema}.events
                        WHERE bot_token = claim.bot_token ORDER BY id LIMIT claim.events) AS oldest
              ) AS counted
              WHERE before < claim.events) AS run
-         ORDER BY claim.position, run.id"
+         ORDER BY claim.position, run.id",
+        columns = runs::COLUMNS
     );
     let tokens: Vec<&str> = claims.iter().map(|claim| &*claim.bot_token).collect();
     let limits: Vec<i64> = claims.iter().map(|claim| i64::try_from(claim.read_limit()).unwrap_or(i64::MAX)).collect();
@@ -290,9 +289,8 @@ async fn claim_and_call(
     // The bodies stay in the rows' buffers: no copy per event.
     let mut events: HashMap<&str, Vec<StoredRun<'_>>> = HashMap::with_capacity(claims.len());
     for row in &rows {
-        let read = doing("reading events");
-        let token: &str = row.try_get(0).map_err(read)?;
-        events.entry(token).or_default().push((row.try_get(1).map_err(read)?, row.try_get(2).map_err(read)?));
+        let token: &str = row.try_get(0).map_err(doing("reading events"))?;
+        events.entry(token).or_default().push(StoredRun::from_row(row, 1)?);
     }
     let mut idle = Vec::new();
     for claim in claims {
@@ -325,8 +323,11 @@ async fn claim_and_call(
 /// disabling or reconfiguration did. The one place webhooks are scheduled
 /// after new events; a settlement schedules its own webhook.
 ///
-/// Waits for the rows' locks rather than skipping them: a settlement under
-/// way may have counted no events before these were committed.
+/// Given `tokens`, locks each of their rows that has events, whatever its
+/// state, waiting for a settlement under way, and schedules those the
+/// locked row shows idle: a settlement may have counted its events before
+/// these were committed (a row claimed as read here would be skipped, and
+/// then left unscheduled by that settlement until the next sweep).
 async fn schedule_idle(shared: &Shared, session: &mut Session, tokens: Option<&[&str]>) -> Result<(), String> {
     session
         .transaction(async |client, statements| schedule_in_transaction(shared, client, statements, tokens).await)
@@ -343,13 +344,17 @@ async fn schedule_in_transaction(
 ) -> Result<(), String> {
     let schema = shared.schema.quoted();
     let now = shared.now();
-    // In token order, as every writer of these rows locks them.
+    // In token order, as every writer of these rows locks them. A locked
+    // row is read as its latest version, so its state is checked here, not
+    // in the condition (read as of the statement's start); the sweep
+    // checks it in the condition, so as not to lock every webhook.
     let statement = format!(
         "SELECT webhook.bot_token, webhook.disabled, webhook.plan = 'free',
-                webhook.anchor_at, webhook.push_interval_ms, webhook.last_push_at
+                webhook.anchor_at, webhook.push_interval_ms, webhook.last_push_at,
+                webhook.due_at IS NULL AND webhook.claim_id IS NULL
          FROM {schema}.webhooks AS webhook
-         WHERE ($1::text[] IS NULL OR webhook.bot_token = ANY($1))
-           AND webhook.due_at IS NULL AND webhook.claim_id IS NULL
+         WHERE (webhook.bot_token = ANY($1)
+                OR ($1::text[] IS NULL AND webhook.due_at IS NULL AND webhook.claim_id IS NULL))
            AND EXISTS (SELECT 1 FROM {schema}.events AS event WHERE event.bot_token = webhook.bot_token)
          ORDER BY webhook.bot_token FOR NO KEY UPDATE OF webhook"
     );
@@ -367,6 +372,10 @@ async fn schedule_in_transaction(
     let mut dropped = Vec::new();
     for row in &rows {
         let read = doing("reading an idle webhook");
+        if !row.try_get::<_, bool>(6).map_err(read)? {
+            // Due already, or a call is under way: its settlement schedules it.
+            continue;
+        }
         let token: String = row.try_get(0).map_err(read)?;
         let disabled: bool = row.try_get(1).map_err(read)?;
         let free_plan: bool = row.try_get(2).map_err(read)?;
@@ -454,20 +463,26 @@ fn start_call(
     call_id_prefix: u64,
 ) -> Option<Claim> {
     let (max_events, max_bytes) = claim.limits();
-    let oldest = || rows.iter().flat_map(|(_, bodies)| bodies);
+    let lengths = rows.iter().flat_map(|row| row.bodies().map(<[u8]>::len));
     // The failed call again as it was; otherwise as many of the oldest as fit.
     let failed = claim.retry_events.map(|events| usize::try_from(events).unwrap_or(1));
-    let (count, bytes) = rules::call_events(failed, oldest().map(|body| body.len()), max_events, max_bytes);
+    let (count, bytes) = rules::call_events(failed, lengths, max_events, max_bytes);
     if count == 0 {
         return Some(claim);
     }
+    // Each row's events are joined already: one copy per row.
     let mut body = Vec::with_capacity(rules::array_length(count, bytes));
     body.push(b'[');
-    for (index, event) in oldest().take(count).enumerate() {
-        if index > 0 {
+    let mut left = count;
+    for row in rows {
+        if left == 0 {
+            break;
+        }
+        if body.len() > 1 {
             body.push(b',');
         }
-        body.extend_from_slice(event);
+        body.extend_from_slice(row.joined(left));
+        left -= left.min(row.waiting());
     }
     body.push(b']');
     let Claim { bot_token, claim_id, config, retry_call_id, .. } = claim;
@@ -619,33 +634,47 @@ async fn settle_in_transaction(
     let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 9] =
         [&claim_ids, &tokens, &event_counts, &bytes, &names, &statuses, &failures, &started, &ended];
 
-    // The webhooks' rows, locked, with their waiting events and bytes.
+    // The webhooks' rows, locked; then their waiting events and bytes, read
+    // by a statement of its own: its snapshot is taken once the locks are
+    // held, so it sees every event committed before a scheduling that
+    // found the row claimed (see `schedule_in_transaction`).
     let statement = format!(
         "SELECT webhook.failures_in_row, webhook.claim_id, webhook.anchor_at, webhook.push_interval_ms,
                 webhook.last_push_at, webhook.max_batch_events, webhook.max_batch_bytes, webhook.one_event_per_call,
-                webhook.bot_token, webhook.plan = 'free', webhook.last_failure,
-                coalesce(waiting.events, 0)::bigint, coalesce(waiting.bytes, 0)::bigint
+                webhook.bot_token, webhook.plan = 'free', webhook.last_failure
          FROM {schema}.webhooks AS webhook
-         CROSS JOIN LATERAL (SELECT sum(events) AS events, sum(bytes) AS bytes
-                             FROM {schema}.events AS event WHERE event.bot_token = webhook.bot_token) AS waiting
          WHERE webhook.bot_token = ANY($1) ORDER BY webhook.bot_token FOR NO KEY UPDATE OF webhook"
     );
     let locking = statements.get(client, &statement).await.map_err(doing("preparing"))?;
-    // Sent together, answered in order: one round trip for both.
-    let locking_parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tokens];
-    let ((), ledger_rows, rows) = futures::try_join!(
+    let statement = format!(
+        "SELECT bot_token, sum(events)::bigint, sum(bytes)::bigint FROM {schema}.events
+         WHERE bot_token = ANY($1) GROUP BY bot_token"
+    );
+    let counting = statements.get(client, &statement).await.map_err(doing("preparing"))?;
+    // Sent together, answered in order: one round trip for all.
+    let token_parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tokens];
+    let ((), ledger_rows, rows, counts) = futures::try_join!(
         connection::begin(client).map_err(doing("beginning a settlement")),
         client.query(&ledger, &parameters).map_err(doing("writing the ledger")),
-        client.query(&locking, &locking_parameters).map_err(doing("locking webhooks")),
+        client.query(&locking, &token_parameters).map_err(doing("locking webhooks")),
+        client.query(&counting, &token_parameters).map_err(doing("counting waiting events")),
     )?;
     let mut first = HashSet::with_capacity(ledger_rows.len());
     for row in ledger_rows {
         first.insert(row.try_get::<_, i64>(0).map_err(doing("reading the ledger"))?);
     }
+    let mut waiting = HashMap::with_capacity(counts.len());
+    for row in &counts {
+        let read = doing("counting waiting events");
+        let token: &str = row.try_get(0).map_err(read)?;
+        let count = |index| row.try_get::<_, i64>(index).map(|count| usize::try_from(count).unwrap_or(usize::MAX));
+        waiting.insert(token, (count(1).map_err(read)?, count(2).map_err(read)?));
+    }
     let mut locked = HashMap::with_capacity(rows.len());
     for row in &rows {
         let token: String = row.try_get(8).map_err(doing("reading a webhook"))?;
-        locked.insert(token, LockedWebhook::from_row(row)?);
+        let waiting = waiting.get(token.as_str()).copied().unwrap_or_default();
+        locked.insert(token, LockedWebhook::from_row(row, waiting)?);
     }
 
     // Each call by the rules, on its webhook's row: disabled now, or its
@@ -806,8 +835,8 @@ impl Schedulable for SettlingWebhook<'_> {
 
 /// The two statements that remove what successful calls delivered, for
 /// all of them: the rows they took whole, and the delivered head of each
-/// row a call ended inside (its undelivered tail stays, as the webhook's
-/// oldest).
+/// row a call ended inside, counted in its `delivered` (its undelivered
+/// tail stays, as the webhook's oldest).
 struct Removal {
     whole: Statement,
     partial: Statement,
@@ -822,7 +851,7 @@ impl Removal {
         );
         let partial = format!(
             "UPDATE {schema}.events AS run
-             SET bodies = run.bodies[taken.events + 1:], events = run.events - taken.events,
+             SET delivered = run.delivered + taken.events, events = run.events - taken.events,
                  bytes = run.bytes - taken.bytes
              FROM unnest($1::text[], $2::bigint[], $3::integer[], $4::bigint[]) AS taken (bot_token, id, events, bytes)
              WHERE run.bot_token = taken.bot_token AND run.id = taken.id"
@@ -967,8 +996,8 @@ struct LockedWebhook {
 impl LockedWebhook {
     /// From `failures_in_row, claim_id, anchor_at, push_interval_ms,
     /// last_push_at, max_batch_events, max_batch_bytes, one_event_per_call,
-    /// bot_token, plan = 'free', last_failure, waiting events, waiting bytes`.
-    fn from_row(row: &Row) -> Result<LockedWebhook, String> {
+    /// bot_token, plan = 'free', last_failure`, and the waiting events and bytes.
+    fn from_row(row: &Row, waiting: (usize, usize)) -> Result<LockedWebhook, String> {
         let read = doing("reading a webhook");
         let max_batch_events: i32 = row.try_get(5).map_err(read)?;
         let max_batch_bytes: i64 = row.try_get(6).map_err(read)?;
@@ -989,10 +1018,7 @@ impl LockedWebhook {
             max_bytes,
             free_plan: row.try_get(9).map_err(read)?,
             last_failure: row.try_get(10).map_err(read)?,
-            waiting: (
-                usize::try_from(row.try_get::<_, i64>(11).map_err(read)?).unwrap_or(usize::MAX),
-                usize::try_from(row.try_get::<_, i64>(12).map_err(read)?).unwrap_or(usize::MAX),
-            ),
+            waiting,
         })
     }
 }

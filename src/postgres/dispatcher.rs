@@ -619,7 +619,7 @@ impl PostgresDispatcherBuilder {
             clock: Arc::new(SystemClock),
             options: Options {
                 commit_window: Duration::from_millis(10),
-                max_commit_events: 32_768,
+                max_commit_events: 65_536,
                 max_buffered_events: 100_000,
                 poll_interval: Duration::from_secs(1),
                 lease_margin: Duration::from_secs(5),

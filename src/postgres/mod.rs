@@ -50,13 +50,16 @@
 //!   happened during its call.
 //! - `events`: the accepted events waiting for delivery, a row per run of
 //!   one bot's events committed together (up to 64 KiB of them): `id` in
-//!   acceptance order, `bot_token`, `bodies` (the encoded events, oldest
-//!   first, compressed with lz4 where the server has it), their count
-//!   `events` and their `bytes`, `accepted_at`. A settlement deletes the rows
-//!   its call delivered and cuts the delivered head off a row the call ended
-//!   inside. The primary key (`bot_token`, `id`) is the claim's ordered
-//!   read. Removing a webhook deletes its events. To see them:
-//!   `SELECT bot_token, convert_from(body, 'UTF8') FROM events, unnest(bodies) AS body`.
+//!   acceptance order, `bot_token`, `body` (the encoded events, oldest
+//!   first, joined by commas; compressed with lz4 where the server has it),
+//!   `ends` (where each event ends in `body`), `delivered` (how many of the
+//!   oldest a call delivered), the count of the others `events` and their
+//!   `bytes`, `accepted_at`. A settlement deletes the rows its call
+//!   delivered and counts the delivered head of a row the call ended inside
+//!   in `delivered`. The primary key (`bot_token`, `id`) is the claim's
+//!   ordered read. Removing a webhook deletes its events. To see them, as
+//!   one JSON array per row:
+//!   `SELECT bot_token, ('[' || convert_from(substr(body, coalesce(ends[delivered] + 2, 1)), 'UTF8') || ']')::jsonb FROM events`.
 //! - `calls`: the billing ledger, one row per call made (`id`, the unique
 //!   `claim_id`, `bot_token`, `events`, `bytes`, `outcome` of `delivered`,
 //!   `failed_status` or `failed_transport`, the HTTP `status` when there was
@@ -114,6 +117,7 @@ mod dispatcher;
 mod due;
 mod migrate;
 mod returning_users;
+mod runs;
 mod schema;
 mod sync;
 mod timestamps;

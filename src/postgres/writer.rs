@@ -22,6 +22,7 @@ use tokio_postgres::{GenericClient, Transaction};
 
 use super::connection::{self, doing, Session, Statements, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, LocalWebhook, Shared};
+use super::runs::{self, NewRun, StoredRun};
 use super::webhooks::save_webhook_at;
 use crate::config::{Plan, WebhookConfig};
 use crate::dispatch::rules;
@@ -332,7 +333,7 @@ async fn insert_events(
     // Each webhook's events of the batch, in order, in runs of up to
     // `RUN_BYTES`, a row each: one row, not one per event, for the server to write, read
     // and delete.
-    let mut runs: Vec<(&str, Vec<&[u8]>, usize)> = Vec::new();
+    let mut runs: Vec<(&str, NewRun)> = Vec::new();
     let mut open_run: HashMap<&str, usize> = HashMap::new();
     let mut skipped: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
     let mut inserted: HashMap<&str, u64> = HashMap::new();
@@ -343,30 +344,33 @@ async fn insert_events(
         }
         *inserted.entry(token).or_default() += 1;
         let run = match open_run.get(token) {
-            Some(&index) if runs[index].2 + body.len() <= RUN_BYTES => index,
+            Some(&index) if runs[index].1.bytes_with(body) <= RUN_BYTES => index,
             _ => {
-                runs.push((token, Vec::new(), 0));
+                runs.push((token, NewRun::default()));
                 open_run.insert(token, runs.len() - 1);
                 runs.len() - 1
             }
         };
         runs[run].1.push(body);
-        runs[run].2 += body.len();
     }
     if !runs.is_empty() {
         // COPY: the cheapest way in, in the batch's order (ids follow it). A
         // webhook removed since the read above fails the foreign key, and the
         // round is tried again.
         let statement =
-            format!("COPY {schema}.events (bot_token, bodies, events, bytes, accepted_at) FROM STDIN BINARY");
+            format!("COPY {schema}.events (bot_token, body, ends, events, bytes, accepted_at) FROM STDIN BINARY");
         let sink = transaction.copy_in(&statement).await.map_err(doing("inserting events"))?;
-        let types = [Type::TEXT, Type::BYTEA_ARRAY, Type::INT4, Type::INT8, Type::TIMESTAMPTZ];
+        let types = [Type::TEXT, Type::BYTEA, Type::INT4_ARRAY, Type::INT4, Type::INT8, Type::TIMESTAMPTZ];
         let writer = BinaryCopyInWriter::new(sink, &types);
         let mut writer = std::pin::pin!(writer);
-        for (token, bodies, bytes) in &runs {
-            let events = i32::try_from(bodies.len()).unwrap_or(i32::MAX);
-            let bytes = i64::try_from(*bytes).unwrap_or(i64::MAX);
-            writer.as_mut().write(&[token, bodies, &events, &bytes, &now]).await.map_err(doing("inserting events"))?;
+        for (token, run) in &runs {
+            let events = i32::try_from(run.ends.len()).unwrap_or(i32::MAX);
+            let bytes = i64::try_from(run.bytes).unwrap_or(i64::MAX);
+            writer
+                .as_mut()
+                .write(&[token, &run.body(), &run.ends, &events, &bytes, &now])
+                .await
+                .map_err(doing("inserting events"))?;
         }
         writer.finish().await.map_err(doing("inserting events"))?;
     }
@@ -394,15 +398,15 @@ pub(crate) async fn delete_events(
     shared: &Shared,
     bot_token: &str,
 ) -> Result<Vec<Vec<u8>>, String> {
-    let statement = format!("DELETE FROM {}.events WHERE bot_token = $1 RETURNING id, bodies", shared.schema.quoted());
+    let statement =
+        format!("DELETE FROM {}.events WHERE bot_token = $1 RETURNING {}", shared.schema.quoted(), runs::COLUMNS);
     let rows = transaction.query(&statement, &[&bot_token]).await.map_err(doing("deleting a webhook's events"))?;
-    let mut runs: Vec<(i64, Vec<Vec<u8>>)> = Vec::with_capacity(rows.len());
-    for row in rows {
-        let read = doing("reading deleted events");
-        runs.push((row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?));
+    let mut stored = Vec::with_capacity(rows.len());
+    for row in &rows {
+        stored.push(StoredRun::from_row(row, 0)?);
     }
-    runs.sort_unstable_by_key(|(id, _)| *id);
-    Ok(runs.into_iter().flat_map(|(_, bodies)| bodies).collect())
+    stored.sort_unstable_by_key(|run| run.id);
+    Ok(stored.iter().flat_map(StoredRun::bodies).map(<[u8]>::to_vec).collect())
 }
 
 /// Counts a committed round: pending and buffered counts, drops (to the

@@ -55,15 +55,22 @@ CREATE SEQUENCE claim_ids AS bigint;
 -- holds a run of one bot's events committed together (a row per event would
 -- cost the server a row's insert, index entries, read and delete per event).
 -- A settlement deletes the rows its call delivered and, when the call ended
--- inside a row, keeps that row's undelivered tail. The primary key is also
--- the claim's ordered read, so an insert updates one index.
+-- inside a row, counts that row's delivered head in `delivered`: the
+-- undelivered tail stays. The primary key is also the claim's ordered read,
+-- so an insert updates one index.
 CREATE TABLE events (
     id          bigint GENERATED ALWAYS AS IDENTITY,
     bot_token   text COLLATE "C" NOT NULL REFERENCES webhooks (bot_token) ON DELETE CASCADE,
-    -- The events, oldest first, each as the wire encodes it (one JSON object).
-    bodies      bytea[] NOT NULL,
-    -- How many events `bodies` holds, and their bytes: counted without reading them.
-    events      integer NOT NULL CHECK (events > 0 AND events = cardinality(bodies)),
+    -- The events, oldest first, each as the wire encodes it (one JSON object),
+    -- joined by commas: a push's body without its brackets. One value, not an
+    -- array of one per event, for the server to store, compress and send.
+    body        bytea NOT NULL,
+    -- Where each event ends in `body` (the next starts after its comma).
+    ends        integer[] NOT NULL,
+    -- How many of the oldest events a call delivered (they leave with the row).
+    delivered   integer NOT NULL DEFAULT 0,
+    -- How many events wait, and their bytes: counted without reading them.
+    events      integer NOT NULL CHECK (events > 0 AND delivered >= 0 AND delivered + events = cardinality(ends)),
     bytes       bigint NOT NULL CHECK (bytes >= 0),
     accepted_at timestamptz NOT NULL,
     PRIMARY KEY (bot_token, id)
@@ -76,7 +83,7 @@ CREATE TABLE events (
 -- (`toast_tuple_target` above), compressed once it is larger.
 DO $$
 BEGIN
-    EXECUTE 'ALTER TABLE events ALTER COLUMN bodies SET COMPRESSION lz4';
+    EXECUTE 'ALTER TABLE events ALTER COLUMN body SET COMPRESSION lz4';
 EXCEPTION WHEN feature_not_supported OR syntax_error THEN
     NULL;
 END
