@@ -29,7 +29,7 @@ mod recording;
 pub(crate) mod rules;
 pub(crate) mod stats;
 pub(crate) mod store;
-mod token_hash;
+pub(crate) mod token_hash;
 
 #[cfg(feature = "postgres")]
 pub(crate) use self::core::decode_stored;

@@ -55,8 +55,8 @@ impl Hasher for TokenHasher {
 /// Builds [`TokenHasher`]s for maps keyed by bot token.
 pub(crate) type BuildTokenHasher = BuildHasherDefault<TokenHasher>;
 
-/// A map keyed by bot token.
-pub(crate) type TokenMap<V> = std::collections::HashMap<std::sync::Arc<str>, V, BuildTokenHasher>;
+/// A map keyed by bot token (shared, or borrowed or owned as `K`).
+pub(crate) type TokenMap<V, K = std::sync::Arc<str>> = std::collections::HashMap<K, V, BuildTokenHasher>;
 
 #[cfg(test)]
 mod tests {

@@ -27,6 +27,7 @@ use crate::dispatch::endpoint::{CallSignature, Endpoint};
 use crate::dispatch::rules;
 use crate::dispatch::stats::StalledWebhook;
 use crate::dispatch::store::{Schedulable, StoredWebhook};
+use crate::dispatch::token_hash::TokenMap;
 use crate::dispatch::{CallOutcome, CallRecord, DropReason, FlushError, WebhookState};
 use crate::signing;
 use crate::transport::{TransportError, TransportErrorKind};
@@ -287,7 +288,8 @@ async fn claim_and_call(
     let rows =
         session.client.query(&statement, &[&tokens, &limits]).await.map_err(doing("reading the calls' events"))?;
     // The bodies stay in the rows' buffers: no copy per event.
-    let mut events: HashMap<&str, Vec<StoredRun<'_>>> = HashMap::with_capacity(claims.len());
+    let mut events: TokenMap<Vec<StoredRun<'_>>, &str> =
+        TokenMap::with_capacity_and_hasher(claims.len(), Default::default());
     for row in &rows {
         let token: &str = row.try_get(0).map_err(doing("reading events"))?;
         events.entry(token).or_default().push(StoredRun::from_row(row, 1)?);

@@ -1,7 +1,6 @@
 //! [`PostgresDispatcher`]: the [`Dispatcher`] of one process of a cluster
 //! whose webhooks, queues and health live in PostgreSQL.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,6 +19,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, Plan, WebhookConfig};
 use crate::dispatch::rules;
 use crate::dispatch::stats::Counters;
+use crate::dispatch::token_hash::TokenMap;
 use crate::dispatch::{
     BotSender, DeliveryObserver, Dispatcher, DispatcherClosed, DispatcherStats, EnqueueOutcome, FlushError, NoObserver,
     Refusal, ShutdownReport, WebhookState, WebhookStats,
@@ -111,7 +111,7 @@ pub(crate) struct Shared {
     pub(crate) observer: Arc<dyn DeliveryObserver>,
     pub(crate) options: Options,
     /// This process's copy of every webhook's settings, for `enqueue`.
-    pub(crate) webhooks: RwLock<HashMap<Arc<str>, Arc<LocalWebhook>>>,
+    pub(crate) webhooks: RwLock<TokenMap<Arc<LocalWebhook>>>,
     /// Counts of webhooks removed, and refusals of events naming no webhook.
     pub(crate) retired: Counters,
     /// To the writer, in order: events, settings, syncs. Unbounded: `buffered`
@@ -748,7 +748,7 @@ impl PostgresDispatcherBuilder {
             alert_sink: self.alert_sink,
             observer: self.observer,
             options: self.options,
-            webhooks: RwLock::new(HashMap::new()),
+            webhooks: RwLock::new(TokenMap::default()),
             retired: Counters::default(),
             intake,
             buffered: AtomicUsize::new(0),

@@ -10,7 +10,6 @@
 //! until the database takes it; meanwhile `enqueue` keeps accepting until
 //! the buffer bound, then refuses with a named reason.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -26,6 +25,7 @@ use super::runs::{self, NewRun, StoredRun};
 use super::webhooks::save_webhook_at;
 use crate::config::{Plan, WebhookConfig};
 use crate::dispatch::rules;
+use crate::dispatch::token_hash::TokenMap;
 use crate::dispatch::{DropReason, DroppedEvents};
 use crate::event::Event;
 use crate::wire;
@@ -61,7 +61,7 @@ struct Round {
     steps: Vec<Step>,
     syncs: Vec<oneshot::Sender<()>>,
     /// Accepted events of the round, each webhook's and in all, committed or dropped with it.
-    accepted: HashMap<Arc<str>, (Arc<LocalWebhook>, u64)>,
+    accepted: TokenMap<(Arc<LocalWebhook>, u64)>,
     accepted_total: usize,
 }
 
@@ -97,7 +97,7 @@ impl EventBatch {
 #[derive(Default)]
 struct Committed {
     /// Events inserted per webhook.
-    inserted: HashMap<String, u64>,
+    inserted: TokenMap<u64, String>,
     newest_id: i64,
     /// Dropped events, per bot and reason, with their stored bodies.
     dropped: Vec<(String, DropReason, Vec<Vec<u8>>)>,
@@ -244,7 +244,13 @@ fn add(shared: &Shared, round: &mut Round, entry: Entry) {
         Entry::Event(webhook, event) => {
             let token = webhook.config.shared_bot_token();
             round.accepted_total += 1;
-            round.accepted.entry(Arc::clone(&token)).or_insert_with(|| (Arc::clone(&webhook), 0)).1 += 1;
+            // Looked up before inserting: no reference count changes for a webhook seen already.
+            match round.accepted.get_mut(&*token) {
+                Some((_, accepted)) => *accepted += 1,
+                None => {
+                    round.accepted.insert(Arc::clone(&token), (Arc::clone(&webhook), 1));
+                }
+            }
             if !matches!(round.steps.last(), Some(Step::Events(_))) {
                 round.steps.push(Step::Events(EventBatch::default()));
             }
@@ -325,7 +331,7 @@ async fn insert_events(
     let statement = format!("SELECT bot_token, disabled FROM {schema}.webhooks WHERE bot_token = ANY($1)");
     let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
     let rows = transaction.query(&statement, &[&tokens]).await.map_err(doing("reading the events' webhooks"))?;
-    let mut open: HashMap<String, bool> = HashMap::with_capacity(rows.len());
+    let mut open: TokenMap<bool, String> = TokenMap::with_capacity_and_hasher(rows.len(), Default::default());
     for row in &rows {
         let read = doing("reading a webhook");
         open.insert(row.try_get(0).map_err(read)?, !row.try_get::<_, bool>(1).map_err(read)?);
@@ -334,9 +340,9 @@ async fn insert_events(
     // `RUN_BYTES`, a row each: one row, not one per event, for the server to write, read
     // and delete.
     let mut runs: Vec<(&str, NewRun)> = Vec::new();
-    let mut open_run: HashMap<&str, usize> = HashMap::new();
-    let mut skipped: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
-    let mut inserted: HashMap<&str, u64> = HashMap::new();
+    let mut open_run: TokenMap<usize, &str> = TokenMap::default();
+    let mut skipped: TokenMap<Vec<Vec<u8>>, &str> = TokenMap::default();
+    let mut inserted: TokenMap<u64, &str> = TokenMap::default();
     for (token, body) in batch.events() {
         if !open.get(token).copied().unwrap_or(false) {
             skipped.entry(token).or_default().push(body.to_vec());
@@ -479,7 +485,7 @@ pub(crate) fn decode(bodies: &[Vec<u8>]) -> Vec<Event> {
 fn hand_back(shared: &Shared, round: Round, receiver: &mut mpsc::UnboundedReceiver<Entry>) {
     receiver.close();
     let mut undelivered = Vec::new();
-    let mut per_webhook: HashMap<Arc<str>, (Arc<LocalWebhook>, u64)> = round.accepted;
+    let mut per_webhook: TokenMap<(Arc<LocalWebhook>, u64)> = round.accepted;
     let mut total = round.accepted_total;
     for step in round.steps {
         if let Step::Events(batch) = step {
@@ -498,7 +504,7 @@ fn hand_back(shared: &Shared, round: Round, receiver: &mut mpsc::UnboundedReceiv
     }
     shared.buffered.fetch_sub(total, Ordering::AcqRel);
     // Counted per webhook: the events too large were counted when gathered.
-    let mut counted: HashMap<&str, u64> = HashMap::new();
+    let mut counted: TokenMap<u64, &str> = TokenMap::default();
     for event in &undelivered {
         if let Some(token) = event.bot_token() {
             *counted.entry(token).or_default() += 1;
