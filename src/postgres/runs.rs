@@ -104,7 +104,7 @@ impl<'row> StoredRun<'row> {
             return Err(unreadable("`ends` do not cover `body`"));
         }
         if delivered >= checked.len() {
-            return Err(unreadable("no event is left undelivered"));
+            return Err(unreadable("`delivered` leaves no event waiting"));
         }
         Ok(StoredRun { id, body, ends: checked, delivered })
     }
