@@ -47,6 +47,12 @@
 //! alternately see the same drift. The outbox and the 1 and 4 dispatchers
 //! run once (criterion's repeated sampling would take hours).
 //!
+//! Each run also reports the machine's busy CPU time over it (`/proc/stat`:
+//! every process, the database server's included), and the medians of
+//! both main sides' are compared: CPU moves less than wall time with the
+//! machine's drift, and the PostgreSQL runs are CPU-bound (the in-memory
+//! ones are not), so it shows what a change to the store costs or saves.
+//!
 //! Without `DATABASE_URL` the bench prints a `SKIPPED` line and exits 0.
 
 mod support;
@@ -61,7 +67,7 @@ use eventhook::dispatch::{Dispatcher, WebhookDispatcher};
 use eventhook::postgres::{migrate, PostgresDispatcher, PostgresSchema};
 use eventhook::{Event, WebhookConfig};
 use futures::StreamExt;
-use support::loopback::{json_post, plain_client, post_all, start_receiver, status_of, Tally};
+use support::loopback::{json_post, machine_busy_time, plain_client, post_all, start_receiver, status_of, Tally};
 use support::{EventGen, Goal};
 use tokio_postgres::{Client, NoTls};
 
@@ -88,6 +94,8 @@ struct Run {
     wal_bytes: f64,
     commits: i64,
     posts: usize,
+    /// The machine's busy CPU time from the first enqueue to the last event received.
+    cpu: Option<Duration>,
 }
 
 impl Run {
@@ -103,6 +111,17 @@ impl Run {
     fn median(mut runs: Vec<Run>) -> Run {
         runs.sort_by_key(|run| run.elapsed);
         runs[runs.len() / 2]
+    }
+
+    /// The median of the runs' CPU times, where the machine gives them.
+    fn median_cpu(runs: &[Run]) -> Option<Duration> {
+        let mut cpu: Vec<Duration> = runs.iter().map(|run| run.cpu).collect::<Option<_>>()?;
+        cpu.sort();
+        cpu.get(cpu.len() / 2).copied()
+    }
+
+    fn cpu_text(&self) -> String {
+        self.cpu.map_or_else(|| "CPU not measured".to_owned(), |cpu| format!("{:.2} s CPU", cpu.as_secs_f64()))
     }
 }
 
@@ -206,16 +225,18 @@ impl Bench {
             dispatcher.configure(self.config(bot)).expect("open");
         }
         let events = self.events.clone();
+        let busy_before = machine_busy_time();
         let start = Instant::now();
         for event in events {
             assert!(dispatcher.enqueue(event).is_accepted(), "accepted");
         }
         let end = self.runtime.block_on(self.tally.wait_complete(RUN_LIMIT));
+        let cpu = machine_busy_time().zip(busy_before).map(|(after, before)| after.saturating_sub(before));
         let posts = self.tally.pushes.load(Ordering::SeqCst);
         let report = self.runtime.block_on(dispatcher.shutdown(Duration::from_secs(10)));
         assert!(report.undelivered.is_empty(), "everything delivered");
         self.tally.assert_exactly_once("in-memory dispatcher");
-        Run { elapsed: end - start, settled: end - start, wal_bytes: 0.0, commits: 0, posts }
+        Run { elapsed: end - start, settled: end - start, wal_bytes: 0.0, commits: 0, posts, cpu }
     }
 
     /// One run of `processes` PostgreSQL dispatchers on one fresh schema.
@@ -252,6 +273,7 @@ impl Bench {
         let commits_before = self.commits();
         let lsn = self.wal_lsn();
 
+        let busy_before = machine_busy_time();
         let start = Instant::now();
         std::thread::scope(|scope| {
             for (dispatcher, share) in dispatchers.iter().zip(shares) {
@@ -264,6 +286,7 @@ impl Bench {
         });
         let enqueued = start.elapsed();
         let end = self.runtime.block_on(self.tally.wait_complete(RUN_LIMIT));
+        let cpu = machine_busy_time().zip(busy_before).map(|(after, before)| after.saturating_sub(before));
         let posts = self.tally.pushes.load(Ordering::SeqCst);
         let settled = self.runtime.block_on(async {
             tokio::time::timeout(RUN_LIMIT, async {
@@ -288,17 +311,18 @@ impl Bench {
         let commits = self.commits() - commits_before;
         self.drop_schema(&schema);
         self.tally.assert_exactly_once("PostgreSQL dispatchers");
-        let elapsed = end - start;
+        let run = Run { elapsed: end - start, settled, wal_bytes, commits, posts, cpu };
         println!(
             "  {processes} PostgreSQL dispatcher(s): all enqueued after {:.0} ms; first event received after {first:.0} ms, \
              half after {half:.0} ms, all after {:.0} ms, all deleted after {:.0} ms; {posts} posts; {commits} commits; \
-             {:.0} WAL bytes per event",
+             {:.0} WAL bytes per event; {}",
             enqueued.as_secs_f64() * 1e3,
-            elapsed.as_secs_f64() * 1e3,
+            run.elapsed.as_secs_f64() * 1e3,
             settled.as_secs_f64() * 1e3,
             wal_bytes / EVENTS as f64,
+            run.cpu_text(),
         );
-        Run { elapsed, settled, wal_bytes, commits, posts }
+        run
     }
 
     /// One run of the host-written outbox.
@@ -317,6 +341,7 @@ impl Bench {
         let commits_before = self.commits();
         let lsn = self.wal_lsn();
 
+        let busy_before = machine_busy_time();
         let start = Instant::now();
         let produced = Arc::new(AtomicBool::new(false));
         let workers: Vec<_> = (0..OUTBOX_WORKERS)
@@ -350,6 +375,7 @@ impl Bench {
             })
         };
         let end = self.runtime.block_on(self.tally.wait_complete(RUN_LIMIT));
+        let cpu = machine_busy_time().zip(busy_before).map(|(after, before)| after.saturating_sub(before));
         let produced_after = self.runtime.block_on(producer).expect("producer task");
         for worker in workers {
             self.runtime.block_on(worker).expect("worker task");
@@ -371,7 +397,7 @@ impl Bench {
             settled.as_secs_f64() * 1e3,
             wal_bytes / EVENTS as f64,
         );
-        Run { elapsed, settled, wal_bytes, commits, posts }
+        Run { elapsed, settled, wal_bytes, commits, posts, cpu }
     }
 }
 
@@ -470,10 +496,16 @@ fn main() {
     let (mut memory_runs, mut two_runs) = (Vec::new(), Vec::new());
     for _ in 0..ALTERNATE_RUNS {
         let memory = bench.run_memory();
-        println!("  in-memory dispatcher: {:.0} events/s, {} posts", memory.rate(), memory.posts);
+        println!(
+            "  in-memory dispatcher: {:.0} events/s, {} posts; {}",
+            memory.rate(),
+            memory.posts,
+            memory.cpu_text()
+        );
         memory_runs.push(memory);
         two_runs.push(bench.run_postgres(2));
     }
+    let (memory_cpu, two_cpu) = (Run::median_cpu(&memory_runs), Run::median_cpu(&two_runs));
     let memory = Run::median(memory_runs);
     let two = Run::median(two_runs);
     println!(
@@ -511,6 +543,19 @@ fn main() {
         Goal::AtLeast(0.5),
         &format!("{:.0} vs {:.0} events/s; each event received exactly once", two.rate(), memory.rate()),
     );
+    if let Some((two_cpu, memory_cpu)) = two_cpu.zip(memory_cpu) {
+        support::report(
+            "postgres/cpu_vs_in_memory",
+            "2 PG dispatchers' CPU per run / in-memory's",
+            two_cpu.as_secs_f64() / memory_cpu.as_secs_f64(),
+            Goal::Reported,
+            &format!(
+                "{:.2} vs {:.2} s, medians of the machine's busy time (the server's included)",
+                two_cpu.as_secs_f64(),
+                memory_cpu.as_secs_f64()
+            ),
+        );
+    }
     support::report(
         "postgres/vs_outbox",
         "2 PG dispatchers' events/s / outbox's",

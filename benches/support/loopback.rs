@@ -30,6 +30,20 @@ pub fn cpu_time() -> Duration {
     time(usage.ru_utime) + time(usage.ru_stime)
 }
 
+/// CPU time the whole machine has spent busy so far (user, nice, system and
+/// interrupts, of every process: a local database server's included), from
+/// `/proc/stat`; `None` where there is none to read (not Linux).
+pub fn machine_busy_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).map(|field| field.parse().ok()).collect::<Option<_>>()?;
+    // user, nice, system, idle, iowait, irq, softirq, steal, ...
+    let busy = fields.first()? + fields.get(1)? + fields.get(2)? + fields.get(5)? + fields.get(6)?;
+    // SAFETY: `sysconf` only reads a constant of the system.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks_per_second > 0).then(|| Duration::from_secs_f64(busy as f64 / ticks_per_second as f64))
+}
+
 /// The reqwest client the baselines post with: what the crate's transport
 /// does by default (no redirects, no proxies, a timeout).
 pub fn plain_client() -> reqwest::Client {
