@@ -67,7 +67,9 @@ use eventhook::dispatch::{Dispatcher, WebhookDispatcher};
 use eventhook::postgres::{migrate, PostgresDispatcher, PostgresSchema};
 use eventhook::{Event, WebhookConfig};
 use futures::StreamExt;
-use support::loopback::{json_post, machine_busy_time, plain_client, post_all, start_receiver, status_of, Tally};
+use support::loopback::{
+    json_post, machine_busy_since, machine_busy_time, plain_client, post_all, start_receiver, status_of, Tally,
+};
 use support::{EventGen, Goal};
 use tokio_postgres::{Client, NoTls};
 
@@ -231,7 +233,7 @@ impl Bench {
             assert!(dispatcher.enqueue(event).is_accepted(), "accepted");
         }
         let end = self.runtime.block_on(self.tally.wait_complete(RUN_LIMIT));
-        let cpu = machine_busy_time().zip(busy_before).map(|(after, before)| after.saturating_sub(before));
+        let cpu = machine_busy_since(busy_before);
         let posts = self.tally.pushes.load(Ordering::SeqCst);
         let report = self.runtime.block_on(dispatcher.shutdown(Duration::from_secs(10)));
         assert!(report.undelivered.is_empty(), "everything delivered");
@@ -286,7 +288,7 @@ impl Bench {
         });
         let enqueued = start.elapsed();
         let end = self.runtime.block_on(self.tally.wait_complete(RUN_LIMIT));
-        let cpu = machine_busy_time().zip(busy_before).map(|(after, before)| after.saturating_sub(before));
+        let cpu = machine_busy_since(busy_before);
         let posts = self.tally.pushes.load(Ordering::SeqCst);
         let settled = self.runtime.block_on(async {
             tokio::time::timeout(RUN_LIMIT, async {
@@ -375,7 +377,7 @@ impl Bench {
             })
         };
         let end = self.runtime.block_on(self.tally.wait_complete(RUN_LIMIT));
-        let cpu = machine_busy_time().zip(busy_before).map(|(after, before)| after.saturating_sub(before));
+        let cpu = machine_busy_since(busy_before);
         let produced_after = self.runtime.block_on(producer).expect("producer task");
         for worker in workers {
             self.runtime.block_on(worker).expect("worker task");
@@ -387,17 +389,19 @@ impl Bench {
         let commits = self.commits() - commits_before;
         self.drop_schema(&schema);
         self.tally.assert_exactly_once("outbox");
-        let elapsed = end - start;
+        let run = Run { elapsed: end - start, settled, wal_bytes, commits, posts, cpu };
         let (first, half) = self.tally.milestones(start);
         println!(
             "  outbox: all inserted after {:.0} ms; first event received after {first:.0} ms, half after {half:.0} ms, \
-             all after {:.0} ms, all deleted after {:.0} ms; {posts} posts; {commits} commits; {:.0} WAL bytes per event",
+             all after {:.0} ms, all deleted after {:.0} ms; {posts} posts; {commits} commits; {:.0} WAL bytes per event; \
+             {}",
             produced_after.as_secs_f64() * 1e3,
-            elapsed.as_secs_f64() * 1e3,
+            run.elapsed.as_secs_f64() * 1e3,
             settled.as_secs_f64() * 1e3,
             wal_bytes / EVENTS as f64,
+            run.cpu_text(),
         );
-        Run { elapsed, settled, wal_bytes, commits, posts, cpu }
+        run
     }
 }
 

@@ -44,6 +44,11 @@ pub fn machine_busy_time() -> Option<Duration> {
     (ticks_per_second > 0).then(|| Duration::from_secs_f64(busy as f64 / ticks_per_second as f64))
 }
 
+/// The machine's busy CPU time since `before` (a [`machine_busy_time`] reading).
+pub fn machine_busy_since(before: Option<Duration>) -> Option<Duration> {
+    machine_busy_time().zip(before).map(|(after, before)| after.saturating_sub(before))
+}
+
 /// The reqwest client the baselines post with: what the crate's transport
 /// does by default (no redirects, no proxies, a timeout).
 pub fn plain_client() -> reqwest::Client {

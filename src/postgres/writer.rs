@@ -339,7 +339,7 @@ async fn insert_events(
     // Each webhook's events of the batch, in order, in runs of up to
     // `RUN_BYTES`, a row each: one row, not one per event, for the server to write, read
     // and delete.
-    let mut runs: Vec<(&str, NewRun)> = Vec::new();
+    let mut new_runs: Vec<(&str, NewRun)> = Vec::new();
     let mut open_run: TokenMap<usize, &str> = TokenMap::default();
     let mut skipped: TokenMap<Vec<Vec<u8>>, &str> = TokenMap::default();
     let mut inserted: TokenMap<u64, &str> = TokenMap::default();
@@ -350,16 +350,16 @@ async fn insert_events(
         }
         *inserted.entry(token).or_default() += 1;
         let run = match open_run.get(token) {
-            Some(&index) if runs[index].1.bytes_with(body) <= RUN_BYTES => index,
+            Some(&index) if new_runs[index].1.bytes_with(body) <= RUN_BYTES => index,
             _ => {
-                runs.push((token, NewRun::default()));
-                open_run.insert(token, runs.len() - 1);
-                runs.len() - 1
+                new_runs.push((token, NewRun::default()));
+                open_run.insert(token, new_runs.len() - 1);
+                new_runs.len() - 1
             }
         };
-        runs[run].1.push(body);
+        new_runs[run].1.push(body);
     }
-    if !runs.is_empty() {
+    if !new_runs.is_empty() {
         // COPY: the cheapest way in, in the batch's order (ids follow it). A
         // webhook removed since the read above fails the foreign key, and the
         // round is tried again.
@@ -369,7 +369,7 @@ async fn insert_events(
         let types = [Type::TEXT, Type::BYTEA, Type::INT4_ARRAY, Type::INT4, Type::INT8, Type::TIMESTAMPTZ];
         let writer = BinaryCopyInWriter::new(sink, &types);
         let mut writer = std::pin::pin!(writer);
-        for (token, run) in &runs {
+        for (token, run) in &new_runs {
             let events = i32::try_from(run.ends.len()).unwrap_or(i32::MAX);
             let bytes = i64::try_from(run.bytes).unwrap_or(i64::MAX);
             writer
