@@ -488,7 +488,13 @@ fn main() {
         // many as the variable says), no report.
         let runs = runs.to_str().and_then(|runs| runs.parse().ok()).unwrap_or(3);
         for _ in 0..runs {
-            println!("2 PostgreSQL dispatchers: {:.0} events/s", bench.run_postgres(2).rate());
+            let run = bench.run_postgres(2);
+            println!(
+                "2 PostgreSQL dispatchers: {:.0} events/s, {:.0} WAL bytes per event; {}",
+                run.rate(),
+                run.wal_per_event(),
+                run.cpu_text()
+            );
         }
         return;
     }

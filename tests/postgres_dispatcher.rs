@@ -731,3 +731,72 @@ async fn a_call_that_settles_before_its_webhooks_removal_commits_counts_its_even
     }
     let _ = process.shutdown(Duration::from_millis(200)).await;
 }
+
+/// A commit that configures webhooks locks their rows in token order, as
+/// settlements and the scheduling do, whatever the order of the calls: with
+/// `bot-a` held by another transaction, a round that configures `bot-b` and
+/// then `bot-a` waits for `bot-a` without holding `bot-b` (holding it would
+/// let a settlement of both wait for it in a cycle, a deadlock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_locks_the_webhooks_it_configures_in_token_order() {
+    let Some(test) = migrated("a_commit_locks_the_webhooks_it_configures_in_token_order").await else { return };
+    let process = builder(&test, Arc::new(ScriptedTransport::default()))
+        // Both configurations of the second step fall in one round.
+        .commit_window(Duration::from_millis(300))
+        .build()
+        .await
+        .expect("building");
+    process.configure(config("bot-a")).expect("configuring");
+    process.configure(config("bot-b")).expect("configuring");
+    process.wait_durable(Duration::from_secs(5)).await.expect("committed");
+
+    let holder = test.connect().await;
+    let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).await.expect("a pid").get(0);
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM {}.webhooks WHERE bot_token = 'bot-a' FOR NO KEY UPDATE",
+            test.quoted()
+        ))
+        .await
+        .expect("holding bot-a");
+    let slower = |bot| settings(bot, Duration::from_millis(700)).build().expect("a valid config");
+    process.configure(slower("bot-b")).expect("configuring");
+    process.configure(slower("bot-a")).expect("configuring");
+
+    let prober = test.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let blocked: bool = prober
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))",
+                &[&holder_pid],
+            )
+            .await
+            .expect("reading the waits")
+            .get(0);
+        if blocked {
+            break;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until the commit waits for bot-a");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let probe = prober
+        .execute(
+            &format!("SELECT 1 FROM {}.webhooks WHERE bot_token = 'bot-b' FOR NO KEY UPDATE NOWAIT", test.quoted()),
+            &[],
+        )
+        .await;
+    assert!(probe.is_ok(), "the waiting commit holds bot-b: {probe:?}");
+
+    holder.batch_execute("ROLLBACK").await.expect("releasing bot-a");
+    process.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    let intervals: Vec<i64> = prober
+        .query(&format!("SELECT push_interval_ms FROM {}.webhooks ORDER BY bot_token", test.quoted()), &[])
+        .await
+        .expect("reading the settings")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(intervals, [700, 700]);
+    let _ = process.shutdown(Duration::from_millis(200)).await;
+}

@@ -305,12 +305,18 @@ async fn claim_and_call(
         // Delivered or dropped meanwhile: nothing to call. Hand the claims
         // back with nothing scheduled; `schedule_idle` then schedules any of
         // them that got events since, by the same rule as any idle webhook.
+        // The rows are locked in token order first, as every writer of them
+        // locks them (an update joined to the list locks in the plan's order).
         let tokens: Vec<&str> = idle.iter().map(|claim| &*claim.bot_token).collect();
         let claim_ids: Vec<i64> = idle.iter().map(|claim| claim.claim_id).collect();
         let statement = format!(
             "UPDATE {schema}.webhooks AS webhook SET claim_id = NULL, lease_until = NULL, due_at = NULL
-             FROM unnest($1::text[], $2::bigint[]) AS released (bot_token, claim_id)
-             WHERE webhook.bot_token = released.bot_token AND webhook.claim_id = released.claim_id"
+             FROM (SELECT held.bot_token
+                   FROM {schema}.webhooks AS held
+                   JOIN unnest($1::text[], $2::bigint[]) AS released (bot_token, claim_id)
+                     ON held.bot_token = released.bot_token AND held.claim_id = released.claim_id
+                   ORDER BY held.bot_token FOR NO KEY UPDATE OF held) AS locked
+             WHERE webhook.bot_token = locked.bot_token"
         );
         let statement = session.prepared(&statement).await.map_err(doing("preparing"))?;
         session.client.execute(&statement, &[&tokens, &claim_ids]).await.map_err(doing("releasing claims"))?;
@@ -1166,10 +1172,14 @@ async fn flush_committed(shared: &Shared, deadline: tokio::time::Instant) -> Res
     let row =
         client.query_one(&format!("SELECT coalesce(max(id), 0) FROM {schema}.events"), &[]).await.map_err(database)?;
     let newest: i64 = row.try_get(0).map_err(database)?;
+    // Locked in token order first, as every writer of these rows locks them.
     let statement = format!(
         "UPDATE {schema}.webhooks AS webhook SET due_at = $1
-         WHERE NOT disabled AND plan = 'paid' AND (due_at IS NULL OR due_at > $1)
-           AND EXISTS (SELECT 1 FROM {schema}.events AS event WHERE event.bot_token = webhook.bot_token)"
+         FROM (SELECT held.bot_token FROM {schema}.webhooks AS held
+               WHERE NOT held.disabled AND held.plan = 'paid' AND (held.due_at IS NULL OR held.due_at > $1)
+                 AND EXISTS (SELECT 1 FROM {schema}.events AS event WHERE event.bot_token = held.bot_token)
+               ORDER BY held.bot_token FOR NO KEY UPDATE OF held) AS locked
+         WHERE webhook.bot_token = locked.bot_token"
     );
     client.execute(&statement, &[&started_at]).await.map_err(database)?;
     shared.delivery_wake.notify_one();

@@ -280,6 +280,7 @@ async fn commit(shared: &Shared, session: &mut Option<Session>, round: &Round) -
     let transaction = client.transaction().await.map_err(doing("beginning a commit"))?;
     let now = shared.now();
     let mut committed = Committed::default();
+    lock_changed_webhooks(&transaction, shared, &round.steps).await?;
     for step in &round.steps {
         match step {
             Step::Configure(config) => {
@@ -306,6 +307,31 @@ async fn commit(shared: &Shared, session: &mut Option<Session>, round: &Round) -
     }
     transaction.commit().await.map_err(doing("committing"))?;
     Ok(committed)
+}
+
+/// Locks the existing rows of the webhooks the round configures or removes,
+/// in token order, before any step writes: the order in which settlements
+/// and the scheduling lock them too, so that none of these waits for
+/// another in a cycle (the server would break it only after
+/// `deadlock_timeout`). The steps then write in the order of the calls.
+async fn lock_changed_webhooks(transaction: &Transaction<'_>, shared: &Shared, steps: &[Step]) -> Result<(), String> {
+    let tokens: Vec<&str> = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Configure(config) => Some(config.bot_token()),
+            Step::Remove(token) => Some(&**token),
+            Step::Events(_) => None,
+        })
+        .collect();
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let statement = format!(
+        "SELECT 1 FROM {}.webhooks WHERE bot_token = ANY($1) ORDER BY bot_token FOR NO KEY UPDATE",
+        shared.schema.quoted()
+    );
+    transaction.execute(&statement, &[&tokens]).await.map_err(doing("locking the webhooks to change"))?;
+    Ok(())
 }
 
 /// Inserts a batch in order, skipping the events of webhooks removed or
