@@ -8,7 +8,9 @@ mod postgres_support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use eventhook::postgres::{migrate, migrations, MigrationReport, PostgresSchema};
+use eventhook::postgres::{
+    migrate, migrations, BuildError, MigrateError, MigrationReport, PostgresDispatcher, PostgresSchema,
+};
 use postgres_support::TestSchema;
 
 fn shipped_versions() -> Vec<u32> {
@@ -46,6 +48,41 @@ async fn migrate_applies_every_shipped_version_in_a_new_schema() {
     let shipped: Vec<(i64, String)> =
         migrations().iter().map(|migration| (i64::from(migration.version()), migration.name().to_owned())).collect();
     assert_eq!(recorded, shipped);
+}
+
+/// A migration is recorded with the SHA-256 of its SQL; a schema whose
+/// record differs (migrated from an edited migration) fails `migrate` with
+/// the version, and so does building a dispatcher on it.
+#[tokio::test]
+async fn a_migration_applied_from_different_sql_fails_migrate_and_the_build() {
+    let Some(test) = TestSchema::new("a_migration_applied_from_different_sql_fails_migrate_and_the_build") else {
+        return;
+    };
+    let mut client = test.connect().await;
+    migrate(&mut client, &test.schema).await.expect("migrating");
+    let recorded: Vec<String> = client
+        .query(&format!("SELECT checksum FROM {}.schema_migrations ORDER BY version", test.quoted()), &[])
+        .await
+        .expect("reading the checksums")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let shipped: Vec<String> = migrations().iter().map(|migration| migration.checksum()).collect();
+    assert_eq!(recorded, shipped);
+
+    client
+        .batch_execute(&format!("UPDATE {}.schema_migrations SET checksum = 'edited' WHERE version = 1", test.quoted()))
+        .await
+        .expect("changing the record");
+    let error = migrate(&mut client, &test.schema).await.expect_err("a changed migration");
+    let MigrateError::Changed { migration, .. } = &error else { panic!("not a change: {error:?}") };
+    assert_eq!((migration.version, migration.recorded.as_str()), (1, "edited"));
+    let shown = error.to_string();
+    assert!(shown.contains("migration 1 (initial) was applied from different SQL"), "{shown}");
+    let build = PostgresDispatcher::builder(test.url()).schema(test.schema.clone()).build().await;
+    let Err(error) = build else { panic!("built on a changed schema") };
+    assert!(matches!(error, BuildError::MigrationChanged { .. }), "{error:?}");
+    assert!(error.to_string().contains("migration 1 (initial)"), "{error}");
 }
 
 #[tokio::test]
@@ -163,7 +200,12 @@ const EXPECTED_COLUMNS: &[(&str, &[Column])] = &[
     ),
     (
         "schema_migrations",
-        &[("version", "bigint", false), ("name", "text", false), ("applied_at", "timestamp with time zone", false)],
+        &[
+            ("version", "bigint", false),
+            ("name", "text", false),
+            ("checksum", "text", false),
+            ("applied_at", "timestamp with time zone", false),
+        ],
     ),
     (
         "webhooks",
@@ -364,7 +406,7 @@ async fn a_failed_migration_names_the_schema_and_the_step_and_shows_no_password(
     let error = migrate(&mut client, &test.schema).await.expect_err("the ledger cannot be read");
 
     let shown = error.to_string();
-    assert_eq!(error.schema, test.schema.name());
+    assert_eq!(error.schema(), test.schema.name());
     assert!(shown.contains(&format!("{:?}", test.schema.name())), "{shown}");
     assert!(shown.contains("migration 1 (initial): reading schema_migrations"), "{shown}");
     if let Some(password) = test.password() {

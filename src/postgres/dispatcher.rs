@@ -732,12 +732,15 @@ impl PostgresDispatcherBuilder {
             .await
             .map(Arc::new)
             .map_err(|error| BuildError::Database(connection::describe("connecting", &error)))?;
-        let version = super::migrate::applied_version(&client, &self.schema)
+        let (version, changed) = super::migrate::applied_version(&client, &self.schema)
             .await
             .map_err(|error| BuildError::Database(connection::describe("reading the schema's version", &error)))?;
         let expected = super::migrate::migrations().last().map_or(0, |migration| migration.version());
         if version < expected {
             return Err(BuildError::NotMigrated { schema: self.schema.name().to_owned(), version, expected });
+        }
+        if let Some(migration) = changed {
+            return Err(BuildError::MigrationChanged { schema: self.schema.name().to_owned(), migration });
         }
         let (intake, receiver) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -818,6 +821,15 @@ pub enum BuildError {
         version: u32,
         /// The version this crate needs.
         expected: u32,
+    },
+    /// The schema was migrated from different SQL than this crate ships
+    /// (see [`Migration::checksum`](super::Migration::checksum)).
+    #[error("PostgreSQL schema {schema:?}: {migration}")]
+    MigrationChanged {
+        /// The schema.
+        schema: String,
+        /// The migration whose checksum differs.
+        migration: super::ChangedMigration,
     },
 }
 

@@ -27,9 +27,12 @@
 //! ## Migrations
 //! [`migrate`] creates the schema if needed and applies each of
 //! [`migrations`] not yet recorded in its `schema_migrations` table
-//! (`version`, `name`, `applied_at`), each in its own transaction under an
-//! advisory lock keyed on the schema, so processes that start together
-//! apply each version once. Call it at start-up, before the store is used.
+//! (`version`, `name`, `checksum`, `applied_at`), each in its own
+//! transaction under an advisory lock keyed on the schema, so processes that
+//! start together apply each version once. Call it at start-up, before the
+//! store is used. A migration recorded with another checksum (the SHA-256 of
+//! its SQL, [`Migration::checksum`]) than this crate ships fails `migrate`
+//! and the dispatcher's build with the version that differs.
 //!
 //! ## Tables (migration 1)
 //! - `webhooks`: one row per configured bot, keyed by `bot_token`: the
@@ -125,6 +128,6 @@ mod webhooks;
 mod writer;
 
 pub use dispatcher::{BuildError, PostgresDispatcher, PostgresDispatcherBuilder, StoreError};
-pub use migrate::{migrate, migrations, MigrateError, Migration, MigrationReport};
+pub use migrate::{migrate, migrations, ChangedMigration, MigrateError, Migration, MigrationReport};
 pub use schema::{PostgresSchema, SchemaNameError};
 pub use webhooks::{load_webhook, load_webhooks, remove_webhook, save_webhook, StoredWebhook, WebhookStoreError};
