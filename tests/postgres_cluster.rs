@@ -291,7 +291,11 @@ async fn a_killed_node_loses_nothing_it_committed_and_bots_are_pushed_once_per_i
         let first_calls: HashSet<usize> = repeated.iter().map(|(_, first_call)| *first_call).collect();
         assert_eq!(first_calls.len(), 1, "{bot}: repeats from one abandoned call, not {repeated:?}");
         let abandoned = &calls[*first_calls.iter().next().expect("one call")];
-        assert!(abandoned.at <= killed_at, "{bot}: the repeated call was made before the kill");
+        // A call node b sent just before dying may be taken in after the kill
+        // returned, on a loaded machine; a resend comes only once its lease
+        // (over twice the request timeout) has expired.
+        let received_by = killed_at + Duration::from_secs(1);
+        assert!(abandoned.at <= received_by, "{bot}: the repeated call was made before the kill");
     }
     // Over the whole cluster, each bot is pushed at most once per interval
     // (no batch here is full, so none drains at once).

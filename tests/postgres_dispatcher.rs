@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use eventhook::dispatch::{CallRecord, DeliveryObserver, Dispatcher, EnqueueOutcome};
-use eventhook::postgres::{migrate, PostgresDispatcher};
+use eventhook::postgres::{migrate, save_webhook, PostgresDispatcher};
 use eventhook::{
     AlertSink, ChatContext, Event, EventFactory, Transport, TransportError, WebhookConfig, WebhookDisabledAlert,
 };
@@ -764,8 +764,33 @@ async fn a_commit_locks_the_webhooks_it_configures_in_token_order() {
     process.configure(slower("bot-a")).expect("configuring");
 
     let prober = test.connect().await;
+    let blocked = blocked_by(&prober, holder_pid).await;
+    let probe = prober
+        .execute(
+            &format!("SELECT 1 FROM {}.webhooks WHERE bot_token = 'bot-b' FOR NO KEY UPDATE NOWAIT", test.quoted()),
+            &[],
+        )
+        .await;
+    // Released before asserting: a failed assertion must not leave the schema locked.
+    holder.batch_execute("ROLLBACK").await.expect("releasing bot-a");
+    assert!(blocked, "timed out waiting until the commit waits for bot-a");
+    assert!(probe.is_ok(), "the waiting commit holds bot-b: {probe:?}");
+    process.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    let intervals = push_intervals(&prober, &test).await;
+    assert_eq!(intervals, [700, 700]);
+    let _ = process.shutdown(Duration::from_millis(200)).await;
+}
+
+/// The stored webhooks' push intervals (ms), in bot-token order.
+async fn push_intervals(client: &tokio_postgres::Client, test: &TestSchema) -> Vec<i64> {
+    let statement = format!("SELECT push_interval_ms FROM {}.webhooks ORDER BY bot_token", test.quoted());
+    client.query(&statement, &[]).await.expect("reading the settings").iter().map(|row| row.get(0)).collect()
+}
+
+/// Whether a session waits for backend `holder_pid` within 10 s.
+async fn blocked_by(prober: &tokio_postgres::Client, holder_pid: i32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    while Instant::now() < deadline {
         let blocked: bool = prober
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid)))",
@@ -775,28 +800,51 @@ async fn a_commit_locks_the_webhooks_it_configures_in_token_order() {
             .expect("reading the waits")
             .get(0);
         if blocked {
-            break;
+            return true;
         }
-        assert!(Instant::now() < deadline, "timed out waiting until the commit waits for bot-a");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let probe = prober
-        .execute(
-            &format!("SELECT 1 FROM {}.webhooks WHERE bot_token = 'bot-b' FOR NO KEY UPDATE NOWAIT", test.quoted()),
-            &[],
-        )
-        .await;
-    assert!(probe.is_ok(), "the waiting commit holds bot-b: {probe:?}");
+    false
+}
 
-    holder.batch_execute("ROLLBACK").await.expect("releasing bot-a");
-    process.wait_durable(Duration::from_secs(5)).await.expect("committed");
-    let intervals: Vec<i64> = prober
-        .query(&format!("SELECT push_interval_ms FROM {}.webhooks ORDER BY bot_token", test.quoted()), &[])
+/// Two processes configuring the same new webhooks in different orders
+/// must not deadlock on the rows' inserts: a commit takes the webhooks'
+/// advisory locks in token order before inserting any, as `save_webhook`
+/// does. Here a transaction elsewhere has saved bot-a and not committed: a
+/// commit configuring bot-b, then bot-a, waits for bot-a before it inserts
+/// bot-b, so bot-b stays free for others meanwhile.
+#[tokio::test]
+async fn a_commit_configuring_new_webhooks_waits_for_them_in_token_order_before_inserting_any() {
+    let Some(test) = migrated("a_commit_configuring_new_webhooks_waits_for_them_in_token_order").await else {
+        return;
+    };
+    let process = builder(&test, Arc::new(ScriptedTransport::default()))
+        // Both configurations fall in one round.
+        .commit_window(Duration::from_millis(300))
+        .build()
         .await
-        .expect("reading the settings")
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(intervals, [700, 700]);
+        .expect("building");
+    let mut holder = test.connect().await;
+    let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).await.expect("a pid").get(0);
+    let holding = holder.transaction().await.expect("BEGIN");
+    let elsewhere = |bot| settings(bot, Duration::from_millis(900)).build().expect("a valid config");
+    save_webhook(&holding, &test.schema, &elsewhere("bot-a")).await.expect("saving bot-a elsewhere");
+
+    process.configure(config("bot-b")).expect("configuring");
+    process.configure(config("bot-a")).expect("configuring");
+    let mut prober = test.connect().await;
+    let blocked = blocked_by(&prober, holder_pid).await;
+    let probing = prober.transaction().await.expect("BEGIN");
+    probing.batch_execute("SET LOCAL lock_timeout = '500ms'").await.expect("a lock timeout");
+    let probe = save_webhook(&probing, &test.schema, &elsewhere("bot-b")).await;
+    probing.rollback().await.expect("ROLLBACK");
+    // Released before asserting: a failed assertion must not leave the schema locked.
+    holding.commit().await.expect("committing bot-a elsewhere");
+    assert!(blocked, "timed out waiting until the commit waits for bot-a");
+    assert!(probe.is_ok(), "the waiting commit has inserted nothing yet: {probe:?}");
+    process.wait_durable(Duration::from_secs(5)).await.expect("committed");
+    let intervals = push_intervals(&prober, &test).await;
+    let configured = i64::try_from(config("bot-a").push_interval().as_millis()).expect("milliseconds");
+    assert_eq!(intervals, [configured, configured], "the process's settings, saved after the other's");
     let _ = process.shutdown(Duration::from_millis(200)).await;
 }

@@ -265,17 +265,9 @@ async fn current_version(transaction: &Transaction<'_>, schema: &PostgresSchema)
     Ok(u32::try_from(version).unwrap_or(u32::MAX))
 }
 
-/// The advisory lock's key: FNV-1a (64 bits) of a fixed prefix and the schema
-/// name, so every process computes the same key for a schema and different
-/// schemas migrate independently.
+/// The migrations' advisory lock key: one per schema, the same in every process.
 fn lock_key(schema: &PostgresSchema) -> i64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let hash = b"eventhook.migrate:"
-        .iter()
-        .chain(schema.name().as_bytes())
-        .fold(OFFSET, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME));
-    i64::from_ne_bytes(hash.to_ne_bytes())
+    schema.advisory_lock_key("migrate", None)
 }
 
 #[cfg(test)]
@@ -310,5 +302,7 @@ mod tests {
         let eventhook = lock_key(&PostgresSchema::default());
         assert_eq!(eventhook, lock_key(&PostgresSchema::new("eventhook").unwrap()));
         assert_ne!(eventhook, lock_key(&PostgresSchema::new("eventhook_2").unwrap()));
+        // Processes of different crate versions migrating at once must agree on it.
+        assert_eq!(eventhook, -8_150_014_847_472_276_802, "FNV-1a of `eventhook.migrate:eventhook`");
     }
 }

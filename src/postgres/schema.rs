@@ -74,6 +74,22 @@ impl PostgresSchema {
     pub(crate) fn quoted(&self) -> String {
         format!("\"{}\"", self.name)
     }
+
+    /// The key of an advisory lock on `what` in this schema: FNV-1a (64 bits)
+    /// of `eventhook.<purpose>:<schema>` and, if given, `:<what>`, so that
+    /// every process, whatever its crate version, computes the same key, and
+    /// schemas lock independently.
+    pub(crate) fn advisory_lock_key(&self, purpose: &str, what: Option<&str>) -> i64 {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let what = what.map(|what| [b":".as_slice(), what.as_bytes()]);
+        let hash = [b"eventhook.".as_slice(), purpose.as_bytes(), b":", self.name.as_bytes()]
+            .into_iter()
+            .chain(what.into_iter().flatten())
+            .flatten()
+            .fold(OFFSET, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME));
+        i64::from_ne_bytes(hash.to_ne_bytes())
+    }
 }
 
 impl Default for PostgresSchema {

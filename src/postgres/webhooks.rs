@@ -146,12 +146,41 @@ const SETTING_COLUMNS: [&str; 15] = [
 /// A duration that is not a whole number of milliseconds, or a count too
 /// large for its column, is refused rather than rounded, so what loads is
 /// what was saved.
+///
+/// Called in a transaction, it first takes the webhook's advisory lock until
+/// the transaction ends, as the dispatchers' commits do for every webhook
+/// they configure or remove ([`remove_webhook`] too): a transaction that
+/// saves or removes several webhooks in bot-token order then never waits
+/// for a dispatcher's commit in a cycle, even for webhooks not yet stored.
 pub async fn save_webhook(
     client: &impl GenericClient,
     schema: &PostgresSchema,
     config: &WebhookConfig,
 ) -> Result<u64, WebhookStoreError> {
+    lock_webhooks(client, schema, &[config.bot_token()]).await?;
     save_webhook_at(client, schema, config, chrono::Utc::now()).await
+}
+
+/// Takes the advisory locks of the webhooks of `bot_tokens` (in bot-token
+/// order, without repeats) until the transaction ends.
+///
+/// Whoever saves or removes webhooks takes these first, in bot-token order,
+/// so that two transactions writing the same webhooks wait for each other
+/// in that order: row locks alone would not do it for webhooks not stored
+/// yet, whose inserts wait for each other in the order of the writes (a
+/// deadlock, broken by the server only after `deadlock_timeout`).
+pub(crate) async fn lock_webhooks(
+    client: &impl GenericClient,
+    schema: &PostgresSchema,
+    bot_tokens: &[&str],
+) -> Result<(), WebhookStoreError> {
+    let keys: Vec<i64> = bot_tokens.iter().map(|token| schema.advisory_lock_key("webhook", Some(token))).collect();
+    // `unnest` yields the keys in the array's order, so they are locked in it.
+    client
+        .execute("SELECT pg_advisory_xact_lock(key) FROM unnest($1::bigint[]) AS key", &[&keys])
+        .await
+        .map_err(WebhookStoreError::database("locking the webhooks", bot_tokens.first().copied()))?;
+    Ok(())
 }
 
 /// [`save_webhook`] as of `now` (the dispatcher's clock): the webhook's grid
@@ -232,6 +261,7 @@ pub(crate) async fn save_webhook_at(
 
 /// Deletes the row of bot `bot_token`; its queued events go with it (the
 /// `events` table's foreign key cascades), its billing rows and alerts stay.
+/// Takes the webhook's advisory lock first, as [`save_webhook`] does.
 /// Returns whether there was a row. The deletion is announced on
 /// [`PostgresSchema::webhooks_channel`].
 pub async fn remove_webhook(
@@ -239,6 +269,7 @@ pub async fn remove_webhook(
     schema: &PostgresSchema,
     bot_token: &str,
 ) -> Result<bool, WebhookStoreError> {
+    lock_webhooks(client, schema, &[bot_token]).await?;
     let removed = client
         .execute(&format!("DELETE FROM {}.webhooks WHERE bot_token = $1", schema.quoted()), &[&bot_token])
         .await

@@ -22,7 +22,7 @@ use tokio_postgres::{GenericClient, Transaction};
 use super::connection::{self, doing, Session, Statements, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, LocalWebhook, Shared};
 use super::runs::{self, NewRun, StoredRun};
-use super::webhooks::save_webhook_at;
+use super::webhooks::{lock_webhooks, save_webhook_at};
 use crate::config::{Plan, WebhookConfig};
 use crate::dispatch::rules;
 use crate::dispatch::token_hash::TokenMap;
@@ -309,13 +309,16 @@ async fn commit(shared: &Shared, session: &mut Option<Session>, round: &Round) -
     Ok(committed)
 }
 
-/// Locks the existing rows of the webhooks the round configures or removes,
-/// in token order, before any step writes: the order in which settlements
-/// and the scheduling lock them too, so that none of these waits for
-/// another in a cycle (the server would break it only after
-/// `deadlock_timeout`). The steps then write in the order of the calls.
+/// Locks the webhooks the round configures or removes, in token order,
+/// before any step writes: first their advisory locks, which every writer
+/// of webhooks takes ([`lock_webhooks`]; other processes' commits configuring
+/// the same new webhooks then wait in this order, not in their calls'), then
+/// their existing rows, in the order in which settlements and the
+/// scheduling lock them too. So none of these waits for another in a cycle
+/// (the server would break it only after `deadlock_timeout`). The steps then
+/// write in the order of the calls.
 async fn lock_changed_webhooks(transaction: &Transaction<'_>, shared: &Shared, steps: &[Step]) -> Result<(), String> {
-    let tokens: Vec<&str> = steps
+    let mut tokens: Vec<&str> = steps
         .iter()
         .filter_map(|step| match step {
             Step::Configure(config) => Some(config.bot_token()),
@@ -326,6 +329,12 @@ async fn lock_changed_webhooks(transaction: &Transaction<'_>, shared: &Shared, s
     if tokens.is_empty() {
         return Ok(());
     }
+    // Byte order, as the tokens' collation ("C") sorts them.
+    tokens.sort_unstable();
+    tokens.dedup();
+    lock_webhooks(transaction, &shared.schema, &tokens)
+        .await
+        .map_err(|error| format!("locking the webhooks to change: {error}"))?;
     let statement = format!(
         "SELECT 1 FROM {}.webhooks WHERE bot_token = ANY($1) ORDER BY bot_token FOR NO KEY UPDATE",
         shared.schema.quoted()
