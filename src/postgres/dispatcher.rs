@@ -41,8 +41,9 @@ use crate::transport::Transport;
 ///   copy of the settings and sends the event to the writer task, which
 ///   commits what arrived together in one transaction (group commit) within
 ///   [`commit_window`](PostgresDispatcherBuilder::commit_window) (10 ms by
-///   default; longer in a burst, see there). [`wait_durable`](Self::wait_durable) waits until everything
-///   accepted so far is committed. At most
+///   default; longer in a burst, see there).
+///   [`wait_durable`](Self::wait_durable) waits until everything accepted so
+///   far is committed. At most
 ///   [`max_buffered_events`](PostgresDispatcherBuilder::max_buffered_events)
 ///   accepted events wait for their commit; past that (the database is
 ///   unreachable or slower than the events) `enqueue` refuses with

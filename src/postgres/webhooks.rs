@@ -179,7 +179,11 @@ pub(crate) async fn lock_webhooks(
     client
         .execute("SELECT pg_advisory_xact_lock(key) FROM unnest($1::bigint[]) AS key", &[&keys])
         .await
-        .map_err(WebhookStoreError::database("locking the webhooks", bot_tokens.first().copied()))?;
+        // Named only when it is the one: the first of several is not the one that failed.
+        .map_err(WebhookStoreError::database(
+            "locking the webhooks",
+            bot_tokens.first().copied().filter(|_| bot_tokens.len() == 1),
+        ))?;
     Ok(())
 }
 
