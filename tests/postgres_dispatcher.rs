@@ -848,3 +848,37 @@ async fn a_commit_configuring_new_webhooks_waits_for_them_in_token_order_before_
     assert_eq!(intervals, [configured, configured], "the process's settings, saved after the other's");
     let _ = process.shutdown(Duration::from_millis(200)).await;
 }
+
+/// A process's calls take the events it committed from memory (`max_kept_bytes`),
+/// not from the database; with nothing kept, they read them there. Shown by
+/// rewriting the stored events behind the dispatchers' backs (which nothing
+/// else does: a committed row's events never change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_take_the_events_a_process_committed_from_memory_and_others_from_the_database() {
+    let Some(test) = migrated("calls_take_kept_events_from_memory").await else { return };
+    let client = test.connect().await;
+    let rewrite = format!(
+        "UPDATE {}.events SET body = convert_to(replace(convert_from(body, 'UTF8'), 'original', 'replaced'), 'UTF8')",
+        test.quoted()
+    );
+    // An hour's interval: nothing falls due before the flush.
+    let hourly = |bot: &str| settings(bot, Duration::from_secs(3600)).build().expect("a valid config");
+    for (bot, kept_bytes, expected) in [("bot-keeps", None, "original"), ("bot-keeps-none", Some(0), "replaced")] {
+        let transport = Arc::new(ScriptedTransport::default());
+        let mut builder = builder(&test, Arc::clone(&transport) as Arc<dyn Transport>);
+        if let Some(bytes) = kept_bytes {
+            builder = builder.max_kept_bytes(bytes);
+        }
+        let process = builder.build().await.expect("building the dispatcher");
+        process.configure(hourly(bot)).expect("configuring");
+        assert_eq!(process.enqueue(message(bot, "original")), EnqueueOutcome::Accepted);
+        process.wait_durable(Duration::from_secs(5)).await.expect("committed");
+        let rewritten = client.execute(&rewrite, &[]).await.expect("rewriting the stored events");
+        assert_eq!(rewritten, 1, "one row of events stored for {bot}");
+        assert!(transport.texts().is_empty(), "{bot} was pushed before its flush");
+        let flushed = process.flush(Duration::from_secs(10)).await;
+        assert!(flushed.is_ok(), "{flushed:?}, database: {:?}", process.database_error());
+        assert_eq!(transport.texts(), [expected], "{bot}'s call");
+        let _ = process.shutdown(Duration::from_secs(1)).await;
+    }
+}

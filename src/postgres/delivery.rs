@@ -40,6 +40,8 @@ pub(crate) struct Flush;
 const ALERT_LEASE: Duration = Duration::from_secs(60);
 /// Alerts and webhooks taken per statement.
 const CLAIM_LIMIT: i64 = 64;
+/// The most webhooks with kept rows a claim looks up first (each costs the server a lookup).
+const KEPT_PREFERRED: usize = 1024;
 /// How often the ledger is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -241,22 +243,33 @@ async fn claim_and_call(
     let now = shared.now();
     let lease_margin_ms = i64::try_from(shared.options.lease_margin.as_millis()).unwrap_or(i64::MAX);
     let limit = i64::try_from(free).unwrap_or(CLAIM_LIMIT).min(CLAIM_LIMIT);
-    // Skipping locked rows: processes claiming at once take different webhooks.
+    // Skipping locked rows: processes claiming at once take different
+    // webhooks. Due webhooks whose rows this process keeps come first (their
+    // calls need not read their events back), then any due, each in due order.
     let statement = format!(
-        "WITH due AS (
+        "WITH kept AS (
+             SELECT bot_token FROM {schema}.webhooks
+             WHERE bot_token = ANY($4)
+               AND due_at <= $1 AND NOT disabled AND plan = 'paid' AND (lease_until IS NULL OR lease_until <= $1)
+             ORDER BY due_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED),
+         others AS (
              SELECT bot_token FROM {schema}.webhooks
              WHERE due_at <= $1 AND NOT disabled AND plan = 'paid' AND (lease_until IS NULL OR lease_until <= $1)
-             ORDER BY due_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED)
+               AND bot_token <> ALL($4)
+             ORDER BY due_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED),
+         due AS (SELECT bot_token FROM kept UNION ALL SELECT bot_token FROM others LIMIT $2)
          UPDATE {schema}.webhooks AS webhook
          SET claim_id = nextval('{schema}.claim_ids'),
              lease_until = $1::timestamptz + make_interval(secs => (webhook.request_timeout_ms * 2 + $3::bigint) / 1000.0)
          FROM due WHERE webhook.bot_token = due.bot_token
          RETURNING webhook.*"
     );
+    let kept_webhooks = shared.kept.webhooks(KEPT_PREFERRED);
+    let kept_webhooks: Vec<&str> = kept_webhooks.iter().map(|token| &**token).collect();
     let statement = session.prepared(&statement).await.map_err(doing("preparing"))?;
     let rows = session
         .client
-        .query(&statement, &[&now, &limit, &lease_margin_ms])
+        .query(&statement, &[&now, &limit, &lease_margin_ms, &kept_webhooks])
         .await
         .map_err(doing("claiming due webhooks"))?;
     let claimed_all = i64::try_from(rows.len()).is_ok_and(|claimed| claimed == limit);
@@ -268,9 +281,12 @@ async fn claim_and_call(
         claims.push(Claim::from_row(row)?);
     }
     // Each claim's oldest rows, as many as hold the most events its call may
-    // carry (a row holds at least one): one round trip for all.
+    // carry (a row holds at least one): one round trip for all. Rows this
+    // process keeps come without their events, taken from memory instead.
     let statement = format!(
-        "SELECT claim.bot_token, {columns}
+        "SELECT claim.bot_token, run.id,
+                CASE WHEN run.id = ANY($3) THEN NULL ELSE run.body END,
+                CASE WHEN run.id = ANY($3) THEN NULL ELSE run.ends END, run.delivered
          FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS claim (bot_token, events, position)
          CROSS JOIN LATERAL (
              SELECT {columns} FROM (
@@ -284,15 +300,24 @@ async fn claim_and_call(
     );
     let tokens: Vec<&str> = claims.iter().map(|claim| &*claim.bot_token).collect();
     let limits: Vec<i64> = claims.iter().map(|claim| i64::try_from(claim.read_limit()).unwrap_or(i64::MAX)).collect();
+    let kept = shared.kept.of(&tokens);
+    let kept_ids: Vec<i64> = kept.keys().copied().collect();
     let statement = session.prepared(&statement).await.map_err(doing("preparing"))?;
-    let rows =
-        session.client.query(&statement, &[&tokens, &limits]).await.map_err(doing("reading the calls' events"))?;
-    // The bodies stay in the rows' buffers: no copy per event.
+    let rows = session
+        .client
+        .query(&statement, &[&tokens, &limits, &kept_ids])
+        .await
+        .map_err(doing("reading the calls' events"))?;
+    // The bodies stay in the rows' buffers (or the kept rows'): no copy per event.
     let mut events: TokenMap<Vec<StoredRun<'_>>, &str> =
         TokenMap::with_capacity_and_hasher(claims.len(), Default::default());
     for row in &rows {
         let token: &str = row.try_get(0).map_err(doing("reading events"))?;
-        events.entry(token).or_default().push(StoredRun::from_row(row, 1)?);
+        events.entry(token).or_default().push(StoredRun::from_row_or_kept(row, 1, &kept)?);
+    }
+    // Kept rows older than a claim's oldest are gone (delivered by another process, say).
+    for token in &tokens {
+        shared.kept.forget_older(token, events.get(token).and_then(|runs| runs.first()).map(|run| run.id));
     }
     let mut idle = Vec::new();
     for claim in claims {
@@ -718,7 +743,7 @@ async fn settle_in_transaction(
     let removal = Removal::prepare(client, statements, shared).await?;
     let finishing_statement = statements.get(client, &finish_statement(shared)).await.map_err(doing("preparing"))?;
     let writes = futures::future::try_join(
-        removal.remove_delivered(client, &delivered),
+        removal.remove_delivered(client, shared, &delivered),
         finish(client, &finishing_statement, &finishing),
     );
     let drops_events = !disabling.is_empty() || finishing.iter().any(|(_, row)| row.drop_waiting.is_some());
@@ -871,9 +896,16 @@ impl Removal {
     }
 
     /// Both statements (those with anything to do) in one round trip.
-    async fn remove_delivered(&self, transaction: &Client, delivered: &[(&str, &Taken)]) -> Result<(), String> {
+    async fn remove_delivered(
+        &self,
+        transaction: &Client,
+        shared: &Shared,
+        delivered: &[(&str, &Taken)],
+    ) -> Result<(), String> {
         let (mut tokens, mut ids) = (Vec::new(), Vec::new());
         for (token, taken) in delivered {
+            // Forgotten now, even if this settlement is tried again: a kept row only saves a read.
+            shared.kept.forget(token, &taken.whole);
             tokens.extend(std::iter::repeat_n(*token, taken.whole.len()));
             ids.extend_from_slice(&taken.whole);
         }

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::delivery::{self, Flush};
+use super::kept::KeptRows;
 use super::schema::PostgresSchema;
 use super::writer::{self, Entry};
 use super::{connection, sync};
@@ -139,6 +140,8 @@ pub(crate) struct Shared {
     pub(crate) flush: Mutex<Option<Flush>>,
     /// Undelivered events the writer could not commit before it stopped.
     pub(crate) uncommitted: Mutex<Vec<Event>>,
+    /// Rows this process committed, kept for its own calls ([`KeptRows`]).
+    pub(crate) kept: KeptRows,
     /// Webhooks removed here whose removal is not committed yet: the
     /// settings' sync must not bring them back meanwhile.
     pub(crate) removing: Mutex<std::collections::HashSet<Arc<str>>>,
@@ -158,6 +161,7 @@ pub(crate) struct Options {
     pub(crate) commit_window: Duration,
     pub(crate) max_commit_events: usize,
     pub(crate) max_buffered_events: usize,
+    pub(crate) max_kept_bytes: usize,
     pub(crate) poll_interval: Duration,
     pub(crate) lease_margin: Duration,
     pub(crate) ledger_retention: Duration,
@@ -622,6 +626,7 @@ impl PostgresDispatcherBuilder {
                 commit_window: Duration::from_millis(10),
                 max_commit_events: 65_536,
                 max_buffered_events: 100_000,
+                max_kept_bytes: 64 * 1024 * 1024,
                 poll_interval: Duration::from_secs(1),
                 lease_margin: Duration::from_secs(5),
                 ledger_retention: Duration::from_secs(90 * 24 * 60 * 60),
@@ -679,6 +684,22 @@ impl PostgresDispatcherBuilder {
     /// past that `enqueue` answers [`EnqueueOutcome::StoreUnavailable`].
     pub fn max_buffered_events(mut self, events: usize) -> Self {
         self.options.max_buffered_events = events;
+        self
+    }
+
+    /// How many bytes of the events this process committed it keeps in
+    /// memory for its own calls (default 64 MiB; 0 keeps none): a call whose
+    /// events this process wrote takes them from here instead of reading
+    /// them back, which spares the database server decompressing and
+    /// sending them. Calls read which events to send, and how many were
+    /// delivered, from the database all the same: a process's calls of
+    /// events another process wrote read them there. A process claims the
+    /// due webhooks whose rows it keeps before any other due ones (each in
+    /// due order), so that in a cluster a webhook's events are mostly
+    /// delivered by the process that accepted them. When the budget is
+    /// full the oldest kept go first.
+    pub fn max_kept_bytes(mut self, bytes: usize) -> Self {
+        self.options.max_kept_bytes = bytes;
         self
     }
 
@@ -750,6 +771,7 @@ impl PostgresDispatcherBuilder {
             return Err(BuildError::MigrationChanged { schema: self.schema.name().to_owned(), migration });
         }
         let (intake, receiver) = mpsc::unbounded_channel();
+        let kept = KeptRows::new(self.options.max_kept_bytes);
         let shared = Arc::new(Shared {
             schema: self.schema,
             database,
@@ -772,6 +794,7 @@ impl PostgresDispatcherBuilder {
             database_error: Mutex::new(None),
             flush: Mutex::new(None),
             uncommitted: Mutex::new(Vec::new()),
+            kept,
             removing: Mutex::new(std::collections::HashSet::new()),
             fresh: Mutex::new(std::collections::HashSet::new()),
             stopping: AtomicBool::new(false),

@@ -100,14 +100,15 @@
 //! the role below. The role the store runs as needs `USAGE` on the schema;
 //! `SELECT`, `INSERT`, `UPDATE` and `DELETE` on `webhooks`, `events`,
 //! `calls`, `alerts` and `returning_users`; `SELECT` on `schema_migrations`;
-//! and `USAGE` on the sequence `claim_ids`. For example:
+//! and `USAGE` on the sequences `claim_ids` and `events_id_seq` (the ids of
+//! `events`, which the writer takes before it inserts). For example:
 //!
 //! ```sql
 //! GRANT USAGE ON SCHEMA eventhook TO bot_engine;
 //! GRANT SELECT, INSERT, UPDATE, DELETE ON eventhook.webhooks, eventhook.events, eventhook.calls,
 //!     eventhook.alerts, eventhook.returning_users TO bot_engine;
 //! GRANT SELECT ON eventhook.schema_migrations TO bot_engine;
-//! GRANT USAGE ON SEQUENCE eventhook.claim_ids TO bot_engine;
+//! GRANT USAGE ON SEQUENCE eventhook.claim_ids, eventhook.events_id_seq TO bot_engine;
 //! ```
 //!
 //! The `webhooks` table holds each bot's API secret and signing secrets, as
@@ -118,6 +119,7 @@ mod connection;
 mod delivery;
 mod dispatcher;
 mod due;
+mod kept;
 mod migrate;
 mod returning_users;
 mod runs;

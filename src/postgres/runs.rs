@@ -7,12 +7,15 @@
 //! into its body in one piece.
 
 use std::error::Error;
+use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::Row;
 
 use super::connection::doing;
+use super::kept::KeptRow;
+use crate::dispatch::token_hash::TokenMap;
 
 /// The columns [`StoredRun::from_row`] reads, in its order.
 pub(crate) const COLUMNS: &str = "id, body, ends, delivered";
@@ -49,21 +52,34 @@ impl<'batch> NewRun<'batch> {
     pub(crate) fn body(&self) -> JoinedEvents<'_> {
         JoinedEvents(&self.events)
     }
+
+    /// The `body` column in a buffer of its own, for a row kept after its commit.
+    pub(crate) fn joined(&self) -> Vec<u8> {
+        let mut joined = Vec::with_capacity(self.bytes + self.events.len().saturating_sub(1));
+        self.body().join_into(&mut joined);
+        joined
+    }
 }
 
 /// Events joined by commas, as a `bytea`.
 #[derive(Debug)]
 pub(crate) struct JoinedEvents<'a>(&'a [&'a [u8]]);
 
-impl ToSql for JoinedEvents<'_> {
-    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        out.reserve(self.0.iter().map(|event| event.len() + 1).sum());
+impl JoinedEvents<'_> {
+    fn join_into(&self, out: &mut impl BufMut) {
         for (index, event) in self.0.iter().enumerate() {
             if index > 0 {
                 out.put_u8(b',');
             }
             out.put_slice(event);
         }
+    }
+}
+
+impl ToSql for JoinedEvents<'_> {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        out.reserve(self.0.iter().map(|event| event.len() + 1).sum());
+        self.join_into(out);
         Ok(IsNull::No)
     }
 
@@ -107,6 +123,28 @@ impl<'row> StoredRun<'row> {
             return Err(unreadable("`delivered` leaves no event waiting"));
         }
         Ok(StoredRun { id, body, ends: checked, delivered })
+    }
+
+    /// A row read as [`COLUMNS`], from its column `first` on, whose `body`
+    /// and `ends` are NULL when read for a row of `kept` (taken from there).
+    pub(crate) fn from_row_or_kept(
+        row: &'row Row,
+        first: usize,
+        kept: &'row TokenMap<Arc<KeptRow>, i64>,
+    ) -> Result<StoredRun<'row>, String> {
+        let read = doing("reading events");
+        let id: i64 = row.try_get(first).map_err(read)?;
+        let delivered: i32 = row.try_get(first + 3).map_err(read)?;
+        match row.try_get::<_, Option<&[u8]>>(first + 1).map_err(read)? {
+            Some(body) => {
+                let ends: Vec<i32> = row.try_get(first + 2).map_err(read)?;
+                StoredRun::new(id, body, &ends, delivered)
+            }
+            None => {
+                let kept = kept.get(&id).ok_or_else(|| format!("row {id} of events was read without its events"))?;
+                StoredRun::new(id, &kept.body, &kept.ends, delivered)
+            }
+        }
     }
 
     /// A row read as [`COLUMNS`], from its column `first` on.

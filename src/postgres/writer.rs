@@ -21,6 +21,7 @@ use tokio_postgres::{GenericClient, Transaction};
 
 use super::connection::{self, doing, Session, Statements, FIRST_RETRY_DELAY};
 use super::dispatcher::{lock, LocalWebhook, Shared};
+use super::kept::KeptRow;
 use super::runs::{self, NewRun, StoredRun};
 use super::webhooks::{lock_webhooks, save_webhook_at};
 use crate::config::{Plan, WebhookConfig};
@@ -105,6 +106,8 @@ struct Committed {
     generations: Vec<(Arc<str>, u64)>,
     /// Webhooks given events or settings: the delivery task schedules them.
     fresh: Vec<String>,
+    /// Copies of the rows inserted, for [`Shared::kept`] (up to its budget).
+    kept: Vec<(Arc<str>, i64, KeptRow)>,
 }
 
 /// Runs until told to stop ([`Shared::stop_writer`]); then hands what it
@@ -395,32 +398,53 @@ async fn insert_events(
         new_runs[run].1.push(body);
     }
     if !new_runs.is_empty() {
-        // COPY: the cheapest way in, in the batch's order (ids follow it). A
-        // webhook removed since the read above fails the foreign key, and the
-        // round is tried again.
+        // The rows' ids, taken from the table's sequence first so that this
+        // process knows each row's id (to keep it, [`Shared::kept`]); in
+        // the order taken, which is the batch's (acceptance order).
+        let statement = format!(
+            "SELECT nextval(sequence) FROM (SELECT pg_get_serial_sequence('{schema}.events', 'id')::regclass AS sequence) \
+             AS events_ids CROSS JOIN generate_series(1, $1::integer)"
+        );
+        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
+        let rows_wanted = i32::try_from(new_runs.len()).unwrap_or(i32::MAX);
+        let rows = transaction.query(&statement, &[&rows_wanted]).await.map_err(doing("taking the events' ids"))?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            ids.push(row.try_get::<_, i64>(0).map_err(doing("taking the events' ids"))?);
+        }
+        ids.sort_unstable();
+        if ids.len() != new_runs.len() {
+            return Err(format!("taking the events' ids: {} ids for {} rows", ids.len(), new_runs.len()));
+        }
+        // COPY: the cheapest way in. A webhook removed since the read above
+        // fails the foreign key, and the round is tried again.
         let statement =
-            format!("COPY {schema}.events (bot_token, body, ends, events, bytes, accepted_at) FROM STDIN BINARY");
+            format!("COPY {schema}.events (id, bot_token, body, ends, events, bytes, accepted_at) FROM STDIN BINARY");
         let sink = transaction.copy_in(&statement).await.map_err(doing("inserting events"))?;
-        let types = [Type::TEXT, Type::BYTEA, Type::INT4_ARRAY, Type::INT4, Type::INT8, Type::TIMESTAMPTZ];
+        let types = [Type::INT8, Type::TEXT, Type::BYTEA, Type::INT4_ARRAY, Type::INT4, Type::INT8, Type::TIMESTAMPTZ];
         let writer = BinaryCopyInWriter::new(sink, &types);
         let mut writer = std::pin::pin!(writer);
-        for (token, run) in &new_runs {
+        for ((token, run), id) in new_runs.iter().zip(&ids) {
             let events = i32::try_from(run.ends.len()).unwrap_or(i32::MAX);
             let bytes = i64::try_from(run.bytes).unwrap_or(i64::MAX);
             writer
                 .as_mut()
-                .write(&[token, &run.body(), &run.ends, &events, &bytes, &now])
+                .write(&[id, token, &run.body(), &run.ends, &events, &bytes, &now])
                 .await
                 .map_err(doing("inserting events"))?;
         }
         writer.finish().await.map_err(doing("inserting events"))?;
-    }
-    if !inserted.is_empty() {
-        // The session's last id from the sequence: the newest of these events.
-        let statement = format!("SELECT currval(pg_get_serial_sequence('{schema}.events', 'id'))");
-        let statement = statements.get(transaction, &statement).await.map_err(doing("preparing"))?;
-        let row = transaction.query_one(&statement, &[]).await.map_err(doing("reading the newest event id"))?;
-        committed.newest_id = committed.newest_id.max(row.try_get(0).map_err(doing("reading the newest event id"))?);
+        committed.newest_id = committed.newest_id.max(ids.last().copied().unwrap_or(0));
+        // Copies for this process's own calls, the oldest first, up to the budget
+        // (the rest would only push them out again).
+        let mut kept_cost = 0;
+        for ((token, run), &id) in new_runs.iter().zip(&ids) {
+            if !shared.kept.is_enabled() || kept_cost > shared.kept.budget() {
+                break;
+            }
+            kept_cost += run.bytes;
+            committed.kept.push((Arc::from(*token), id, KeptRow { body: run.joined(), ends: run.ends.clone() }));
+        }
     }
     for (token, bodies) in skipped {
         let reason = if open.contains_key(token) { DropReason::Disabled } else { DropReason::Removed };
@@ -439,6 +463,7 @@ pub(crate) async fn delete_events(
     shared: &Shared,
     bot_token: &str,
 ) -> Result<Vec<Vec<u8>>, String> {
+    shared.kept.forget_older(bot_token, None);
     let statement =
         format!("DELETE FROM {}.events WHERE bot_token = $1 RETURNING {}", shared.schema.quoted(), runs::COLUMNS);
     let rows = transaction.query(&statement, &[&bot_token]).await.map_err(doing("deleting a webhook's events"))?;
@@ -460,6 +485,7 @@ fn settle_round(shared: &Shared, round: Round, committed: Committed) {
     }
     shared.buffered.fetch_sub(round.accepted_total, Ordering::AcqRel);
     shared.committed_up_to.fetch_max(committed.newest_id, Ordering::AcqRel);
+    shared.kept.keep(committed.kept);
     for step in &round.steps {
         if let Step::Remove(token) = step {
             lock(&shared.removing).remove(token);
