@@ -246,16 +246,13 @@ async fn claim_and_call(
     // Skipping locked rows: processes claiming at once take different
     // webhooks. Due webhooks whose rows this process keeps come first (their
     // calls need not read their events back), then any due, each in due order.
+    let claimable = "due_at <= $1 AND NOT disabled AND plan = 'paid' AND (lease_until IS NULL OR lease_until <= $1)";
     let statement = format!(
         "WITH kept AS (
-             SELECT bot_token FROM {schema}.webhooks
-             WHERE bot_token = ANY($4)
-               AND due_at <= $1 AND NOT disabled AND plan = 'paid' AND (lease_until IS NULL OR lease_until <= $1)
+             SELECT bot_token FROM {schema}.webhooks WHERE bot_token = ANY($4) AND {claimable}
              ORDER BY due_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED),
          others AS (
-             SELECT bot_token FROM {schema}.webhooks
-             WHERE due_at <= $1 AND NOT disabled AND plan = 'paid' AND (lease_until IS NULL OR lease_until <= $1)
-               AND bot_token <> ALL($4)
+             SELECT bot_token FROM {schema}.webhooks WHERE bot_token <> ALL($4) AND {claimable}
              ORDER BY due_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED),
          due AS (SELECT bot_token FROM kept UNION ALL SELECT bot_token FROM others LIMIT $2)
          UPDATE {schema}.webhooks AS webhook
@@ -313,7 +310,7 @@ async fn claim_and_call(
         TokenMap::with_capacity_and_hasher(claims.len(), Default::default());
     for row in &rows {
         let token: &str = row.try_get(0).map_err(doing("reading events"))?;
-        events.entry(token).or_default().push(StoredRun::from_row_or_kept(row, 1, &kept)?);
+        events.entry(token).or_default().push(StoredRun::from_row_or_kept(row, 1, Some(&kept))?);
     }
     // Kept rows older than a claim's oldest are gone (delivered by another process, say).
     for token in &tokens {

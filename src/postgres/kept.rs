@@ -27,7 +27,7 @@ pub(crate) struct KeptRow {
 
 impl KeptRow {
     /// What keeping the row costs, as the budget counts it.
-    fn cost(&self) -> usize {
+    pub(crate) fn cost(&self) -> usize {
         // The map entries and `Arc` around it: a rough, fixed allowance.
         const ENTRY: usize = 96;
         self.body.len() + self.ends.len() * std::mem::size_of::<i32>() + ENTRY
@@ -56,12 +56,7 @@ impl KeptRows {
         KeptRows { budget, inner: Mutex::new(Inner::default()) }
     }
 
-    /// Whether any row is kept at all: the writer copies rows only if so.
-    pub(crate) fn is_enabled(&self) -> bool {
-        self.budget > 0
-    }
-
-    /// The budget, for the writer to stop copying a round's rows at.
+    /// The budget, for the writer to stop copying a round's rows at (0: it copies none).
     pub(crate) fn budget(&self) -> usize {
         self.budget
     }
@@ -202,7 +197,9 @@ mod tests {
         // Larger than the whole budget: not kept, nothing evicted for it.
         kept.keep(vec![(Arc::from("a"), 6, row(4 * cost))]);
         assert_eq!(kept.size(), (3, 3 * cost));
-        assert!(!KeptRows::new(0).is_enabled());
+        let none = KeptRows::new(0);
+        none.keep(vec![(Arc::from("a"), 7, row(0))]);
+        assert_eq!(none.size(), (0, 0));
     }
 
     #[test]

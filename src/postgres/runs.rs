@@ -130,7 +130,7 @@ impl<'row> StoredRun<'row> {
     pub(crate) fn from_row_or_kept(
         row: &'row Row,
         first: usize,
-        kept: &'row TokenMap<Arc<KeptRow>, i64>,
+        kept: Option<&'row TokenMap<Arc<KeptRow>, i64>>,
     ) -> Result<StoredRun<'row>, String> {
         let read = doing("reading events");
         let id: i64 = row.try_get(first).map_err(read)?;
@@ -141,7 +141,9 @@ impl<'row> StoredRun<'row> {
                 StoredRun::new(id, body, &ends, delivered)
             }
             None => {
-                let kept = kept.get(&id).ok_or_else(|| format!("row {id} of events was read without its events"))?;
+                let kept = kept
+                    .and_then(|kept| kept.get(&id))
+                    .ok_or_else(|| format!("row {id} of events was read without its events"))?;
                 StoredRun::new(id, &kept.body, &kept.ends, delivered)
             }
         }
@@ -149,14 +151,7 @@ impl<'row> StoredRun<'row> {
 
     /// A row read as [`COLUMNS`], from its column `first` on.
     pub(crate) fn from_row(row: &'row Row, first: usize) -> Result<StoredRun<'row>, String> {
-        let read = doing("reading events");
-        let ends: Vec<i32> = row.try_get(first + 2).map_err(read)?;
-        StoredRun::new(
-            row.try_get(first).map_err(read)?,
-            row.try_get(first + 1).map_err(read)?,
-            &ends,
-            row.try_get(first + 3).map_err(read)?,
-        )
+        StoredRun::from_row_or_kept(row, first, None)
     }
 
     /// How many events wait in the row.

@@ -439,11 +439,12 @@ async fn insert_events(
         // (the rest would only push them out again).
         let mut kept_cost = 0;
         for ((token, run), &id) in new_runs.iter().zip(&ids) {
-            if !shared.kept.is_enabled() || kept_cost > shared.kept.budget() {
+            if kept_cost >= shared.kept.budget() {
                 break;
             }
-            kept_cost += run.bytes;
-            committed.kept.push((Arc::from(*token), id, KeptRow { body: run.joined(), ends: run.ends.clone() }));
+            let row = KeptRow { body: run.joined(), ends: run.ends.clone() };
+            kept_cost += row.cost();
+            committed.kept.push((Arc::from(*token), id, row));
         }
     }
     for (token, bodies) in skipped {
